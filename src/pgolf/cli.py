@@ -1,0 +1,227 @@
+"""`pgolf train | eval | audit | info | data | bundle`: the command line.
+
+Every command resolves one Config (preset < --config < env vars < --set), and every user
+error ends as one line on stderr with exit status 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pgolf.config import Config, ConfigError, config_to_dict, config_from_toml, resolve_config
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
+    p.add_argument("--preset", default=default_preset, help="preset name (smoke, baseline, record_549, record_1128)")
+    p.add_argument("--config", help="TOML file applied over the preset")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one field; repeatable; highest precedence")
+
+
+def _config_from_args(args) -> tuple[Config, list[str]]:
+    preset = args.preset if (args.preset or args.config) else "smoke"
+    return resolve_config(preset, args.config, None, args.set)
+
+
+def _use_embedded_corpus(cfg: Config, log=print) -> None:
+    """Point an unset data.path at the embedded corpus, preparing it on the first rank only."""
+    if cfg.data.path:
+        return
+    from pgolf.data.corpus import prepare_embedded_corpus
+    from pgolf.dist import init_comm
+    comm = init_comm(cfg.run.device)
+    info = None
+    if comm.rank == 0:
+        info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=log)
+    comm.barrier()
+    if info is None:
+        info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=lambda *_: None)
+    cfg.data.path = info["data_path"]
+    cfg.data.train_pattern = os.path.basename(info["train_pattern"])
+    cfg.data.val_pattern = os.path.basename(info["val_pattern"])
+    cfg.data.tokenizer_path = cfg.data.tokenizer_path or info["tokenizer_path"]
+
+
+def bundle_code_bytes(preset: str | None, cfg: Config) -> int:
+    """Bytes of the single-file train_gpt.py this run would ship (the challenge's code bytes)."""
+    from pgolf.bundle import bundle_for_config
+    return len(bundle_for_config(cfg, preset or "custom").encode("utf-8"))
+
+
+def cmd_train(args) -> int:
+    from pgolf.train import resume_config, train
+    if args.resume:
+        if args.preset or args.config or args.set:
+            raise ConfigError("--resume continues a run with its saved config.toml; drop --preset/--config/--set")
+        cfg, warnings, out = resume_config(args.resume), [], args.resume
+    else:
+        cfg, warnings = _config_from_args(args)
+        out = args.out or ""
+        if not out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            out = os.path.join("runs", "torchrun-" + os.environ.get("TORCHELASTIC_RUN_ID", "run"))
+    _use_embedded_corpus(cfg)
+    code_bytes = bundle_code_bytes(args.preset, cfg)
+    metrics = train(cfg, out, code_bytes=code_bytes, resume=bool(args.resume), warnings=warnings)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"val_bpb:{metrics['val_bpb']:.6f} val_loss:{metrics['val_loss']:.6f} "
+              f"artifact_bytes:{metrics['artifact_bytes']} legal:{metrics['legal']}")
+    return 0
+
+
+def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
+    """(config, artifact path) from a run folder or an artifact file."""
+    from pgolf.quant.artifact import read_artifact
+    p = Path(target)
+    artifact = p / "model.ptz" if p.is_dir() else p
+    if not artifact.is_file():
+        raise ConfigError(f"{target}: no artifact found (expected a run folder with model.ptz or a .ptz file)")
+    cfg_file = artifact.parent / "config.toml"
+    if cfg_file.is_file():
+        cfg = config_from_toml(cfg_file.read_text())
+    else:
+        _, header = read_artifact(str(artifact))
+        text = (header.get("meta") or {}).get("config_toml")
+        if not text:
+            raise ConfigError(f"{artifact}: no config.toml beside it and none inside; keep the run folder together")
+        cfg = config_from_toml(text)
+    from pgolf.config import finalize_config, set_value
+    for item in sets:
+        key, _, raw = item.partition("=")
+        set_value(cfg, key.strip(), raw.strip())
+    finalize_config(cfg)
+    return cfg, str(artifact)
+
+
+def cmd_eval(args) -> int:
+    from pgolf.dist import init_comm
+    from pgolf.eval.runner import evaluate
+    from pgolf.runlog import RunLog
+    from pgolf.train import load_round_trip, load_val
+    cfg, artifact = _load_run(args.target, args.set)
+    comm = init_comm(cfg.run.device)
+    val = load_val(cfg, comm.device)
+    model = load_round_trip(artifact, cfg, comm.device)
+    log = RunLog(None, enabled=comm.is_main)
+    res = evaluate(model, val["tokens"], val["tables"], cfg.eval, comm, comm.device, log.line)
+    if comm.is_main:
+        print(json.dumps({k: v for k, v in res.items() if isinstance(v, (int, float, str, bool))}, indent=2))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from pgolf.dist import Comm
+    from pgolf.eval.runner import run_audit
+    from pgolf.train import load_round_trip, load_val
+    cfg, artifact = _load_run(args.target, args.set)
+    device = Comm().device
+    val = load_val(cfg, device)
+    model = load_round_trip(artifact, cfg, device)
+    report = run_audit(model, val["tokens"], val["tables"], cfg.eval, device, mode=args.mode)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_info(args) -> int:
+    import torch
+    from pgolf.model.gpt import GPT, count_params
+    cfg, warnings = _config_from_args(args)
+    with torch.device("meta"):
+        params = count_params(GPT(cfg.model))
+    info = {"preset": args.preset or "smoke", "params": params, "config": config_to_dict(cfg),
+            "warnings": warnings}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"preset: {info['preset']}\nparams: {params:,}")
+        for sec, values in info["config"].items():
+            print(f"[{sec}] " + " ".join(f"{k}={v}" for k, v in values.items()))
+        for w in warnings:
+            print(f"warning: {w}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_cmd == "fineweb":
+        from pgolf.data.fineweb import download_fineweb
+        paths = download_fineweb(variant=args.variant, train_shards=args.train_shards, out_dir=args.out)
+        print(f"{len(paths)} files ready under {args.out}")
+    elif args.data_cmd == "inspect":
+        from pgolf.data.fineweb import inspect_shard
+        sp = None
+        if args.tokenizer:
+            import sentencepiece
+            sp = sentencepiece.SentencePieceProcessor(model_file=args.tokenizer)
+        print(inspect_shard(args.file, sp, n=args.n))
+    elif args.data_cmd == "prepare":
+        from pgolf.data.corpus import prepare_embedded_corpus
+        info = prepare_embedded_corpus(args.cache_dir)
+        print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    from pgolf.bundle import bundle_for_config, write_bundle
+    cfg, _ = _config_from_args(args)
+    text = bundle_for_config(cfg, args.preset or "smoke")
+    write_bundle(args.out, text)
+    print(f"wrote {args.out} ({len(text.encode('utf-8')):,} bytes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pgolf", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="train, export and evaluate a run")
+    _add_config_args(p)
+    p.add_argument("--out", help="run folder (default runs/<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its checkpoint")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("eval", help="re-evaluate a run folder or artifact")
+    p.add_argument("target")
+    p.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.stride=64")
+    p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("audit", help="legality audit of an eval mode on a run folder or artifact")
+    p.add_argument("target")
+    p.add_argument("--mode", default="sliding",
+                   help="plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot")
+    p.add_argument("--set", action="append", default=[])
+    p.set_defaults(fn=cmd_audit)
+    p = sub.add_parser("info", help="resolved config and parameter count")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_info)
+    p = sub.add_parser("data", help="datasets: download, inspect, prepare the embedded corpus")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    d = dsub.add_parser("fineweb", help="download the challenge's FineWeb shards")
+    d.add_argument("--variant", default="sp1024")
+    d.add_argument("--train-shards", type=int, default=80)
+    d.add_argument("--out", default="data")
+    d = dsub.add_parser("inspect", help="show a shard's header and first tokens")
+    d.add_argument("file")
+    d.add_argument("--tokenizer")
+    d.add_argument("-n", type=int, default=32)
+    d = dsub.add_parser("prepare", help="prepare the embedded corpus")
+    d.add_argument("--cache-dir", default="")
+    p.set_defaults(fn=cmd_data)
+    p = sub.add_parser("bundle", help="generate the single-file train_gpt.py")
+    _add_config_args(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_bundle)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        if os.environ.get("PGOLF_TRACEBACK"):
+            raise
+        print(f"pgolf {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""One typed config tree for everything pgolf does.
+
+Sources, lowest precedence first: dataclass defaults < preset TOML < --config TOML <
+environment variables (the challenge's reference names, plus PGOLF_SECTION_FIELD) <
+--set section.field=value flags. Every field has a default, a type and a one-line doc
+(the `doc` metadata), so the effective config can be printed, saved and diffed.
+"""
+
+import dataclasses
+import hashlib
+import importlib.resources
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "dataset folder with train/val shards; empty = the embedded corpus")
+    train_pattern: str = _f("fineweb_train_*.bin", "glob of training shards inside data.path")
+    val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path")
+    tokenizer_path: str = _f("", "SentencePiece .model file; empty = the dataset's own")
+    cache_dir: str = _f("", "where the embedded corpus is prepared; empty = ~/.cache/pgolf")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _f("baseline", "baseline (per-layer weights) or record (parameter banks + record parts)")
+    vocab_size: int = _f(1024, "tokenizer vocabulary size; checked against the tokenizer")
+    num_layers: int = _f(9, "transformer blocks")
+    model_dim: int = _f(512, "residual width")
+    num_heads: int = _f(8, "query heads")
+    num_kv_heads: int = _f(4, "key/value heads (GQA)")
+    mlp_mult: float = _f(2.0, "MLP hidden width as a multiple of model_dim")
+    tie_embeddings: bool = _f(True, "share the token embedding with the output head")
+    tied_embed_init_std: float = _f(0.005, "std of the normal init of embedding tables")
+    logit_softcap: float = _f(30.0, "logits = cap * tanh(z / cap); 0 disables")
+    rope_base: float = _f(10000.0, "RoPE base before NTK scaling")
+    qk_gain_init: float = _f(1.5, "initial per-head query gain")
+    unet_skips: bool = _f(True, "first half of blocks push outputs, second half pops them")
+    # Record parts. None means "the default of model.arch" (see ARCH_DEFAULTS).
+    leaky_slope: float | None = _f(None, "MLP activation leaky_relu(slope)^2; 0 = relu^2")
+    rope_dims: int | None = _f(None, "rotate only the first rope_dims dims of each head; 0 = all")
+    rope_train_len: int | None = _f(None, "NTK-scale the RoPE base as if trained at this length; 0 = off")
+    bigram_vocab_size: int | None = _f(None, "BigramHash buckets; 0 disables")
+    bigram_dim: int = _f(128, "BigramHash table width")
+    smear: bool | None = _f(None, "SmearGate: per-channel gate mixing x[t-1] into x[t]")
+    xsa_last_n: int | None = _f(None, "exclusive self-attention on the last N blocks")
+    ln_scale: bool | None = _f(None, "scale normed block inputs by 1/sqrt(layer+1)")
+    ve_enabled: bool | None = _f(None, "value embeddings added to V on ve_layers")
+    ve_dim: int = _f(128, "value-embedding table width")
+    ve_layers: str = _f("-2,-1", "comma list of blocks with value embeddings (negative = from the end)")
+    attn_backend: str = _f("auto", "auto | fa3 | sdpa | math")
+    compile: bool = _f(False, "torch.compile the training forward")
+
+
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "baseline": dict(leaky_slope=0.0, rope_dims=0, rope_train_len=0, bigram_vocab_size=0,
+                     smear=False, xsa_last_n=0, ln_scale=False, ve_enabled=False),
+    "record": dict(leaky_slope=0.5, rope_dims=16, rope_train_len=1024, bigram_vocab_size=1536,
+                   smear=True, xsa_last_n=4, ln_scale=True, ve_enabled=True),
+}
+
+
+@dataclass
+class OptimConfig:
+    matrix_lr: float = _f(0.04, "Muon learning rate for block matrices")
+    scalar_lr: float = _f(0.04, "AdamW learning rate for scalars and small tensors")
+    tied_embed_lr: float = _f(0.05, "AdamW learning rate for embedding tables (tied head)")
+    embed_lr: float = _f(0.6, "AdamW learning rate for the embedding when untied")
+    head_lr: float = _f(0.008, "AdamW learning rate for an untied output head")
+    muon_momentum: float = _f(0.95, "final Muon momentum")
+    muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0")
+    muon_momentum_warmup_steps: int = _f(500, "steps to ramp Muon momentum to its final value")
+    muon_backend_steps: int = _f(5, "Newton-Schulz iterations")
+    muon_nesterov: bool = _f(True, "Nesterov momentum in Muon")
+    muon_wd: float = _f(0.0, "decoupled weight decay of Muon matrices")
+    adam_wd: float = _f(0.0, "decoupled weight decay of AdamW groups")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    adam_eps: float = _f(1e-8, "AdamW epsilon")
+    grad_clip_norm: float = _f(0.0, "clip the gradient norm; 0 disables")
+    grad_clip_mode: str = _f("local", "local: clip each rank's gradient before reduction (reference); global: after")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = _f(20, "compile-priming steps, undone afterwards (weights, optimizer, data)")
+    warmdown_iters: int = _f(1200, "length of the linear lr warmdown, in steps")
+    warmdown_mode: str = _f("auto", "auto (time when capped, else iters) | time | iters")
+    ema_enabled: bool = _f(False, "keep an exponential moving average of the weights")
+    ema_decay: float = _f(0.997, "EMA decay per step")
+    swa_enabled: bool = _f(False, "average snapshots late in training")
+    swa_every: int = _f(50, "steps between SWA snapshots")
+    swa_threshold: float = _f(0.2, "take SWA snapshots once the lr multiplier is below this")
+    export_weights: str = _f("auto", "auto | raw | ema | swa | ema_swa: which weights get exported")
+
+
+@dataclass
+class QuantConfig:
+    matrix_bits: int = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16)")
+    matrix_method: str = _f("rowwise", "rowwise (fixed clip quantile) | gptq_lite (clip search)")
+    clip_search: str = _f("matrix", "gptq_lite clip choice: per matrix (reference) or per row")
+    embed_bits: int = _f(8, "bits for embedding tables (16 = keep fp16)")
+    small_numel: int = _f(65536, "tensors with at most this many elements stay fp16")
+    compressor: str = _f("zlib", "zlib | lzma | zstd | brotli")
+    level: int = _f(9, "compressor level/preset")
+    late_qat_threshold: float = _f(0.0, "fake-quantize matrices once the lr multiplier is below this; 0 = off")
+    max_artifact_bytes: int = _f(16_000_000, "challenge limit on model + code bytes (decimal)")
+
+
+@dataclass
+class EvalConfig:
+    seq_len: int = _f(0, "evaluation window length; 0 = run.train_seq_len")
+    batch_tokens: int = _f(524288, "tokens per validation batch (all ranks)")
+    stride: int = _f(0, "sliding-window stride; 0 = non-overlapping windows")
+    batch_seqs: int = _f(32, "windows per sliding/TTT/SLOT batch")
+    max_tokens: int = _f(0, "score only the first N validation tokens; 0 = all")
+    ttt_enabled: bool = _f(False, "legal score-first test-time training")
+    ttt_lr: float = _f(0.002, "TTT SGD learning rate (cosine over chunks)")
+    ttt_epochs: int = _f(3, "TTT passes over each scored chunk")
+    ttt_chunk_tokens: int = _f(32768, "TTT chunk size in tokens")
+    ttt_freeze_blocks: int = _f(0, "first K blocks are not trained by TTT")
+    ttt_momentum: float = _f(0.9, "TTT SGD momentum")
+    ttt_batch_seqs: int = _f(32, "sequences per TTT training step")
+    ttt_grad_clip: float = _f(1.0, "TTT gradient clip norm")
+    slot_mode: str = _f("off", "off | batch (published, NON-CAUSAL) | causal")
+    slot_lr: float = _f(0.003, "SLOT AdamW learning rate")
+    slot_steps: int = _f(5, "SLOT AdamW steps per batch")
+    slot_wd: float = _f(1e-8, "SLOT AdamW weight decay")
+    slot_eps: float = _f(1e-5, "SLOT AdamW epsilon")
+    audit: bool = _f(True, "run the legality audit on a small slice before the final number")
+    audit_tokens: int = _f(2048, "validation tokens used by the audit")
+    budget_seconds: float = _f(600.0, "evaluation time budget; warn when projected over")
+
+
+@dataclass
+class RunConfig:
+    run_id: str = _f("", "name of the run; empty = derived from time")
+    out_dir: str = _f("", "run folder; empty = runs/<run_id>")
+    seed: int = _f(1337, "global seed")
+    iterations: int = _f(20000, "maximum optimizer steps")
+    max_wallclock_seconds: float = _f(600.0, "training time cap (validation excluded); 0 = none")
+    train_batch_tokens: int = _f(524288, "tokens per optimizer step, all ranks and micro-steps")
+    train_seq_len: int = _f(1024, "training sequence length")
+    accum_world: int = _f(8, "grad accumulation x world size; micro-steps = accum_world // world_size")
+    val_loss_every: int = _f(1000, "validate every N steps; 0 = only at the end")
+    train_log_every: int = _f(200, "log a step line every N steps")
+    checkpoint_every: int = _f(0, "write a resumable checkpoint every N steps; 0 = never")
+    device: str = _f("auto", "auto | cpu | cuda")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A config value, key, preset or file that cannot be used as given."""
+
+
+# The reference train_gpt.py environment variables and the field each one sets.
+ENV_MAP: dict[str, str] = {
+    "DATA_PATH": "data.path", "TOKENIZER_PATH": "data.tokenizer_path",
+    "RUN_ID": "run.run_id", "SEED": "run.seed", "ITERATIONS": "run.iterations",
+    "MAX_WALLCLOCK_SECONDS": "run.max_wallclock_seconds",
+    "TRAIN_BATCH_TOKENS": "run.train_batch_tokens", "TRAIN_SEQ_LEN": "run.train_seq_len",
+    "VAL_LOSS_EVERY": "run.val_loss_every", "TRAIN_LOG_EVERY": "run.train_log_every",
+    "VAL_BATCH_SIZE": "eval.batch_tokens",
+    "WARMUP_STEPS": "schedule.warmup_steps", "WARMDOWN_ITERS": "schedule.warmdown_iters",
+    "VOCAB_SIZE": "model.vocab_size", "NUM_LAYERS": "model.num_layers",
+    "MODEL_DIM": "model.model_dim", "NUM_HEADS": "model.num_heads",
+    "NUM_KV_HEADS": "model.num_kv_heads", "MLP_MULT": "model.mlp_mult",
+    "TIE_EMBEDDINGS": "model.tie_embeddings", "TIED_EMBED_INIT_STD": "model.tied_embed_init_std",
+    "ROPE_BASE": "model.rope_base", "LOGIT_SOFTCAP": "model.logit_softcap",
+    "QK_GAIN_INIT": "model.qk_gain_init", "ROPE_DIMS": "model.rope_dims",
+    "ROPE_TRAIN_LEN": "model.rope_train_len",
+    "BIGRAM_VOCAB_SIZE": "model.bigram_vocab_size", "BIGRAM_DIM": "model.bigram_dim",
+    "XSA_LAST_N": "model.xsa_last_n", "LN_SCALE": "model.ln_scale",
+    "VE_ENABLED": "model.ve_enabled", "VE_DIM": "model.ve_dim", "VE_LAYERS": "model.ve_layers",
+    "SMEAR_ENABLED": "model.smear", "LEAKY_SLOPE": "model.leaky_slope",
+    "EMBED_LR": "optim.embed_lr", "HEAD_LR": "optim.head_lr",
+    "TIED_EMBED_LR": "optim.tied_embed_lr", "MATRIX_LR": "optim.matrix_lr",
+    "SCALAR_LR": "optim.scalar_lr", "MUON_MOMENTUM": "optim.muon_momentum",
+    "MUON_BACKEND_STEPS": "optim.muon_backend_steps",
+    "MUON_MOMENTUM_WARMUP_START": "optim.muon_momentum_warmup_start",
+    "MUON_MOMENTUM_WARMUP_STEPS": "optim.muon_momentum_warmup_steps",
+    "MUON_WD": "optim.muon_wd", "ADAM_WD": "optim.adam_wd",
+    "BETA1": "optim.beta1", "BETA2": "optim.beta2", "ADAM_EPS": "optim.adam_eps",
+    "GRAD_CLIP_NORM": "optim.grad_clip_norm",
+    "EMA_ENABLED": "schedule.ema_enabled", "EMA_DECAY": "schedule.ema_decay",
+    "SWA_ENABLED": "schedule.swa_enabled", "SWA_EVERY": "schedule.swa_every",
+    "LATE_QAT_THRESHOLD": "quant.late_qat_threshold",
+    "EVAL_STRIDE": "eval.stride", "EVAL_SEQ_LEN": "eval.seq_len",
+    "TTT_ENABLED": "eval.ttt_enabled", "TTT_LR": "eval.ttt_lr", "TTT_EPOCHS": "eval.ttt_epochs",
+    "TTT_CHUNK_TOKENS": "eval.ttt_chunk_tokens", "TTT_FREEZE_BLOCKS": "eval.ttt_freeze_blocks",
+    "TTT_MOMENTUM": "eval.ttt_momentum", "TTT_BATCH_SEQS": "eval.ttt_batch_seqs",
+    "TTT_GRAD_CLIP": "eval.ttt_grad_clip",
+    "SLOT_LR": "eval.slot_lr", "SLOT_STEPS": "eval.slot_steps",
+}
+
+# Reference names with a translated meaning rather than a plain field.
+ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT")
+
+# Names that appear in reference run commands but have no effect there or here; setting
+# one is reported so nobody believes it did something.
+ENV_KNOWN_UNUSED = ("SWA_START_FRAC", "MTP_NUM_HEADS", "MTP_LOSS_WEIGHT", "DTG_ENABLED",
+                    "TRIGRAM_ENABLED", "QAT_ENABLED", "NCCL_IB_DISABLE")
+
+
+def config_sections(cfg: Config) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _coerce(raw: Any, ftype: Any, key: str) -> Any:
+    """Turn a TOML/env/flag value into the field's declared type."""
+    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    base = tname.replace(" | None", "").strip()
+    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null") and "None" in tname):
+        if "None" in tname:
+            return None
+        raise ConfigError(f"{key}: a value is required (type {base})")
+    try:
+        if base == "bool":
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if base == "int":
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(float(raw)) if isinstance(raw, str) and "e" in raw.lower() else int(raw)
+        if base == "float":
+            return float(raw)
+        if base == "str":
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: cannot read {raw!r} as {base}") from None
+    raise ConfigError(f"{key}: unsupported field type {tname}")
+
+
+def set_value(cfg: Config, key: str, raw: Any) -> None:
+    """Set `section.field` from a raw value, with type coercion and a clear error."""
+    if "." not in key:
+        raise ConfigError(f"config key {key!r} must look like section.field (e.g. run.seed)")
+    sec_name, fname = key.split(".", 1)
+    sec = config_sections(cfg).get(sec_name)
+    if sec is None:
+        raise ConfigError(f"unknown config section {sec_name!r}; known: {', '.join(config_sections(cfg))}")
+    fields = {f.name: f for f in dataclasses.fields(sec)}
+    if fname not in fields:
+        raise ConfigError(f"unknown config field {key!r}; see `pgolf info --preset smoke` for the list")
+    setattr(sec, fname, _coerce(raw, fields[fname].type, key))
+
+
+def apply_mapping(cfg: Config, data: dict[str, Any], source: str) -> None:
+    for sec_name, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: top-level key {sec_name!r} must be a [section] table")
+        for fname, raw in values.items():
+            try:
+                set_value(cfg, f"{sec_name}.{fname}", raw)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+
+
+def preset_names() -> list[str]:
+    root = importlib.resources.files("pgolf") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset_text(name: str) -> str:
+    path = importlib.resources.files("pgolf") / "presets" / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return path.read_text()
+
+
+def load_toml_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or drop --config") from None
+
+
+def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
+    """Apply reference env vars and PGOLF_SECTION_FIELD vars; return warnings for unused ones."""
+    warnings = []
+    for name, field_key in ENV_MAP.items():
+        if name in env:
+            set_value(cfg, field_key, env[name])
+    if "SLOT_ENABLED" in env:
+        cfg.eval.slot_mode = "batch" if _coerce(env["SLOT_ENABLED"], "bool", "SLOT_ENABLED") else "off"
+    if "LATE_QAT" in env and not _coerce(env["LATE_QAT"], "bool", "LATE_QAT"):
+        cfg.quant.late_qat_threshold = 0.0
+    for name in ENV_KNOWN_UNUSED:
+        if name in env:
+            warnings.append(f"environment variable {name} is set but pgolf does not use it")
+    sections = config_sections(cfg)
+    for name, raw in env.items():
+        if not name.startswith("PGOLF_"):
+            continue
+        rest = name[len("PGOLF_"):].lower()
+        sec = next((s for s in sections if rest.startswith(s + "_")), None)
+        fname = rest[len(sec) + 1:] if sec else ""
+        if sec and fname in {f.name for f in dataclasses.fields(sections[sec])}:
+            set_value(cfg, f"{sec}.{fname}", raw)
+        elif name not in ("PGOLF_CACHE",):
+            warnings.append(f"environment variable {name} is set but matches no config field "
+                            f"(expected PGOLF_<SECTION>_<FIELD>, e.g. PGOLF_RUN_SEED)")
+    return warnings
+
+
+def resolve_config(preset: str | None = None, config_file: str | None = None,
+                   env: dict[str, str] | None = None, sets: list[str] | None = None
+                   ) -> tuple[Config, list[str]]:
+    """Build the effective config; returns it with warnings about ignored inputs."""
+    cfg = Config()
+    if preset:
+        apply_mapping(cfg, tomllib.loads(load_preset_text(preset)), f"preset {preset}")
+    if config_file:
+        apply_mapping(cfg, load_toml_file(config_file), config_file)
+    warnings = apply_env(cfg, dict(os.environ) if env is None else env)
+    for item in sets or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        key, raw = item.split("=", 1)
+        set_value(cfg, key.strip(), raw.strip())
+    finalize_config(cfg)
+    return cfg, warnings
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """'9,10' or '-2,-1' -> sorted absolute block indices, validated."""
+    out = set()
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        i = int(part)
+        j = i + num_layers if i < 0 else i
+        if not 0 <= j < num_layers:
+            raise ConfigError(f"layer index {i} out of range for {num_layers} layers")
+        out.add(j)
+    return sorted(out)
+
+
+def finalize_config(cfg: Config) -> None:
+    """Fill arch defaults and check cross-field constraints."""
+    m = cfg.model
+    if m.arch not in ARCH_DEFAULTS:
+        raise ConfigError(f"model.arch must be one of {sorted(ARCH_DEFAULTS)}, got {m.arch!r}")
+    if m.model_dim % m.num_heads or m.num_heads % m.num_kv_heads:
+        raise ConfigError("model.model_dim must divide by num_heads and num_heads by num_kv_heads")
+    head_dim = m.model_dim // m.num_heads
+    for k, v in ARCH_DEFAULTS[m.arch].items():
+        if getattr(m, k) is None:
+            # An arch default never exceeds a small model: tiny presets keep working.
+            setattr(m, k, min(v, head_dim) if k == "rope_dims" else v)
+    m.xsa_last_n = min(m.xsa_last_n, m.num_layers)
+    if m.rope_dims > head_dim or m.rope_dims % 2:
+        raise ConfigError(f"model.rope_dims must be even and <= head dim {head_dim}")
+    if m.ve_enabled:
+        parse_layers(m.ve_layers, m.num_layers)
+    if cfg.eval.slot_mode not in ("off", "batch", "causal"):
+        raise ConfigError(f"eval.slot_mode must be off, batch or causal, got {cfg.eval.slot_mode!r}")
+    if cfg.schedule.export_weights not in ("auto", "raw", "ema", "swa", "ema_swa"):
+        raise ConfigError("schedule.export_weights must be auto, raw, ema, swa or ema_swa")
+    if cfg.eval.seq_len == 0:
+        cfg.eval.seq_len = cfg.run.train_seq_len
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return {name: {k: v for k, v in dataclasses.asdict(sec).items() if v is not None}
+            for name, sec in config_sections(cfg).items()}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def config_to_toml(cfg: Config) -> str:
+    lines = []
+    for name, values in config_to_dict(cfg).items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_from_toml(text: str) -> Config:
+    cfg = Config()
+    apply_mapping(cfg, tomllib.loads(text), "saved config")
+    finalize_config(cfg)
+    return cfg
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(config_to_toml(cfg).encode()).hexdigest()[:16]

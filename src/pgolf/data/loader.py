@@ -1,0 +1,171 @@
+"""Token streams over shards: the sequential training stream, its per-rank batching, validation."""
+
+import glob
+import os
+
+import numpy as np
+import torch
+
+from pgolf.data.shards import load_shard, read_header
+
+
+class DataLoaderError(ValueError):
+    """Bad data-loading input: missing shards, bad batch geometry, train/val overlap."""
+
+
+def find_shards(pattern: str) -> list[str]:
+    """Sorted list of files matching a glob; raises naming the pattern when nothing matches."""
+    pattern = os.path.expanduser(os.fspath(pattern))
+    files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+    if not files:
+        raise DataLoaderError(
+            f"no shards match {pattern!r}; check data.path / the pattern, or fetch data with "
+            "`pgolf data fineweb` (leave data.path empty to use the embedded corpus)")
+    return files
+
+
+class TokenStream:
+    """Reads shards in order, packing across boundaries; wraps to the first shard at the end."""
+
+    def __init__(self, files: list[str]) -> None:
+        if isinstance(files, (str, os.PathLike)):
+            files = [os.fspath(files)]
+        if not files:
+            raise DataLoaderError("TokenStream needs at least one shard; pass a non-empty file list")
+        self.files = [os.fspath(f) for f in files]
+        for f in self.files:
+            read_header(f)  # fail at construction, not mid-run
+        self.shard_index = 0
+        self.position = 0
+        self.epoch = 0
+        self._tokens = load_shard(self.files[0])
+
+    def _loader_open(self, index: int) -> None:
+        self.shard_index = index
+        self._tokens = load_shard(self.files[index])
+
+    def take_numpy(self, n: int) -> np.ndarray:
+        """Next n tokens as an int64 numpy array."""
+        if n < 0:
+            raise DataLoaderError(f"cannot take {n} tokens; n must be >= 0")
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        while filled < n:
+            avail = len(self._tokens) - self.position
+            if avail <= 0:
+                nxt = self.shard_index + 1
+                if nxt == len(self.files):
+                    nxt = 0
+                    self.epoch += 1
+                self._loader_open(nxt)
+                self.position = 0
+                continue
+            k = min(avail, n - filled)
+            out[filled:filled + k] = self._tokens[self.position:self.position + k]
+            filled += k
+            self.position += k
+        return out
+
+    def take(self, n: int) -> torch.Tensor:
+        """Next n tokens as a CPU LongTensor."""
+        return torch.from_numpy(self.take_numpy(n))
+
+    def state(self) -> dict:
+        return {"shard_index": self.shard_index, "position": self.position, "epoch": self.epoch,
+                "num_shards": len(self.files)}
+
+    def load_state(self, state: dict) -> None:
+        idx, pos = int(state["shard_index"]), int(state["position"])
+        if not 0 <= idx < len(self.files):
+            raise DataLoaderError(f"stream state shard_index {idx} is outside the {len(self.files)} "
+                                  "shards found; resume with the same data.path and pattern")
+        self._loader_open(idx)
+        if not 0 <= pos <= len(self._tokens):
+            raise DataLoaderError(f"stream state position {pos} is outside shard {self.files[idx]} "
+                                  f"({len(self._tokens)} tokens); resume with the same shards")
+        self.position = pos
+        self.epoch = int(state.get("epoch", 0))
+
+
+def _loader_check_not_val(files: list[str], val_pattern: str | None) -> None:
+    val_files = set()
+    if val_pattern:
+        val_files = {os.path.abspath(f) for f in glob.glob(os.path.expanduser(val_pattern))}
+    for f in files:
+        base = os.path.basename(f)
+        if "_val_" in base or os.path.abspath(f) in val_files:
+            raise DataLoaderError(
+                f"training files include validation shard {f}; training on validation data is not "
+                "allowed: fix data.train_pattern so it matches only train shards")
+
+
+class DistributedTokenLoader:
+    """Per-rank (x, y) batches from one shared stream, identical across world sizes.
+
+    Each call consumes (local_tokens + 1) * world_size tokens and rank r keeps slice r, so
+    one process with accumulation k*W reads the same tokens as W processes with accumulation k.
+    """
+
+    def __init__(self, pattern_or_files, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", val_pattern: str | None = None) -> None:
+        if isinstance(pattern_or_files, (str, os.PathLike)):
+            files = find_shards(os.fspath(pattern_or_files))
+        else:
+            files = [os.fspath(f) for f in pattern_or_files]
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataLoaderError(f"rank {rank} / world_size {world_size} is invalid; "
+                                  "need 0 <= rank < world_size")
+        _loader_check_not_val(files, val_pattern)
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.stream = TokenStream(files)
+
+    def local_tokens(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> int:
+        parts = self.world_size * grad_accum_steps
+        if seq_len < 1 or grad_accum_steps < 1:
+            raise DataLoaderError(f"seq_len {seq_len} and grad_accum_steps {grad_accum_steps} "
+                                  "must be >= 1")
+        if global_tokens % parts:
+            raise DataLoaderError(
+                f"global batch {global_tokens} tokens is not divisible by world_size*grad_accum_steps"
+                f" = {parts}; choose a batch that is a multiple of {parts * seq_len}")
+        local = global_tokens // parts
+        if local % seq_len or local == 0:
+            raise DataLoaderError(
+                f"per-micro-step batch {local} tokens (= {global_tokens} / {parts}) is not a positive "
+                f"multiple of seq_len {seq_len}; use a global batch that is a multiple of "
+                f"{parts * seq_len}")
+        return local
+
+    def next_batch(self, global_tokens: int, seq_len: int,
+                   grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) LongTensors of shape [local_tokens // seq_len, seq_len] on this loader's device."""
+        local = self.local_tokens(global_tokens, seq_len, grad_accum_steps)
+        span = local + 1
+        chunk = self.stream.take(span * self.world_size)
+        mine = chunk[self.rank * span:(self.rank + 1) * span]
+        x = mine[:-1].reshape(-1, seq_len)
+        y = mine[1:].reshape(-1, seq_len)
+        if self.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+        return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+    def state(self) -> dict:
+        return self.stream.state()
+
+    def load_state(self, state: dict) -> None:
+        self.stream.load_state(state)
+
+
+def load_validation_tokens(pattern: str, seq_len: int) -> torch.Tensor:
+    """All validation shards concatenated, cut to a multiple of seq_len plus one token."""
+    files = pattern if isinstance(pattern, (list, tuple)) else find_shards(pattern)
+    parts = [np.asarray(load_shard(f), dtype=np.int64) for f in files]
+    tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    n = len(tokens)
+    if seq_len < 1 or n < seq_len + 1:
+        raise DataLoaderError(
+            f"validation data {pattern!r} has {n} tokens, fewer than seq_len+1 = {seq_len + 1}; "
+            "use a shorter seq_len or more validation data")
+    usable = ((n - 1) // seq_len) * seq_len + 1
+    return torch.from_numpy(np.ascontiguousarray(tokens[:usable]))

@@ -1,0 +1,140 @@
+"""The only module that talks to torch.distributed.
+
+Everything else receives a `Comm`: a single-process one whose collectives are no-ops, or a
+process-group one (NCCL on GPUs, gloo on CPU) set up from torchrun's environment.
+"""
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as tdist
+
+
+class DoneHandle:
+    """Handle of an operation that already completed (single process)."""
+
+    def wait(self) -> None:
+        return None
+
+
+class Comm:
+    """Single-process communicator: every collective is the identity."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.rank = 0
+        self.world_size = 1
+        self.local_rank = 0
+        self.device = device or torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, t: torch.Tensor) -> None:
+        return None
+
+    def all_reduce_avg(self, t: torch.Tensor) -> None:
+        return None
+
+    def all_reduce_max(self, t: torch.Tensor) -> None:
+        return None
+
+    def reduce_scatter_avg_async(self, out: torch.Tensor, inp: torch.Tensor) -> DoneHandle:
+        """out <- mean over ranks of this rank's slice of inp (inp dim 0 = world * out dim 0)."""
+        out.copy_(inp)
+        return DoneHandle()
+
+    def all_gather_async(self, out: torch.Tensor, inp: torch.Tensor) -> DoneHandle:
+        """out <- concatenation over ranks of inp along dim 0."""
+        out.copy_(inp)
+        return DoneHandle()
+
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
+        return None
+
+    def barrier(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ProcessGroupComm(Comm):
+    """Communicator over the default torch.distributed process group."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.rank = tdist.get_rank()
+        self.world_size = tdist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    def all_reduce_sum(self, t: torch.Tensor) -> None:
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+
+    def all_reduce_avg(self, t: torch.Tensor) -> None:
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        t.div_(self.world_size)
+
+    def all_reduce_max(self, t: torch.Tensor) -> None:
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+
+    def reduce_scatter_avg_async(self, out: torch.Tensor, inp: torch.Tensor):
+        # gloo lacks reduce_scatter and ReduceOp.AVG: emulate with an all-reduce there.
+        if tdist.get_backend() == "gloo":
+            buf = inp.clone()
+            tdist.all_reduce(buf, op=tdist.ReduceOp.SUM)
+            k = out.shape[0]
+            out.copy_(buf[self.rank * k:(self.rank + 1) * k]).div_(self.world_size)
+            return DoneHandle()
+        return _AvgHandle(tdist.reduce_scatter_tensor(out, inp, op=tdist.ReduceOp.SUM,
+                                                      async_op=True), out, self.world_size)
+
+    def all_gather_async(self, out: torch.Tensor, inp: torch.Tensor):
+        if tdist.get_backend() == "gloo":
+            parts = list(out.chunk(self.world_size, dim=0))
+            tdist.all_gather(parts, inp.contiguous())
+            return DoneHandle()
+        return tdist.all_gather_into_tensor(out, inp, async_op=True)
+
+    def broadcast(self, t: torch.Tensor, src: int = 0) -> None:
+        tdist.broadcast(t, src=src)
+
+    def barrier(self) -> None:
+        tdist.barrier()
+
+    def close(self) -> None:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+class _AvgHandle:
+    def __init__(self, work, out: torch.Tensor, world: int) -> None:
+        self.work, self.out, self.world = work, out, world
+
+    def wait(self) -> None:
+        self.work.wait()
+        self.out.div_(self.world)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local)
+    return torch.device(requested)
+
+
+def init_comm(requested_device: str = "auto") -> Comm:
+    """Comm for this process: a process group when launched by torchrun, else single."""
+    device = pick_device(requested_device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Comm(device)
+    if not tdist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+    return ProcessGroupComm(device)

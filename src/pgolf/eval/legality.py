@@ -1,0 +1,173 @@
+"""Legality audit: empirical checks of conditions 1, 3 and 4 for any eval mode.
+
+On a small slice of validation tokens (with a shrunken config so it runs in seconds):
+- causality (1): replace token j by another id and rerun the whole eval; no target at a
+  token position < j may change its NLL (target j itself is the replaced token, excluded).
+  Positions j include window and chunk boundaries, the first and the last token.
+- score_before_update (3, TTT modes): in the event log every trained range, and the token
+  just before it (its first input), was scored earlier.
+- once (4): every target is scored exactly once.
+Runs in one process (Comm()); the same model is reused, TTT copies it internally.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pgolf.config import EvalConfig
+from pgolf.dist import Comm
+from pgolf.eval.bpb import ScoreRecorder, as_byte_tables, val_tokens_tensor
+from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.eval.sliding import plan_windows
+from pgolf.eval.ttt import ttt_chunk_bounds, ttt_chunk_windows
+
+
+@dataclasses.dataclass
+class AuditReport:
+    """Verdicts are PASS, FAIL or n/a; details say where a check failed."""
+
+    mode: str
+    causality: str
+    causality_detail: str
+    once: str
+    once_detail: str
+    score_before_update: str
+    sbu_detail: str
+    positions: list
+    tolerance: float
+    noise: float
+    val_bpb: float
+    causal_label: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(v != "FAIL" for v in (self.causality, self.once, self.score_before_update))
+
+    def summary(self) -> str:
+        def part(name: str, verdict: str, detail: str) -> str:
+            return f"{name}={verdict}" + (f" ({detail})" if detail and verdict == "FAIL" else "")
+        tag = "" if self.causal_label else " [NON-CAUSAL batch SLOT]"
+        lines = [f"audit mode={self.mode}{tag} " + " ".join((
+            part("causality", self.causality, self.causality_detail),
+            part("once", self.once, self.once_detail),
+            part("score_before_update", self.score_before_update, self.sbu_detail)))]
+        lines.append(f"audit mode={self.mode} positions={self.positions} tolerance={self.tolerance:.1e} "
+                     f"noise={self.noise:.1e} slice_bpb={self.val_bpb:.6f} verdict="
+                     f"{'PASS' if self.ok else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def audit_eval_config(ecfg: EvalConfig, n_targets: int, fast: bool = True) -> EvalConfig:
+    """Shrink windows/chunks so the slice has several windows and >= 3 TTT chunks."""
+    seq_len = max(2, min(ecfg.seq_len, max(8, n_targets // 4)))
+    stride = min(ecfg.stride, max(1, seq_len // 4)) if ecfg.stride > 0 else 0
+    return dataclasses.replace(
+        ecfg, seq_len=seq_len, stride=stride, max_tokens=0, budget_seconds=0.0,
+        batch_seqs=max(1, min(ecfg.batch_seqs, 8)), ttt_batch_seqs=max(1, min(ecfg.ttt_batch_seqs, 4)),
+        ttt_chunk_tokens=max(seq_len, n_targets // 4),
+        ttt_epochs=min(ecfg.ttt_epochs, 1) if fast else ecfg.ttt_epochs,
+        slot_steps=min(ecfg.slot_steps, 3) if fast else ecfg.slot_steps)
+
+
+def audit_positions(n_targets: int, ecfg: EvalConfig, limit: int = 12) -> list[int]:
+    """Token positions to perturb: first/last, window and chunk boundaries, the middle."""
+    cand = [1, 2, n_targets, n_targets // 2, ecfg.seq_len // 2]
+    windows = plan_windows(n_targets, ecfg.seq_len, ecfg.stride or ecfg.seq_len)
+    if ecfg.ttt_enabled:
+        chunks = ttt_chunk_bounds(n_targets, ecfg.ttt_chunk_tokens)
+        windows = [w for ws in ttt_chunk_windows(windows, chunks) for w in ws]
+        for lo, _ in chunks[1:]:
+            cand += [lo, lo + 1]
+    for _, lo, hi in windows[1:4] + windows[len(windows) // 2:len(windows) // 2 + 1] + windows[-1:]:
+        cand += [lo, lo + 1, hi - 1]
+    picked: list[int] = []
+    for j in cand:
+        if 1 <= j <= n_targets and j not in picked:
+            picked.append(j)
+    return sorted(picked[:limit])
+
+
+def _audit_once(count: np.ndarray) -> tuple[str, str]:
+    bad = np.nonzero(count != 1)[0]
+    if bad.size == 0:
+        return "PASS", ""
+    i = int(bad[0])
+    return "FAIL", f"{bad.size} targets not scored exactly once; first: position {i + 1} scored {int(count[i])}x"
+
+
+def _audit_score_before_update(events: list, n_targets: int) -> tuple[str, str]:
+    scored = np.zeros(n_targets + 1, dtype=bool)
+    trained = 0
+    for kind, lo, hi in events:
+        if kind == "score":
+            scored[lo:hi] = True
+            continue
+        trained += 1
+        # Training targets [lo, hi) also read token lo, i.e. target lo-1 (token 0 is context).
+        need = scored[max(lo - 1, 0):hi]
+        if not need.all():
+            first = max(lo - 1, 0) + int(np.argmin(need))
+            return "FAIL", f"trained on targets [{lo},{hi}) before target {first} was scored"
+    if trained == 0:
+        return "PASS", "no training steps"
+    return "PASS", ""
+
+
+def _audit_run(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, list, dict]:
+    rec = ScoreRecorder(tokens.numel() - 1)
+    events: list = []
+    out = eval_fn(tokens, cfg, rec, events)
+    return rec.nll_array(), rec.count_array(), events, out
+
+
+def _audit_causality(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, base: np.ndarray,
+                     positions: list, vocab: int, tol: float) -> tuple[str, str]:
+    for j in positions:
+        pert = tokens.clone()
+        pert[j] = (int(pert[j]) + 1) % vocab
+        nll, _, _, _ = _audit_run(eval_fn, pert, cfg)
+        # Targets at token positions < j are target indices < j - 1.
+        diff = np.abs(nll[:j - 1] - base[:j - 1])
+        bad = np.nonzero(diff > tol)[0]
+        if bad.size:
+            i = int(bad[0])
+            return "FAIL", (f"j={j}, first changed position {i + 1} < j, |dNLL|={diff[i]:.2e}, "
+                            f"{bad.size} earlier positions changed")
+    return "PASS", ""
+
+
+def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfig, tables: Any,
+          device: torch.device | str = "cpu", eval_fn: Callable | None = None,
+          positions: list | None = None, vocab_size: int = 0, atol: float = 1e-6,
+          fast: bool = True, log: Callable | None = None) -> AuditReport:
+    """Audit `mode` (plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot) on the first
+    ecfg.audit_tokens targets of tokens. eval_fn(tokens, cfg, recorder, events) -> dict
+    replaces the built-in evaluator (model may then be None)."""
+    device = torch.device(device)
+    toks = val_tokens_tensor(tokens)
+    if ecfg.audit_tokens > 0:
+        toks = toks[:ecfg.audit_tokens + 1]
+    n = toks.numel() - 1
+    cfg = audit_eval_config(mode_to_eval_config(mode, ecfg), n, fast)
+    if eval_fn is None:
+        def eval_fn(t: torch.Tensor, c: EvalConfig, rec: ScoreRecorder, ev: list) -> dict:
+            return evaluate(model, t, tables, c, Comm(device), device, None, rec, ev)
+    vocab = (vocab_size or getattr(getattr(model, "cfg", None), "vocab_size", 0)
+             or as_byte_tables(tables, "cpu").vocab_size)
+    base, count, events, out = _audit_run(eval_fn, toks, cfg)
+    again, _, _, _ = _audit_run(eval_fn, toks, cfg)
+    # Rerunning unchanged input measures nondeterminism (GPU kernels); never below atol.
+    noise = float(np.max(np.abs(again - base))) if n else 0.0
+    tol = max(atol, 4.0 * noise)
+    positions = positions or audit_positions(n, cfg)
+    causality, cdetail = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol)
+    once, odetail = _audit_once(count)
+    sbu, sdetail = _audit_score_before_update(events, n) if cfg.ttt_enabled else ("n/a", "")
+    report = AuditReport(mode, causality, cdetail, once, odetail, sbu, sdetail, positions, tol,
+                         noise, float(out.get("val_bpb", float("nan"))), cfg.slot_mode != "batch")
+    if log is not None:
+        for line in report.summary().splitlines():
+            log(line)
+    return report

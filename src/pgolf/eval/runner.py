@@ -1,0 +1,88 @@
+"""One entry point for the configured evaluation mode, and the audit's mode names."""
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import torch
+
+from pgolf.config import EvalConfig
+from pgolf.dist import Comm
+from pgolf.eval.bpb import EvalInputError, ScoreRecorder, eval_plain, val_tokens_tensor
+from pgolf.eval.sliding import eval_sliding
+from pgolf.eval.slot import make_slot_scorer
+from pgolf.eval.ttt import eval_ttt
+
+# Audit / CLI mode names -> (stride needed, ttt_enabled, slot_mode).
+EVAL_MODES: dict[str, tuple[bool, bool, str]] = {
+    "plain": (False, False, "off"),
+    "sliding": (True, False, "off"),
+    "ttt": (True, True, "off"),
+    "slot": (True, False, "batch"),
+    "causal-slot": (True, False, "causal"),
+    "ttt+slot": (True, True, "batch"),
+    "ttt+causal-slot": (True, True, "causal"),
+}
+EVAL_MODE_ALIASES = {"sliding+slot": "slot", "sliding+causal-slot": "causal-slot"}
+EVAL_DEFAULT_STRIDE = 64
+
+
+def eval_mode_name(ecfg: EvalConfig) -> str:
+    """plain | sliding | ttt, plus +slot (NON-CAUSAL batch SLOT) or +causal-slot."""
+    base = "ttt" if ecfg.ttt_enabled else ("sliding" if ecfg.stride > 0 else "plain")
+    suffix = {"off": "", "batch": "+slot", "causal": "+causal-slot"}.get(ecfg.slot_mode)
+    if suffix is None:
+        raise EvalInputError(f"eval.slot_mode must be off, batch or causal, got {ecfg.slot_mode!r}")
+    return base + suffix
+
+
+def mode_to_eval_config(mode: str, ecfg: EvalConfig) -> EvalConfig:
+    """A copy of ecfg switched to an audit mode; sliding modes keep eval.stride, or use
+    min(64, seq_len) when it is 0 (causal SLOT needs overlapping windows to have context)."""
+    mode = EVAL_MODE_ALIASES.get(mode, mode)
+    if mode not in EVAL_MODES:
+        raise EvalInputError(f"unknown eval mode {mode!r}; use one of {', '.join(EVAL_MODES)}")
+    needs_stride, ttt, slot = EVAL_MODES[mode]
+    stride = ecfg.stride if needs_stride else 0
+    if needs_stride and stride <= 0:
+        stride = max(1, min(EVAL_DEFAULT_STRIDE, ecfg.seq_len))
+    return dataclasses.replace(ecfg, stride=stride, ttt_enabled=ttt, slot_mode=slot)
+
+
+def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalConfig, comm: Comm,
+             device: torch.device, log: Callable | None = None,
+             recorder: ScoreRecorder | None = None, events: Any = None) -> dict:
+    """Run the configured eval mode. Returns val_loss, val_bpb, tokens, bytes, mode, causal,
+    eval_seconds (plus per-phase seconds for TTT). TTT never modifies `model`."""
+    if ecfg.seq_len <= 0:
+        raise EvalInputError("eval.seq_len is 0: call pgolf.config.finalize_config first "
+                             "(it defaults to run.train_seq_len)")
+    t0 = time.perf_counter()
+    tokens = val_tokens_tensor(val_tokens)
+    if ecfg.max_tokens > 0:
+        tokens = tokens[:ecfg.max_tokens + 1]
+    mode = eval_mode_name(ecfg)
+    scorer = make_slot_scorer(ecfg)
+    if scorer is not None and not scorer.causal and log is not None and comm.is_main:
+        log(f"eval:mode {mode} uses batch SLOT, which is NON-CAUSAL (its delta is fitted on the "
+            "targets it scores); the result is not a legal record score")
+    if ecfg.ttt_enabled:
+        out = eval_ttt(model, tokens, ecfg, tables, comm, device, log, scorer, recorder, events)
+    elif ecfg.stride > 0 or scorer is not None:
+        out = eval_sliding(model, tokens, ecfg.seq_len, ecfg.stride or ecfg.seq_len,
+                           ecfg.batch_seqs, tables, comm, device, log, scorer, recorder, events,
+                           ecfg.budget_seconds)
+    else:
+        out = eval_plain(model, tokens, ecfg.seq_len, ecfg.batch_tokens, tables, comm, device,
+                         log, recorder, ecfg.budget_seconds)
+    out["mode"] = mode
+    out["causal"] = scorer is None or scorer.causal
+    out["eval_seconds"] = time.perf_counter() - t0
+    if log is not None and comm.is_main:
+        tag = "" if out["causal"] else " NON-CAUSAL"
+        log(f"eval:done mode:{mode}{tag} val_loss:{out['val_loss']:.6f} "
+            f"val_bpb:{out['val_bpb']:.6f} tokens:{out['tokens']} eval_seconds:{out['eval_seconds']:.1f}")
+        if ecfg.budget_seconds > 0 and out["eval_seconds"] > ecfg.budget_seconds:
+            log(f"eval:warning took {out['eval_seconds']:.0f}s, over eval.budget_seconds "
+                f"{ecfg.budget_seconds:.0f}s")
+    return out

@@ -1,0 +1,146 @@
+"""Causal GQA attention: q/k RMS norm, partial RoPE, per-head q gain, XSA, backends.
+
+The attention is written as a function of its weights so the same code serves per-layer
+weights (baseline) and slices of parameter banks (record).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def ntk_rope_base(base: float, rope_dims: int, seq_len: int, train_len: int) -> float:
+    """RoPE base stretched as if the model had been trained at `train_len` (NTK-aware).
+
+    The record computes its base this way: at 2048 tokens with train_len 1024 and 16
+    rotated dims, 10000 becomes ~22,081.
+    """
+    if train_len <= 0 or seq_len <= train_len or rope_dims <= 2:
+        return base
+    return base * (seq_len / train_len) ** (rope_dims / (rope_dims - 2))
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for the first `rope_dims` dims of each head, cached per length."""
+
+    def __init__(self, head_dim: int, rope_dims: int, base: float, train_len: int) -> None:
+        super().__init__()
+        self.rope_dims = rope_dims or head_dim
+        self.base = base
+        self.train_len = train_len
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype):
+        key = (seq_len, device, dtype)
+        if key not in self._cache:
+            rd = self.rope_dims
+            base = ntk_rope_base(self.base, rd, seq_len, self.train_len)
+            inv_freq = 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
+            t = torch.arange(seq_len, dtype=torch.float64, device=device)
+            freqs = torch.outer(t, inv_freq)
+            # Shaped [1, T, 1, rd/2] to broadcast over [B, T, H, rd/2].
+            self._cache[key] = (freqs.cos()[None, :, None, :].to(dtype),
+                                freqs.sin()[None, :, None, :].to(dtype))
+        return self._cache[key]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2*cos.size(-1) dims of x [B, T, H, D]; the rest pass through."""
+    half = cos.size(-1)
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    y1 = x1 * cos + x2 * sin
+    y2 = x2 * cos - x1 * sin
+    return torch.cat((y1, y2, rest), dim=-1)
+
+
+def xsa_remove_self_value(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Exclusive self-attention: drop from each head's output its component along the
+    token's own unit value vector. y [B,T,H,D], v [B,T,Hkv,D]; GQA without repeating v."""
+    b, t, h, d = y.shape
+    hkv = v.size(2)
+    yg = y.view(b, t, hkv, h // hkv, d)
+    vn = F.normalize(v, dim=-1).unsqueeze(3)
+    yg = yg - (yg * vn).sum(dim=-1, keepdim=True) * vn
+    return yg.view(b, t, h, d)
+
+
+def _attn_fa3_func():
+    try:
+        from flash_attn_interface import flash_attn_func  # optional Hopper kernel
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def resolve_attention_backend(requested: str, device: torch.device) -> str:
+    """Pick the backend actually used: fa3 only when importable on a Hopper GPU."""
+    if requested not in ("auto", "fa3", "sdpa", "math"):
+        raise ValueError(f"model.attn_backend must be auto, fa3, sdpa or math, got {requested!r}")
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+    if requested in ("auto", "fa3") and hopper and _attn_fa3_func() is not None:
+        return "fa3"
+    if requested == "fa3":
+        return "sdpa"
+    return "sdpa" if requested == "auto" else requested
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D], causal."""
+    if backend == "fa3":
+        out = _attn_fa3_func()(q, k, v, causal=True)
+        return out[0] if isinstance(out, tuple) else out
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if backend == "math":
+        rep = q.size(2) // k.size(2)
+        kt, vt = kt.repeat_interleave(rep, dim=1), vt.repeat_interleave(rep, dim=1)
+        scores = (qt @ kt.transpose(-1, -2)) / math.sqrt(q.size(-1))
+        t = q.size(1)
+        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return (scores.softmax(dim=-1) @ vt).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True,
+                                         enable_gqa=k.size(2) != q.size(2))
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Holds the per-head q gain (and the weights themselves when not banked)."""
+
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float,
+                 own_weights: bool) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = dim // num_heads
+        kv_dim = self.head_dim * num_kv_heads
+        self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init))
+        if own_weights:
+            self.c_q = nn.Linear(dim, dim, bias=False)
+            self.c_k = nn.Linear(dim, kv_dim, bias=False)
+            self.c_v = nn.Linear(dim, kv_dim, bias=False)
+            self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
+                wo: torch.Tensor, rotary: Rotary, backend: str, xsa: bool,
+                v_extra: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, c = x.shape
+        h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = F.linear(x, wq.to(x.dtype)).view(b, t, h, d)
+        k = F.linear(x, wk.to(x.dtype)).view(b, t, hkv, d)
+        v = F.linear(x, wv.to(x.dtype))
+        if v_extra is not None:
+            v = v + v_extra.to(v.dtype)
+        v = v.view(b, t, hkv, d)
+        q, k = rms_norm(q), rms_norm(k)
+        cos, sin = rotary(t, x.device, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        y = causal_attention(q, k, v, backend)
+        if xsa:
+            y = xsa_remove_self_value(y, v)
+        return F.linear(y.reshape(b, t, c), wo.to(x.dtype))

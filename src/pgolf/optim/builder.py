@@ -1,0 +1,136 @@
+"""The optimizer pair of a run: Muon for block matrices, AdamW for everything else.
+
+`OptimizerSet.reduce_and_step` owns the whole post-backward sequence, because the order
+of clipping, reduction and stepping is what makes a run match the reference:
+  (a) clip mode "local": clip all local grads (Muon's too) before any reduction
+      (the reference's behaviour: each rank clips its own gradient);
+  (b) Muon launches its async reduce-scatters (its grads are never all-reduced);
+  (c) the non-Muon grads are averaged over ranks in one flat all-reduce per dtype;
+  (d) clip mode "global": clip the reduced non-Muon grads. Muon grads are clipped only in
+      local mode: after (b) they exist only as per-rank shards inside Muon;
+  (e) AdamW step, (f) Muon step, then grads are set to None.
+"""
+
+from typing import Any
+
+import torch
+
+from pgolf.config import OptimConfig
+from pgolf.dist import Comm
+from pgolf.optim.errors import OptimError
+from pgolf.optim.muon import Muon
+
+_BUILDER_CLIP_MODES = ("local", "global")
+
+
+class OptimizerSet:
+    """Muon + AdamW driven together; every param group keeps its "base_lr"."""
+
+    def __init__(self, muon: Muon, adam: torch.optim.Optimizer, comm: Comm) -> None:
+        self.muon, self.adam, self.comm = muon, adam, comm
+        self.optimizers = [muon, adam]
+        muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+        self.muon_params = [p for g in muon.param_groups for p in g["params"]]
+        self.other_params = [p for g in adam.param_groups for p in g["params"]
+                             if id(p) not in muon_ids]
+
+    def set_lr_multiplier(self, mult: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * mult
+
+    def set_muon_momentum(self, momentum: float) -> None:
+        for group in self.muon.param_groups:
+            group["momentum"] = momentum
+
+    def all_params(self) -> list[torch.Tensor]:
+        return self.muon_params + self.other_params
+
+    @torch.no_grad()
+    def _builder_all_reduce_grads(self) -> None:
+        if self.comm.world_size <= 1:
+            return
+        # Every rank must send the same layout, so a missing grad travels as zeros.
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in self.other_params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            by_dtype.setdefault(p.grad.dtype, []).append(p)
+        for params in by_dtype.values():
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            self.comm.all_reduce_avg(flat)
+            offset = 0
+            for p in params:
+                k = p.grad.numel()
+                p.grad.copy_(flat[offset:offset + k].view_as(p.grad))
+                offset += k
+
+    def reduce_and_step(self, model: Any, grad_clip_norm: float, clip_mode: str = "local") -> None:
+        """Clip, reduce and step both optimizers, then drop the grads (see module doc)."""
+        if clip_mode not in _BUILDER_CLIP_MODES:
+            raise OptimError(f"grad_clip_mode={clip_mode!r} is unknown; use one of {_BUILDER_CLIP_MODES}")
+        if grad_clip_norm > 0 and clip_mode == "local":
+            torch.nn.utils.clip_grad_norm_(self.all_params(), grad_clip_norm)
+        self.muon.launch_reduce_scatter()
+        self._builder_all_reduce_grads()
+        if grad_clip_norm > 0 and clip_mode == "global":
+            torch.nn.utils.clip_grad_norm_(self.other_params, grad_clip_norm)
+        self.adam.step()
+        self.muon.step()
+        self.zero_grad(set_to_none=True)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both optimizers' states; Muon's part is this rank's shard (save one file per rank)."""
+        return {"muon": self.muon.state_dict(), "adam": self.adam.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adam.load_state_dict(state["adam"])
+
+
+def _builder_adam_groups(model: Any, ocfg: OptimConfig) -> list[dict[str, Any]]:
+    tied = bool(getattr(model.cfg, "tie_embeddings", True))
+    head = getattr(model, "lm_head", None)
+    head_params = [] if tied or head is None else [p for p in head.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head_params}
+    embed = [p for p in model.embedding_params() if id(p) not in head_ids]
+    scalars = [p for p in model.scalar_params() if id(p) not in head_ids]
+    embed_lr = ocfg.tied_embed_lr if tied else ocfg.embed_lr
+    groups = [dict(params=embed, lr=embed_lr, base_lr=embed_lr),
+              dict(params=scalars, lr=ocfg.scalar_lr, base_lr=ocfg.scalar_lr)]
+    if head_params:
+        groups.append(dict(params=head_params, lr=ocfg.head_lr, base_lr=ocfg.head_lr))
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None) -> OptimizerSet:
+    """Muon over model.matrix_params(); AdamW over embedding tables, scalars (and an untied head)."""
+    comm = comm if comm is not None else Comm()
+    matrices = list(model.matrix_params())
+    if not matrices:
+        raise OptimError("build_optimizers: model.matrix_params() is empty; Muon needs block matrices")
+    muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr)], lr=ocfg.matrix_lr,
+                momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
+                backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm)
+    groups = _builder_adam_groups(model, ocfg)
+    if not groups:
+        raise OptimError("build_optimizers: the model has no embedding or scalar params; AdamW needs some")
+    _builder_check_disjoint(matrices, groups)
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    adam = torch.optim.AdamW(groups, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.adam_eps,
+                             weight_decay=ocfg.adam_wd, fused=fused)
+    return OptimizerSet(muon, adam, comm)
+
+
+def _builder_check_disjoint(matrices: list[torch.Tensor], groups: list[dict[str, Any]]) -> None:
+    seen = {id(p) for p in matrices}
+    for g in groups:
+        for p in g["params"]:
+            if id(p) in seen:
+                raise OptimError(f"build_optimizers: a param of shape {tuple(p.shape)} is in two "
+                                 "param lists; matrix/embedding/scalar params must be disjoint")
+            seen.add(id(p))

@@ -1,0 +1,189 @@
+"""Muon: momentum + Newton–Schulz orthogonalized updates for block matrices.
+
+Params are 2-D matrices or 3-D banks [n, rows, cols] (each [i] an independent matrix).
+The same code path serves one process (no-op `Comm`) and many ("Parallel Muon"):
+
+1. `launch_reduce_scatter()` (right after backward, instead of an all-reduce): each
+   param's grad, viewed as a bank [n, r, c], is cast to bf16, zero-padded to n_pad (a
+   multiple of world_size) and reduce-scattered (average) asynchronously, biggest param
+   first, so rank k receives the mean grads of matrices [k*s, (k+1)*s), s = n_pad/world.
+2. `step()`: per param in the same order, wait, Nesterov momentum on the local shard
+   (fp32 buffer of the shard only), batched Newton–Schulz, scale by sqrt(max(1, r/c)),
+   async all-gather of the update; the previous param's gathered update is applied while
+   the current one is orthogonalized (decoupled weight decay, then p -= lr * update).
+
+Checkpoints: momentum buffers are shard-local, so `state_dict()` holds only this rank's
+shards and records (world_size, rank); `load_state_dict()` refuses a state saved under a
+different world size or rank. Save one optimizer state per rank (gathering would need a
+collective inside state_dict, which every rank would then have to call in lockstep).
+"""
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from pgolf.dist import Comm
+from pgolf.optim.errors import OptimError
+
+_MUON_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximately orthogonalize each matrix of G [..., m, n] (quintic Newton–Schulz).
+
+    Returns a tensor of `dtype` whose singular values lie roughly in [0.7, 1.2] after 5
+    steps (the coefficients trade exactness for speed; Muon only needs "near 1").
+    """
+    if G.ndim < 2:
+        raise OptimError(f"newton_schulz: got shape {tuple(G.shape)}; pass a [..., m, n] tensor")
+    a, b, c = _MUON_NS_COEFFS
+    X = G.to(dtype)
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        # X X^T is then the small (n x n) Gram matrix: cheaper and better conditioned.
+        X = X.mT
+    # The norm in fp32 keeps tiny grads from underflowing to a zero scale in bf16.
+    norm = X.float().norm(dim=(-2, -1), keepdim=True)
+    X = (X.float() / (norm + eps)).to(dtype)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+def _muon_bank_shape(p: torch.Tensor) -> tuple[int, int, int]:
+    if p.ndim == 2:
+        return 1, p.shape[0], p.shape[1]
+    if p.ndim == 3:
+        return p.shape[0], p.shape[1], p.shape[2]
+    raise OptimError(f"Muon: param of shape {tuple(p.shape)} is not a 2-D matrix or 3-D bank; "
+                     "give it to AdamW instead")
+
+
+class _MuonPending:
+    """A launched reduce-scatter: handle plus the shard buffer it fills."""
+
+    def __init__(self, p: torch.Tensor, group: dict, handle: Any, shard: torch.Tensor) -> None:
+        self.p, self.group, self.handle, self.shard = p, group, handle, shard
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon over 2-D matrices and 3-D banks; parallel over `comm` ranks (see module doc).
+
+    A param without a grad counts as a zero grad (every rank must join every collective),
+    so its momentum still decays into it and weight decay still applies.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95,
+                 nesterov: bool = True, backend_steps: int = 5, weight_decay: float = 0.0,
+                 comm: Comm | None = None, ns_dtype: torch.dtype = torch.bfloat16,
+                 reduce_dtype: torch.dtype = torch.bfloat16) -> None:
+        if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1:
+            raise OptimError(f"Muon: lr={lr}, momentum={momentum}, backend_steps={backend_steps}; "
+                             "need lr >= 0, 0 <= momentum < 1, backend_steps >= 1")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov,
+                        backend_steps=backend_steps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.comm = comm if comm is not None else Comm()
+        self.ns_dtype = ns_dtype
+        self.reduce_dtype = reduce_dtype
+        self._pending: list[_MuonPending] | None = None
+        self._muon_build_order()  # validates shapes up front
+
+    def _muon_build_order(self) -> list[tuple[torch.Tensor, dict]]:
+        pairs = [(p, g) for g in self.param_groups for p in g["params"]]
+        for p, _ in pairs:
+            _muon_bank_shape(p)
+        # Biggest first: its collective has the most time to finish behind the others.
+        return sorted(pairs, key=lambda pg: -pg[0].numel())
+
+    def _muon_layout(self, p: torch.Tensor) -> tuple[int, int, int, int, int]:
+        n, r, c = _muon_bank_shape(p)
+        world = self.comm.world_size
+        n_pad = -(-n // world) * world
+        return n, r, c, n_pad, n_pad // world
+
+    @torch.no_grad()
+    def launch_reduce_scatter(self) -> None:
+        """Start the async averaged reduce-scatter of every param's grad (call after backward)."""
+        pending = []
+        for p, group in self._muon_build_order():
+            n, r, c, n_pad, s = self._muon_layout(p)
+            full = torch.zeros(n_pad, r, c, dtype=self.reduce_dtype, device=p.device)
+            if p.grad is not None:
+                full[:n].copy_(p.grad.reshape(n, r, c))
+            shard = torch.empty(s, r, c, dtype=self.reduce_dtype, device=p.device)
+            handle = self.comm.reduce_scatter_avg_async(shard, full)
+            pending.append(_MuonPending(p, group, handle, shard))
+        self._pending = pending
+
+    def _muon_shard_update(self, p: torch.Tensor, group: dict, shard: torch.Tensor) -> torch.Tensor:
+        g = shard.float()
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(g)
+        buf = state["momentum_buffer"]
+        mom = group["momentum"]
+        buf.mul_(mom).add_(g)
+        g = g.add(buf, alpha=mom) if group["nesterov"] else buf
+        update = newton_schulz(g, steps=group["backend_steps"], dtype=self.ns_dtype)
+        _, r, c = _muon_bank_shape(p)
+        return update.mul_(math.sqrt(max(1.0, r / c)))
+
+    @staticmethod
+    def _muon_apply(p: torch.Tensor, lr: float, wd: float, handle: Any, full: torch.Tensor) -> None:
+        handle.wait()
+        n = _muon_bank_shape(p)[0]
+        if wd != 0.0:
+            p.mul_(1.0 - lr * wd)
+        p.add_(full[:n].reshape(p.shape).to(p.dtype), alpha=-lr)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._pending is None:
+            self.launch_reduce_scatter()
+        pending, self._pending = self._pending, None
+        prev = None
+        for item in pending:
+            p, group = item.p, item.group
+            item.handle.wait()
+            update = self._muon_shard_update(p, group, item.shard)
+            n_pad = self._muon_layout(p)[3]
+            full = torch.empty((n_pad,) + tuple(update.shape[1:]), dtype=update.dtype,
+                               device=update.device)
+            handle = self.comm.all_gather_async(full, update.contiguous())
+            if prev is not None:
+                self._muon_apply(*prev)
+            prev = (p, group["lr"], group["weight_decay"], handle, full)
+        if prev is not None:
+            self._muon_apply(*prev)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["muon_world_size"] = self.comm.world_size
+        sd["muon_rank"] = self.comm.rank
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        world, rank = state_dict.get("muon_world_size", 1), state_dict.get("muon_rank", 0)
+        if (world, rank) != (self.comm.world_size, self.comm.rank):
+            raise OptimError(f"Muon.load_state_dict: state saved by rank {rank} of {world}, loading on "
+                             f"rank {self.comm.rank} of {self.comm.world_size}; load each rank's own file")
+        base = {k: v for k, v in state_dict.items() if k not in ("muon_world_size", "muon_rank")}
+        super().load_state_dict(base)
+        # torch casts loaded state to the param dtype; keep the buffers fp32 as saved.
+        params = [p for g in self.param_groups for p in g["params"]]
+        for idx, saved in state_dict["state"].items():
+            buf = saved.get("momentum_buffer")
+            if buf is not None:
+                p = params[idx]
+                self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=torch.float32).clone()
+        self._pending = None

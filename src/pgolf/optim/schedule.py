@@ -1,0 +1,61 @@
+"""Pure schedule functions: Muon momentum warm-up and the lr warmdown multiplier."""
+
+from pgolf.optim.errors import OptimError
+
+_SCHED_MODES = ("auto", "time", "iters")
+
+
+def muon_momentum_at(step: int, start: float, final: float, warmup_steps: int) -> float:
+    """Linear ramp from `start` at step 0 to `final` at `warmup_steps`, then constant.
+
+    momentum = (1 - f) * start + f * final with f = min(step / warmup_steps, 1);
+    warmup_steps <= 0 means `final` from the first step.
+    """
+    if warmup_steps <= 0:
+        return final
+    frac = min(max(step, 0) / warmup_steps, 1.0)
+    return (1.0 - frac) * start + frac * final
+
+
+def _sched_iters(step: int, iterations: int, warmdown_iters: int) -> float:
+    if warmdown_iters <= 0:
+        return 1.0
+    start = iterations - warmdown_iters
+    if step < start:
+        return 1.0
+    return min(max((iterations - step) / warmdown_iters, 0.0), 1.0)
+
+
+def _sched_time(step: int, elapsed_ms: float, warmdown_iters: int, max_wallclock_ms: float) -> float:
+    if step <= 0 or warmdown_iters <= 0:
+        return 1.0
+    warmdown_ms = warmdown_iters * (elapsed_ms / step)
+    remaining_ms = max(max_wallclock_ms - elapsed_ms, 0.0)
+    return remaining_ms / warmdown_ms if remaining_ms < warmdown_ms else 1.0
+
+
+def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
+                  max_wallclock_ms: float, mode: str = "auto") -> float:
+    """Multiplier applied to every base lr at `step` (steps already taken = `step`).
+
+    - "iters": 1.0 while step < iterations - warmdown_iters, then
+      (iterations - step) / warmdown_iters, i.e. linear down to 0 at step == iterations
+      (and 0 beyond it; the reference returns 1.0 past `iterations`, which never matters).
+    - "time": the warmdown lasts the time `warmdown_iters` steps take at the average step
+      time so far: warmdown_ms = warmdown_iters * elapsed_ms / step. With
+      remaining_ms = max(max_wallclock_ms - elapsed_ms, 0), the multiplier is
+      remaining_ms / warmdown_ms once remaining_ms < warmdown_ms, else 1.0; 1.0 at step 0.
+      It reaches 0 exactly when the wall-clock budget is spent.
+    - "auto": "time" when max_wallclock_ms > 0, else "iters".
+    warmdown_iters <= 0 disables the warmdown (always 1.0).
+    """
+    if mode not in _SCHED_MODES:
+        raise OptimError(f"warmdown_mode={mode!r} is unknown; use one of {_SCHED_MODES}")
+    if mode == "auto":
+        mode = "time" if max_wallclock_ms > 0 else "iters"
+    if mode == "time":
+        if max_wallclock_ms <= 0:
+            raise OptimError(f"warmdown_mode='time' needs max_wallclock_ms > 0 (got {max_wallclock_ms}); "
+                             "set a wall-clock cap or use 'iters'")
+        return _sched_time(step, elapsed_ms, warmdown_iters, max_wallclock_ms)
+    return _sched_iters(step, iterations, warmdown_iters)

@@ -1,0 +1,241 @@
+"""The model artifact: quantized state dict -> self-describing, checksummed, compressed bytes.
+
+Layout (little-endian):
+  fixed prefix (56 bytes): magic b"PGOLF\\x00" | version u16 | header_len u32 |
+                           header_crc32 u32 | payload_len u64 | payload_sha256 32s
+  header: compact JSON {compressor, level, config_hash, meta} (header_len bytes)
+  payload: compressed body (payload_len bytes)
+Body (before compression): manifest_len u32 | manifest JSON | data. The manifest lists each
+tensor (name, shape, dtype, kind, method, bits, layout, byte ranges); the data groups all
+integer codes first, then per-row scales, then fp16 tensors, then raw tensors, because
+similar bytes side by side compress better. Bytes are a pure function of the inputs.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pgolf.config import QuantConfig
+from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes,
+                               decompress_bytes, pack_codes, unpack_codes)
+from pgolf.quant.policy import dequantize_state_dict, quantize_state_dict
+
+ARTIFACT_MAGIC = b"PGOLF\x00"
+ARTIFACT_VERSION = 1
+_ART_PREFIX = struct.Struct("<6sHIIQ32s")
+# Byte-per-code beats 6-bit packing after LZMA (see /tmp/pg/quant_table.md): LZMA's
+# literal coder models whole bytes, and packing scatters each code over two of them.
+DEFAULT_INT_LAYOUT = "bytes"
+CHALLENGE_LIMIT_BYTES = 16_000_000
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be read or written (one line, naming the file)."""
+
+
+class OverBudgetError(ValueError):
+    """Model + code bytes exceed the challenge limit."""
+
+
+def _art_tensor_bytes(t: Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _art_tensor_from(b: bytes, dtype: str, shape: list[int]) -> Tensor:
+    dt = getattr(torch, dtype)
+    if not b:
+        return torch.empty(shape, dtype=dt)
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8).view(dt).reshape(shape).clone()
+
+
+def serialize_payload(payload: dict[str, dict[str, Any]], int_layout: str = DEFAULT_INT_LAYOUT) -> bytes:
+    """Quantized payload (pgolf.quant.policy) -> uncompressed body bytes."""
+    if int_layout not in INT_LAYOUTS:
+        raise ArtifactError(f"int layout {int_layout!r} unknown; use one of {', '.join(INT_LAYOUTS)}")
+    regions: dict[str, list[bytes]] = {"q": [], "s": [], "d": [], "r": []}
+    sizes = {k: 0 for k in regions}
+    manifest = []
+
+    def put(region: str, b: bytes) -> list[int]:
+        regions[region].append(b)
+        sizes[region] += len(b)
+        return [sizes[region] - len(b), len(b)]
+
+    for name, e in payload.items():
+        m = {"name": name, "shape": e["shape"], "dtype": e["dtype"], "kind": e["kind"],
+             "method": e.get("method", e["kind"]), "bits": e.get("bits", 16)}
+        if e["kind"] == "int":
+            q = e["q"].numpy()
+            packed = int_layout == "packed" and m["bits"] < 8
+            m["layout"] = "packed" if packed else "bytes"
+            m["q"] = put("q", pack_codes(q, m["bits"]) if packed else q.tobytes())
+            m["s"] = put("s", _art_tensor_bytes(e["scale"].to(torch.float16)))
+        else:
+            m["d"] = put("d" if e["kind"] == "fp16" else "r", _art_tensor_bytes(e["data"]))
+        manifest.append(m)
+    base = {"q": 0, "s": sizes["q"], "d": sizes["q"] + sizes["s"]}
+    base["r"] = base["d"] + sizes["d"]
+    for m in manifest:
+        for key in ("q", "s", "d"):
+            if key in m:
+                region = "r" if m["kind"] == "raw" else key
+                m[key][0] += base[region]
+    mj = json.dumps({"tensors": manifest}, sort_keys=True, separators=(",", ":")).encode()
+    data = b"".join(b"".join(regions[k]) for k in ("q", "s", "d", "r"))
+    return struct.pack("<I", len(mj)) + mj + data
+
+
+def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Inverse of serialize_payload -> (payload, manifest)."""
+    (mlen,) = struct.unpack_from("<I", body, 0)
+    manifest = json.loads(body[4:4 + mlen].decode())["tensors"]
+    data = memoryview(body)[4 + mlen:]
+    payload: dict[str, dict[str, Any]] = {}
+    for m in manifest:
+        e: dict[str, Any] = {"kind": m["kind"], "shape": m["shape"], "dtype": m["dtype"],
+                             "bits": m["bits"], "method": m["method"], "category": m["kind"]}
+        if m["kind"] == "int":
+            off, n = m["q"]
+            count = int(np.prod(m["shape"])) if m["shape"] else 1
+            raw = bytes(data[off:off + n])
+            q = (unpack_codes(raw, m["bits"], count) if m["layout"] == "packed"
+                 else np.frombuffer(raw, dtype=np.int8))
+            e["q"] = torch.from_numpy(q.copy()).reshape(m["shape"])
+            rows = count // m["shape"][-1] if m["shape"][-1] else 0
+            e["scale"] = _art_tensor_from(bytes(data[m["s"][0]:sum(m["s"])]), "float16", [rows])
+        else:
+            dt = "float16" if m["kind"] == "fp16" else m["dtype"]
+            e["data"] = _art_tensor_from(bytes(data[m["d"][0]:sum(m["d"])]), dt, m["shape"])
+        payload[m["name"]] = e
+    return payload, manifest
+
+
+def _art_int_layout(qcfg: QuantConfig, int_layout: str | None) -> str:
+    return int_layout or getattr(qcfg, "int_layout", None) or DEFAULT_INT_LAYOUT
+
+
+def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
+                   meta: dict[str, Any] | None = None, int_layout: str | None = None
+                   ) -> tuple[bytes, dict[str, Any]]:
+    """Quantize, serialize, compress and frame a state dict -> (artifact bytes, quant stats)."""
+    if qcfg.compressor not in COMPRESSORS:
+        raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; use one of {', '.join(COMPRESSORS)}")
+    payload, stats = quantize_state_dict(state_dict, qcfg)
+    body = serialize_payload(payload, _art_int_layout(qcfg, int_layout))
+    comp = compress_bytes(body, qcfg.compressor, qcfg.level)
+    header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level,
+                         "config_hash": config_hash, "meta": meta or {}},
+                        sort_keys=True, separators=(",", ":")).encode()
+    prefix = _ART_PREFIX.pack(ARTIFACT_MAGIC, ARTIFACT_VERSION, len(header), zlib.crc32(header),
+                              len(comp), hashlib.sha256(comp).digest())
+    stats["body_bytes"], stats["payload_bytes"] = len(body), len(comp)
+    return prefix + header + comp, stats
+
+
+def pack_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
+                  meta: dict[str, Any] | None = None, int_layout: str | None = None) -> bytes:
+    """State dict -> artifact bytes (see build_artifact for the stats as well)."""
+    return build_artifact(state_dict, qcfg, config_hash, meta, int_layout)[0]
+
+
+def _art_check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
+    """Validate the framing; return (header dict, compressed payload)."""
+    n = _ART_PREFIX.size
+    head = blob[:len(ARTIFACT_MAGIC)]
+    if not head or head != ARTIFACT_MAGIC[:len(head)]:
+        raise ArtifactError(f"{source}: not a pgolf artifact (bad magic); pass a file written by pgolf export")
+    if len(blob) >= 8:
+        (version,) = struct.unpack_from("<H", blob, 6)
+        if version != ARTIFACT_VERSION:
+            raise ArtifactError(f"{source}: unsupported artifact version {version} (expected "
+                                f"{ARTIFACT_VERSION}); re-export it with this pgolf version")
+    if len(blob) < n:
+        raise ArtifactError(f"{source}: truncated (expected at least {n} bytes, got {len(blob)}); re-copy the file")
+    _, version, hlen, hcrc, plen, sha = _ART_PREFIX.unpack_from(blob, 0)
+    if len(blob) != n + hlen + plen:
+        what = "truncated" if len(blob) < n + hlen + plen else "trailing bytes"
+        raise ArtifactError(f"{source}: {what} (expected {n + hlen + plen} bytes, got {len(blob)}); re-copy the file")
+    hbytes, comp = blob[n:n + hlen], blob[n + hlen:]
+    if zlib.crc32(hbytes) != hcrc or hashlib.sha256(comp).digest() != sha:
+        raise ArtifactError(f"{source}: checksum mismatch (corrupt file); re-copy or re-export it")
+    header = json.loads(hbytes.decode())
+    header.update(version=version, payload_len=plen, payload_sha256=sha.hex(), total_bytes=len(blob))
+    if header.get("compressor") not in COMPRESSORS:
+        raise ArtifactError(f"{source}: unknown compressor {header.get('compressor')!r}; "
+                            f"this pgolf reads {', '.join(COMPRESSORS)}")
+    return header, comp
+
+
+def unpack_artifact(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Artifact bytes -> (float32 state dict, header incl. the tensor manifest)."""
+    header, comp = _art_check_frame(bytes(blob), source)
+    try:
+        body = decompress_bytes(comp, header["compressor"], int(header["level"]))
+        payload, manifest = deserialize_payload(body)
+    except CodecError as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    except (ValueError, KeyError, struct.error, RuntimeError) as e:
+        raise ArtifactError(f"{source}: undecodable payload ({type(e).__name__}); re-export it") from None
+    header["manifest"] = [{k: m[k] for k in ("name", "shape", "dtype", "method", "bits")} for m in manifest]
+    return dequantize_state_dict(payload), header
+
+
+def write_artifact(path: str | os.PathLike, blob: bytes, overwrite: bool = False) -> Path:
+    """Atomically write blob to path (temp file + rename); refuse an existing path unless overwrite."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise ArtifactError(f"{p}: already exists; pass overwrite=True or choose another path")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            try:
+                os.link(tmp, p)  # atomic no-clobber even if another writer raced us
+            except FileExistsError:
+                raise ArtifactError(f"{p}: already exists; pass overwrite=True or choose another path") from None
+            except OSError:
+                os.replace(tmp, p)  # filesystem without hard links
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and decode an artifact file -> (float32 state dict, header)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: artifact not found; check the path (pgolf export writes it)")
+    return unpack_artifact(p.read_bytes(), source=str(p))
+
+
+def budget_report(model_bytes: int, code_bytes: int, limit: int = CHALLENGE_LIMIT_BYTES) -> dict[str, Any]:
+    """Byte accounting of a submission: artifact = compressed model + code, against the limit."""
+    total = int(model_bytes) + int(code_bytes)
+    return {"model_bytes": int(model_bytes), "code_bytes": int(code_bytes), "artifact_bytes": total,
+            "limit": int(limit), "margin": int(limit) - total, "ok": total <= int(limit)}
+
+
+def check_budget(report: dict[str, Any], what: str) -> None:
+    """Raise OverBudgetError when report (from budget_report) is over its limit."""
+    if report["ok"]:
+        return
+    raise OverBudgetError(
+        f"artifact {what} is {-report['margin']:,} bytes over the {report['limit']:,}-byte limit "
+        f"(model {report['model_bytes']:,} + code {report['code_bytes']:,}): lower quant.matrix_bits, "
+        f"use quant.compressor=lzma, or shrink the model")

@@ -1,0 +1,67 @@
+"""Plain-text run logs: one `key:value key:value` line per event, readable and parseable."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def format_event(fields: dict[str, Any]) -> str:
+    parts = []
+    for k, v in fields.items():
+        if isinstance(v, float):
+            v = f"{v:.6g}" if abs(v) < 1e6 else f"{v:.0f}"
+        parts.append(f"{k}:{v}")
+    return " ".join(parts)
+
+
+def parse_event(line: str) -> dict[str, str]:
+    """Inverse of format_event for lines whose values hold no spaces."""
+    out = {}
+    for part in line.split():
+        if ":" in part:
+            k, v = part.split(":", 1)
+            out[k] = v
+    return out
+
+
+class RunLog:
+    """Writes to stdout and to `path` (append); only the main rank writes."""
+
+    def __init__(self, path: str | None, enabled: bool = True, echo: bool = True) -> None:
+        self.enabled = enabled
+        self.echo = echo
+        self.fh = open(path, "a", encoding="utf-8") if (path and enabled) else None
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.echo:
+            print(text, flush=True)
+        if self.fh:
+            self.fh.write(text + "\n")
+            self.fh.flush()
+
+    def event(self, **fields: Any) -> None:
+        self.line(format_event(fields))
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+            self.fh = None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def now_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

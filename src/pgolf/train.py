@@ -1,0 +1,436 @@
+"""The training run: data -> model -> optimizers -> loop -> artifact -> evaluation -> metrics.
+
+One function per phase; `train()` strings them together and owns the run folder:
+log.txt, config.toml, checkpoints (ckpt_rank{r}.pt), model.ptz and metrics.json.
+"""
+
+import contextlib
+import copy
+import glob
+import hashlib
+import math
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_toml,
+                          finalize_config)
+from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
+from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
+from pgolf.dist import Comm, init_comm
+from pgolf.eval.bpb import eval_plain
+from pgolf.eval.runner import evaluate, run_audit
+from pgolf.model.attention import resolve_attention_backend
+from pgolf.model.banks import rebank_state_dict, unbank_state_dict
+from pgolf.model.gpt import GPT, count_params
+from pgolf.optim.averaging import EMA, SWA, select_export_state
+from pgolf.optim.builder import build_optimizers
+from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
+from pgolf.quant.artifact import budget_report, check_budget, pack_artifact, read_artifact, write_artifact
+from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+class RunState:
+    """Everything the loop mutates, so checkpoints and priming can save/restore it."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.train_ms = 0.0
+        self.last_finite_loss = float("nan")
+        self.qat_active = False
+
+
+# ---------------------------------------------------------------- setup
+
+def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
+    """(train glob, val glob, tokenizer path) from data.path, failing with a fix."""
+    d = cfg.data
+    if not d.path:
+        raise TrainingError("data.path is empty: set DATA_PATH (or --set data.path=DIR) to a folder "
+                            "of fineweb_train_*.bin / fineweb_val_*.bin shards")
+    train_glob = os.path.join(d.path, d.train_pattern)
+    val_glob = os.path.join(d.path, d.val_pattern)
+    tok = d.tokenizer_path
+    if not tok:
+        candidates = sorted(glob.glob(os.path.join(d.path, "*.model")))
+        candidates += sorted(glob.glob(os.path.join(d.path, "..", "..", "tokenizers",
+                                                    f"*_{cfg.model.vocab_size}_bpe.model")))
+        if not candidates:
+            raise TrainingError(f"no tokenizer found beside {d.path}: set TOKENIZER_PATH "
+                                "(or --set data.tokenizer_path=FILE)")
+        tok = candidates[0]
+    return train_glob, val_glob, tok
+
+
+def _train_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on GPUs; fp32 on CPU, where bf16 matmuls are slow and tests want exactness."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_model(cfg: Config, device: torch.device) -> GPT:
+    model = GPT(cfg.model).to(device)
+    model.attn_backend = resolve_attention_backend(cfg.model.attn_backend, device)
+    return model
+
+
+def weights_sha256(sd: dict[str, torch.Tensor]) -> str:
+    """Order-independent digest of a state dict's names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def device_label(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+# ---------------------------------------------------------------- one step
+
+def train_step(model, fwd, opt, loader, cfg: Config, accum: int, device) -> torch.Tensor:
+    """Forward/backward over `accum` micro-batches, then reduce and step. Returns the loss."""
+    total = torch.zeros((), device=device)
+    for _ in range(accum):
+        x, y = loader.next_batch(cfg.run.train_batch_tokens, cfg.run.train_seq_len, accum)
+        with autocast_for(device):
+            loss = fwd(x, y)
+        (loss / accum).backward()
+        total += loss.detach() / accum
+    opt.reduce_and_step(model, cfg.optim.grad_clip_norm, cfg.optim.grad_clip_mode)
+    return total
+
+
+def set_schedule(opt, model: GPT, cfg: Config, st: RunState) -> float:
+    """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
+    r, o = cfg.run, cfg.optim
+    mult = lr_multiplier(st.step, st.train_ms, r.iterations, cfg.schedule.warmdown_iters,
+                         r.max_wallclock_seconds * 1000.0, cfg.schedule.warmdown_mode)
+    opt.set_lr_multiplier(mult)
+    opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
+                                           o.muon_momentum_warmup_steps))
+    thr = cfg.quant.late_qat_threshold
+    if thr > 0 and not st.qat_active and mult < thr:
+        st.qat_active = True
+        model.qat_on.fill_(1.0)
+    return mult
+
+
+def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog) -> None:
+    """Run warm-up steps to compile kernels, then restore weights, optimizer and data."""
+    n = cfg.schedule.warmup_steps
+    if n <= 0:
+        return
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), loader.state())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        train_step(model, fwd, opt, loader, cfg, accum, device)
+    model.load_state_dict(saved[0])
+    opt.load_state_dict(saved[1])
+    loader.load_state(saved[2])
+    opt.zero_grad(set_to_none=True)
+    log.event(event="priming_done", steps=n, seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoint_path(out_dir: str, rank: int) -> Path:
+    return Path(out_dir) / f"ckpt_rank{rank}.pt"
+
+
+def save_checkpoint(out_dir, rank, model, opt, loader, ema, swa, st: RunState) -> None:
+    """Atomic: the previous good checkpoint is replaced only by a complete new one."""
+    path = checkpoint_path(out_dir, rank)
+    blob = {"format": 1, "model": model.state_dict(), "opt": opt.state_dict(), "loader": loader.state(),
+            "ema": ema.state_dict() if ema else None, "swa": swa.state_dict() if swa else None,
+            "run": vars(st).copy(), "rng": torch.get_rng_state()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out_dir: str, rank: int) -> dict:
+    path = checkpoint_path(out_dir, rank)
+    for candidate in (path, path.with_name(path.name + ".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            blob = torch.load(candidate, map_location="cpu", weights_only=False)
+            if blob.get("format") == 1:
+                return blob
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+            print(f"checkpoint {candidate} is unreadable ({type(e).__name__}); trying an older one")
+    raise TrainingError(f"no readable checkpoint in {out_dir} (looked for {path.name} and .prev): "
+                        "start a new run with --out, the run folder is left untouched")
+
+
+def restore_checkpoint(blob, model, opt, loader, ema, swa, st: RunState) -> None:
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["opt"])
+    loader.load_state(blob["loader"])
+    if ema is not None and blob["ema"] is not None:
+        ema.load_state_dict(blob["ema"])
+    if swa is not None and blob["swa"] is not None:
+        swa.load_state_dict(blob["swa"])
+    vars(st).update(blob["run"])
+    torch.set_rng_state(blob["rng"])
+    if st.qat_active:
+        model.qat_on.fill_(1.0)
+
+
+# ---------------------------------------------------------------- the loop
+
+def should_stop(st: RunState, cfg: Config, comm: Comm, device) -> bool:
+    cap_ms = cfg.run.max_wallclock_seconds * 1000.0
+    stop = st.step >= cfg.run.iterations or (cap_ms > 0 and st.train_ms >= cap_ms)
+    if cap_ms > 0 and comm.world_size > 1:
+        # Ranks see slightly different clocks: stop together or the collectives hang.
+        flag = torch.tensor(float(stop), device=device)
+        comm.all_reduce_max(flag)
+        stop = bool(flag.item())
+    return stop
+
+
+def check_finite(loss: float, st: RunState, out_dir: str) -> None:
+    if math.isfinite(loss):
+        st.last_finite_loss = loss
+        return
+    raise TrainingError(
+        f"train loss is {loss} at step {st.step + 1} (last finite loss {st.last_finite_loss:.4f}); "
+        f"lower optim.matrix_lr / optim.scalar_lr or set optim.grad_clip_norm; "
+        f"log and checkpoints in {out_dir} are kept")
+
+
+def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, opt, step_ms: float) -> None:
+    r = cfg.run
+    avg_ms = st.train_ms / max(st.step, 1)
+    left = (r.iterations - st.step) * avg_ms
+    if r.max_wallclock_seconds > 0:
+        left = min(left, r.max_wallclock_seconds * 1000.0 - st.train_ms)
+    log.event(step=f"{st.step}/{r.iterations}", train_loss=round(loss, 4), lr_mult=round(mult, 4),
+              momentum=round(opt.muon.param_groups[0]["momentum"], 4), step_ms=round(step_ms, 1),
+              step_avg_ms=round(avg_ms, 1), tokens_per_s=int(r.train_batch_tokens / max(avg_ms, 1e-9) * 1000),
+              train_time_s=round(st.train_ms / 1000, 1), eta_s=round(max(left, 0) / 1000, 1))
+
+
+def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm: Comm, device,
+             accum: int, val, log: RunLog, out_dir: str) -> None:
+    r, s = cfg.run, cfg.schedule
+    while True:
+        if should_stop(st, cfg, comm, device):
+            break
+        if r.val_loss_every and st.step and st.step % r.val_loss_every == 0:
+            res = eval_plain(model, val["tokens"], cfg.eval.seq_len, cfg.eval.batch_tokens,
+                             val["tables"], comm, device)
+            log.event(step=st.step, val_loss=round(res["val_loss"], 4), val_bpb=round(res["val_bpb"], 4))
+        mult = set_schedule(opt, model, cfg, st)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = train_step(model, fwd, opt, loader, cfg, accum, device).item()
+        step_ms = (time.perf_counter() - t0) * 1000.0
+        check_finite(loss, st, out_dir)
+        st.train_ms += step_ms
+        st.step += 1
+        if ema is not None:
+            ema.update(model)
+        if swa is not None:
+            swa.maybe_snapshot(ema.shadow if swa.source == "ema" else model,
+                               st.step, mult, s.swa_every, s.swa_threshold)
+        if r.train_log_every and (st.step % r.train_log_every == 0 or st.step <= 5):
+            log_step(log, st, cfg, loss, mult, opt, step_ms)
+        if r.checkpoint_every and st.step % r.checkpoint_every == 0:
+            save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st)
+
+
+# ---------------------------------------------------------------- export + evaluation
+
+def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str, log: RunLog,
+                    comm: Comm) -> dict[str, Any]:
+    """Pick the exported weights, quantize + compress them, check the budget, write model.ptz."""
+    state, label, warning = select_export_state(cfg.schedule.export_weights, model, ema, swa)
+    if warning:
+        log.event(event="warning", message=warning.replace(" ", "_"))
+    flat = unbank_state_dict(state, model.num_layers)
+    info = {"export_weights": label, "weights_sha256": weights_sha256(flat), "state": state}
+    blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": config_to_toml(cfg)})
+    report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
+    info.update(model_bytes=report["model_bytes"], code_bytes=report["code_bytes"],
+                artifact_bytes=report["artifact_bytes"], budget_margin=report["margin"])
+    if comm.is_main:
+        # The trained weights survive an over-budget refusal: nothing already computed is lost.
+        torch.save(flat, Path(out_dir) / "final_state.pt")
+    check_budget(report, str(Path(out_dir) / "model.ptz"))
+    if comm.is_main:
+        write_artifact(Path(out_dir) / "model.ptz", blob, overwrite=True)
+    log.event(event="artifact", export_weights=label, model_bytes=report["model_bytes"],
+              code_bytes=code_bytes, artifact_bytes=report["artifact_bytes"], margin=report["margin"])
+    return info
+
+
+def load_round_trip(path: str, cfg: Config, device) -> GPT:
+    """The model evaluation always uses: de-quantized from the artifact on disk."""
+    sd, _ = read_artifact(path)
+    model = build_model(cfg, device)
+    if model.banked:
+        sd = rebank_state_dict(sd, model.num_layers)
+    model.load_state_dict({k: v.to(device) for k, v in sd.items()})
+    model.eval()
+    return model
+
+
+def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: Comm, device,
+                     log: RunLog) -> dict[str, Any]:
+    """Plain bpb before/after quantization, then the configured eval mode and its audit."""
+    pre = build_model(cfg, device)
+    pre.load_state_dict({k: v.to(device) for k, v in state.items()})
+    pre.eval()
+    ec = cfg.eval
+    before = eval_plain(pre, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)
+    del pre
+    model = load_round_trip(artifact, cfg, device)
+    after = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)
+    log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
+              post_quant_val_bpb=round(after["val_bpb"], 5),
+              quant_penalty_bpb=round(after["val_bpb"] - before["val_bpb"], 5))
+    res = evaluate(model, val["tokens"], val["tables"], ec, comm, device, log.line)
+    out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
+           "eval_causal": res["causal"], "eval_seconds": res["eval_seconds"],
+           "pre_quant_val_bpb": before["val_bpb"], "post_quant_plain_val_bpb": after["val_bpb"],
+           "quant_penalty_bpb": after["val_bpb"] - before["val_bpb"]}
+    if ec.audit:
+        report = run_audit(model, val["tokens"], val["tables"], ec, device, mode=res["mode"])
+        log.line(report.summary())
+        out.update(legal=bool(report.ok and res["causal"]), audit=report.verdicts())
+    else:
+        out.update(legal=None, audit="skipped (eval.audit=false)")
+    log.event(event="final", val_loss=round(res["val_loss"], 5), val_bpb=round(res["val_bpb"], 5),
+              mode=res["mode"], legal=out["legal"])
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+def prepare_out_dir(cfg: Config, out_dir: str, resume: bool, comm: Comm) -> str:
+    out = Path(out_dir or cfg.run.out_dir or os.path.join("runs", cfg.run.run_id or now_run_id()))
+    if comm.is_main:
+        if not resume and (out / "log.txt").exists():
+            raise TrainingError(f"{out} already holds a run: pass --resume {out} to continue it "
+                                "or choose another --out (nothing was changed)")
+        out.mkdir(parents=True, exist_ok=True)
+    comm.barrier()
+    return str(out)
+
+
+def load_val(cfg: Config, device) -> dict[str, Any]:
+    _, val_glob, tok_path = resolve_data_paths(cfg)
+    sp = load_tokenizer(tok_path, cfg.model.vocab_size)
+    tokens = load_validation_tokens(val_glob, cfg.eval.seq_len)
+    if cfg.eval.max_tokens and tokens.numel() - 1 > cfg.eval.max_tokens:
+        n = (cfg.eval.max_tokens // cfg.eval.seq_len) * cfg.eval.seq_len
+        tokens = tokens[:n + 1]
+    return {"tokens": tokens, "tables": build_byte_tables(sp, cfg.model.vocab_size), "tokenizer": tok_path}
+
+
+def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = False,
+          warnings: list[str] | None = None) -> dict[str, Any]:
+    """Train, export and evaluate one run; returns (and writes) its metrics."""
+    comm = init_comm(cfg.run.device)
+    device = comm.device
+    out_dir = prepare_out_dir(cfg, out_dir, resume, comm)
+    log = RunLog(os.path.join(out_dir, "log.txt"), enabled=comm.is_main)
+    try:
+        return _train_run(cfg, out_dir, code_bytes, resume, warnings or [], comm, device, log)
+    finally:
+        log.close()
+        comm.close()
+
+
+def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    if comm.is_main and not resume:
+        write_text_atomic(os.path.join(out_dir, "config.toml"), config_to_toml(cfg))
+    for w in warnings:
+        log.event(event="warning", message=w.replace(" ", "_"))
+    _train_seed(cfg.run.seed)
+    train_glob, val_glob, _ = resolve_data_paths(cfg)
+    val = load_val(cfg, device)
+    model = build_model(cfg, device)
+    if cfg.quant.late_qat_threshold > 0:
+        model.enable_qat(cfg.quant.matrix_bits)
+    fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
+    opt = build_optimizers(model, cfg.optim, comm)
+    loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob)
+    if cfg.run.accum_world % comm.world_size:
+        raise TrainingError(f"run.accum_world {cfg.run.accum_world} is not a multiple of world size "
+                            f"{comm.world_size}: set run.accum_world to a multiple of it")
+    accum = cfg.run.accum_world // comm.world_size
+    log.event(event="run", out_dir=out_dir, params=count_params(model), arch=cfg.model.arch,
+              attn_backend=model.attn_backend, world_size=comm.world_size, grad_accum=accum,
+              device=device_label(device).replace(" ", "_"), val_tokens=val["tokens"].numel() - 1,
+              config_hash=config_hash(cfg))
+    st = RunState()
+    ema = EMA(model, cfg.schedule.ema_decay) if cfg.schedule.ema_enabled else None
+    swa = SWA("ema" if cfg.schedule.export_weights == "ema_swa" else "raw") if cfg.schedule.swa_enabled else None
+    if resume:
+        restore_checkpoint(load_checkpoint(out_dir, comm.rank), model, opt, loader, ema, swa, st)
+        log.event(event="resumed", step=st.step, train_time_s=round(st.train_ms / 1000, 1))
+    else:
+        prime(model, fwd, opt, loader, cfg, accum, device, log)
+    run_loop(model, fwd, opt, loader, ema, swa, st, cfg, comm, device, accum, val, log, out_dir)
+    log.event(event="train_done", steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
+              swa_snapshots=swa.count if swa else 0)
+    info = export_artifact(model, ema, swa, cfg, code_bytes, out_dir, log, comm)
+    state = info.pop("state")
+    if comm.world_size > 1:
+        comm.barrier()
+    ev = final_evaluation(cfg, state, os.path.join(out_dir, "model.ptz"), val, comm, device, log)
+    avg_ms = st.train_ms / max(st.step, 1)
+    metrics = {
+        **ev, **info, "steps": st.step, "train_time_s": st.train_ms / 1000.0, "step_avg_ms": avg_ms,
+        "tokens_per_s": cfg.run.train_batch_tokens / max(avg_ms, 1e-9) * 1000.0,
+        "world_size": comm.world_size, "device": device_label(device), "params": count_params(model),
+        "config_hash": config_hash(cfg), "seed": cfg.run.seed, "wall_time_s": time.perf_counter() - t_start,
+    }
+    if comm.is_main:
+        write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def resume_config(out_dir: str) -> Config:
+    path = Path(out_dir) / "config.toml"
+    if not path.is_file():
+        raise TrainingError(f"{out_dir} has no config.toml: it is not a pgolf run folder")
+    return config_from_toml(path.read_text())
+
+
+def bundle_main(preset_text: str, code_path: str = "") -> dict[str, Any]:
+    """Entry point of a generated train_gpt.py: preset defaults, reference env vars on top."""
+    cfg = Config()
+    apply_mapping(cfg, tomllib.loads(preset_text), "bundled preset")
+    warnings = apply_env(cfg, dict(os.environ))
+    finalize_config(cfg)
+    code_bytes = os.path.getsize(code_path) if code_path else 0
+    metrics = train(cfg, code_bytes=code_bytes, warnings=warnings)
+    print(f"val_bpb:{metrics['val_bpb']:.8f} val_loss:{metrics['val_loss']:.8f} "
+          f"artifact_bytes:{metrics['artifact_bytes']}", flush=True)
+    return metrics

@@ -1,0 +1,27 @@
+"""Fixtures for the eval tests; the stand-in model and data live in _eval_helpers."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _eval_helpers import TinyCausalLM, build_real_gpt, make_tables  # noqa: E402
+
+
+@pytest.fixture
+def tiny_model() -> TinyCausalLM:
+    return TinyCausalLM()
+
+
+@pytest.fixture
+def tables():
+    return make_tables()
+
+
+@pytest.fixture
+def real_gpt():
+    model = build_real_gpt()
+    if model is None:
+        pytest.skip("pgolf.model.gpt.GPT not importable yet")
+    return model

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from pgolf.quant.codec import CodecError, compress_bytes, decompress_bytes, pack_codes, unpack_codes
+
+
+@pytest.mark.parametrize("bits", [5, 6, 7, 8])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 13, 1000])
+def test_pack_roundtrip(bits, n):
+    qmax = (1 << (bits - 1)) - 1
+    q = np.random.default_rng(bits * 1000 + n).integers(-qmax, qmax + 1, n).astype(np.int8)
+    data = pack_codes(q, bits)
+    assert len(data) == (n * bits + 7) // 8
+    assert np.array_equal(unpack_codes(data, bits, n), q)
+
+
+def test_int6_packs_four_codes_in_three_bytes():
+    q = np.array([-31, 0, 31, 5], dtype=np.int8)
+    assert len(pack_codes(q, 6)) == 3
+    with pytest.raises(CodecError, match="expected 3"):
+        unpack_codes(b"\x00\x00", 6, 4)
+
+
+@pytest.mark.parametrize("name", ["zlib", "lzma"])
+def test_compressors_roundtrip_deterministic(name):
+    data = bytes(np.random.default_rng(0).integers(0, 8, 5000).astype(np.uint8))
+    a, b = compress_bytes(data, name, 6), compress_bytes(data, name, 6)
+    assert a == b and len(a) < len(data)
+    assert decompress_bytes(a, name, 6) == data
+
+
+@pytest.mark.parametrize("name", ["zstd", "brotli"])
+def test_optional_compressors(name):
+    data = b"pgolf" * 300
+    try:
+        blob = compress_bytes(data, name, 9)
+    except CodecError as e:
+        assert "pip install" in str(e)
+        return
+    assert decompress_bytes(blob, name, 9) == data
+
+
+def test_unknown_compressor():
+    with pytest.raises(CodecError, match="unknown compressor 'gzip'"):
+        compress_bytes(b"x", "gzip", 9)
