@@ -153,8 +153,17 @@ def test_minified_bundle_behaves_the_same(capsys) -> None:
     assert "comment that minify drops" not in small and "Double it" not in small
     assert "# Core constants" not in small and "why: three" not in small
     assert "# ---- pgolf/zz_util.py ----" in small and BUNDLE_MARK in small.splitlines()[0]
-    assert _printed(small, capsys) == EXPECTED
+    assert _printed(small, capsys) == dict(EXPECTED, preset='name = "tiny"\n[model]\nnum_layers = 2\n')
     assert small == _bundle(minify=True)
+
+
+def test_minify_drops_preset_comments_but_keeps_values() -> None:
+    import tomllib
+    preset = '# about\n[model]\n\nnum_layers = 2  # kept: inline\nname = "# not a comment"\n'
+    text = build_bundle(ENTRY, preset, MAIN, True, sources=SOURCES, version="9.9")
+    got = _run(text, name="x")["BUNDLED_PRESET"]
+    assert got == '[model]\nnum_layers = 2  # kept: inline\nname = "# not a comment"\n'
+    assert tomllib.loads(got) == tomllib.loads(preset)
 
 
 def test_minify_source_keeps_strings_and_fills_empty_bodies() -> None:
@@ -217,6 +226,17 @@ def test_export_bundle_writes_readable_and_compressed(tmp_path, capsys) -> None:
     assert sizes["bytes"] == len(readable.encode()) and sizes["compressed_bytes"] == len(packed.encode())
     assert "| preset: tiny" in readable.splitlines()[1]
     assert _printed(readable, capsys) == EXPECTED == _printed(packed, capsys)
+
+
+def test_bundle_preset_text_holds_exactly_the_non_default_fields() -> None:
+    from pgolf.bundle import bundle_preset_text
+    from pgolf.config import Config, config_from_toml, config_to_dict, finalize_config, resolve_config
+    assert bundle_preset_text(Config()) == ""
+    cfg, _ = resolve_config(preset="record_1128", env={}, sets=["model.num_layers=12", "data.path=/x\\y"])
+    finalize_config(cfg)
+    text = bundle_preset_text(cfg)
+    assert "[model]\n" in text and "num_layers = 12\n" in text and "\nvocab_size" not in text
+    assert config_to_dict(config_from_toml(text)) == config_to_dict(cfg)
 
 
 def _real_entry_or_skip() -> None:

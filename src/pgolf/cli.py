@@ -61,8 +61,9 @@ def cmd_train(args) -> int:
         out = args.out or ""
         if not out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             out = os.path.join("runs", "torchrun-" + os.environ.get("TORCHELASTIC_RUN_ID", "run"))
-    _use_embedded_corpus(cfg)
+    # Measured before the embedded corpus fills data.path: a local cache path is not shipped code.
     code_bytes = bundle_code_bytes(args.preset, cfg)
+    _use_embedded_corpus(cfg)
     metrics = train(cfg, out, code_bytes=code_bytes, resume=bool(args.resume), warnings=warnings)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"val_bpb:{metrics['val_bpb']:.6f} val_loss:{metrics['val_loss']:.6f} "
@@ -111,14 +112,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from pgolf.dist import Comm
-    from pgolf.eval.runner import run_audit
+    from pgolf.eval.legality import audit
     from pgolf.train import load_round_trip, load_val
     cfg, artifact = _load_run(args.target, args.set)
-    device = Comm().device
+    from pgolf.dist import pick_device
+    device = pick_device(cfg.run.device)
     val = load_val(cfg, device)
     model = load_round_trip(artifact, cfg, device)
-    report = run_audit(model, val["tokens"], val["tables"], cfg.eval, device, mode=args.mode)
+    report = audit(model, val["tokens"], args.mode, cfg.eval, val["tables"], device,
+                   normalization=args.normalization)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="sliding",
                    help="plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--normalization", action="store_true",
+                   help="also check every position's distribution sums to 1 (one eval per vocabulary id)")
     p.set_defaults(fn=cmd_audit)
     p = sub.add_parser("info", help="resolved config and parameter count")
     _add_config_args(p)

@@ -93,7 +93,7 @@ class OptimConfig:
 class ScheduleConfig:
     warmup_steps: int = _f(20, "compile-priming steps, undone afterwards (weights, optimizer, data)")
     warmdown_iters: int = _f(1200, "length of the linear lr warmdown, in steps")
-    warmdown_mode: str = _f("auto", "auto (time when capped, else iters) | time | iters")
+    warmdown_mode: str = _f("auto", "auto (whichever of time or iters ends first) | time | iters")
     ema_enabled: bool = _f(False, "keep an exponential moving average of the weights")
     ema_decay: float = _f(0.997, "EMA decay per step")
     swa_enabled: bool = _f(False, "average snapshots late in training")
@@ -324,7 +324,7 @@ def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
         fname = rest[len(sec) + 1:] if sec else ""
         if sec and fname in {f.name for f in dataclasses.fields(sections[sec])}:
             set_value(cfg, f"{sec}.{fname}", raw)
-        elif name not in ("PGOLF_CACHE",):
+        elif name not in ("PGOLF_CACHE", "PGOLF_TRACEBACK", "PGOLF_FAULT_AFTER_STEP"):
             warnings.append(f"environment variable {name} is set but matches no config field "
                             f"(expected PGOLF_<SECTION>_<FIELD>, e.g. PGOLF_RUN_SEED)")
     return warnings

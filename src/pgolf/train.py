@@ -10,6 +10,7 @@ import glob
 import hashlib
 import math
 import os
+import signal
 import time
 import tomllib
 from pathlib import Path
@@ -23,7 +24,8 @@ from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
 from pgolf.dist import Comm, init_comm
 from pgolf.eval.bpb import eval_plain
-from pgolf.eval.runner import evaluate, run_audit
+from pgolf.eval.legality import audit
+from pgolf.eval.runner import evaluate
 from pgolf.model.attention import resolve_attention_backend
 from pgolf.model.banks import rebank_state_dict, unbank_state_dict
 from pgolf.model.gpt import GPT, count_params
@@ -86,6 +88,10 @@ def autocast_for(device: torch.device):
 def build_model(cfg: Config, device: torch.device) -> GPT:
     model = GPT(cfg.model).to(device)
     model.attn_backend = resolve_attention_backend(cfg.model.attn_backend, device)
+    for dtype in (torch.float32, torch.bfloat16):
+        # Filled before any torch.compile trace, so compiled graphs only read the cache.
+        for n in {cfg.run.train_seq_len, cfg.eval.seq_len}:
+            model.rotary(n, device, dtype)
     return model
 
 
@@ -95,7 +101,7 @@ def weights_sha256(sd: dict[str, torch.Tensor]) -> str:
     for name in sorted(sd):
         t = sd[name].detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -121,8 +127,14 @@ def train_step(model, fwd, opt, loader, cfg: Config, accum: int, device) -> torc
 def set_schedule(opt, model: GPT, cfg: Config, st: RunState) -> float:
     """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
     r, o = cfg.run, cfg.optim
-    mult = lr_multiplier(st.step, st.train_ms, r.iterations, cfg.schedule.warmdown_iters,
-                         r.max_wallclock_seconds * 1000.0, cfg.schedule.warmdown_mode)
+    args = (st.step, st.train_ms, r.iterations, cfg.schedule.warmdown_iters, r.max_wallclock_seconds * 1000.0)
+    mode = cfg.schedule.warmdown_mode
+    if mode == "auto" and r.max_wallclock_seconds > 0:
+        # Whichever budget ends first drives the warmdown: a short run that stops on
+        # run.iterations long before the wall-clock cap still anneals.
+        mult = min(lr_multiplier(*args, "time"), lr_multiplier(*args, "iters"))
+    else:
+        mult = lr_multiplier(*args, mode)
     opt.set_lr_multiplier(mult)
     opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
                                            o.muon_momentum_warmup_steps))
@@ -260,6 +272,9 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
             log_step(log, st, cfg, loss, mult, opt, step_ms)
         if r.checkpoint_every and st.step % r.checkpoint_every == 0:
             save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st)
+            if st.step == int(os.environ.get("PGOLF_FAULT_AFTER_STEP", "-1")):
+                # Fault injection for resume tests: die like a preempted job, no cleanup.
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- export + evaluation
@@ -318,9 +333,12 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: C
            "pre_quant_val_bpb": before["val_bpb"], "post_quant_plain_val_bpb": after["val_bpb"],
            "quant_penalty_bpb": after["val_bpb"] - before["val_bpb"]}
     if ec.audit:
-        report = run_audit(model, val["tokens"], val["tables"], ec, device, mode=res["mode"])
+        # The normalization check costs one eval per vocabulary id: on demand (`pgolf audit`).
+        report = audit(model, val["tokens"], res["mode"], ec, val["tables"], device, normalization=False)
         log.line(report.summary())
-        out.update(legal=bool(report.ok and res["causal"]), audit=report.verdicts())
+        out.update(legal=bool(report.ok and res["causal"]),
+                   audit={"causality": report.causality, "once": report.once,
+                          "score_before_update": report.score_before_update})
     else:
         out.update(legal=None, audit="skipped (eval.audit=false)")
     log.event(event="final", val_loss=round(res["val_loss"], 5), val_bpb=round(res["val_bpb"], 5),
@@ -378,7 +396,7 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log) ->
     if cfg.quant.late_qat_threshold > 0:
         model.enable_qat(cfg.quant.matrix_bits)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
-    opt = build_optimizers(model, cfg.optim, comm)
+    opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob)
     if cfg.run.accum_world % comm.world_size:
         raise TrainingError(f"run.accum_world {cfg.run.accum_world} is not a multiple of world size "

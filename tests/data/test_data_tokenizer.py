@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.tokenizer import (TokenizerError, build_byte_tables, count_bytes, decode,
+from pgolf.data.tokenizer import (TokenizerError, build_byte_tables, count_bytes, decode_tokens,
                                   load_tokenizer)
 
 SHARED_TOK = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tokenizers"
@@ -90,5 +90,5 @@ def test_vocab_mismatch_and_missing(sp, tmp_path):
 
 def test_decode(sp):
     ids = sp.encode("Hello world")
-    assert decode(sp, torch.tensor(ids)) == "Hello world"
-    assert decode(sp, np.array(ids)) == "Hello world"
+    assert decode_tokens(sp, torch.tensor(ids)) == "Hello world"
+    assert decode_tokens(sp, np.array(ids)) == "Hello world"

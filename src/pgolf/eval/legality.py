@@ -7,6 +7,11 @@ On a small slice of validation tokens (with a shrunken config so it runs in seco
 - score_before_update (3, TTT modes): in the event log every trained range, and the token
   just before it (its first input), was scored earlier.
 - once (4): every target is scored exactly once.
+- normalized (2, and the blind spot of the perturbation test, which must skip the replaced
+  target itself): on the stream cut one token after j0, set token j0 to every vocabulary id in
+  turn; the probabilities exp(-NLL) of target j0 must sum to 1. A scorer whose
+  distribution for token j0 looks at token j0 (a model peeking at its target, batch SLOT)
+  breaks the sum. Costs one eval of ~j0 tokens per vocabulary id (normalization=False skips).
 Runs in one process (Comm()); the same model is reused, TTT copies it internally.
 """
 
@@ -35,6 +40,8 @@ class AuditReport:
     once_detail: str
     score_before_update: str
     sbu_detail: str
+    normalized: str
+    normalized_detail: str
     positions: list
     tolerance: float
     noise: float
@@ -43,7 +50,8 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return all(v != "FAIL" for v in (self.causality, self.once, self.score_before_update))
+        return all(v != "FAIL" for v in (self.causality, self.once, self.score_before_update,
+                                          self.normalized))
 
     def summary(self) -> str:
         def part(name: str, verdict: str, detail: str) -> str:
@@ -52,7 +60,8 @@ class AuditReport:
         lines = [f"audit mode={self.mode}{tag} " + " ".join((
             part("causality", self.causality, self.causality_detail),
             part("once", self.once, self.once_detail),
-            part("score_before_update", self.score_before_update, self.sbu_detail)))]
+            part("score_before_update", self.score_before_update, self.sbu_detail),
+            part("normalized", self.normalized, self.normalized_detail)))]
         lines.append(f"audit mode={self.mode} positions={self.positions} tolerance={self.tolerance:.1e} "
                      f"noise={self.noise:.1e} slice_bpb={self.val_bpb:.6f} verdict="
                      f"{'PASS' if self.ok else 'FAIL'}")
@@ -94,7 +103,8 @@ def _audit_once(count: np.ndarray) -> tuple[str, str]:
     if bad.size == 0:
         return "PASS", ""
     i = int(bad[0])
-    return "FAIL", f"{bad.size} targets not scored exactly once; first: position {i + 1} scored {int(count[i])}x"
+    return "FAIL", (f"{bad.size} targets not scored exactly once; first: position {i + 1} "
+                    f"scored {int(count[i])}x")
 
 
 def _audit_score_before_update(events: list, n_targets: int) -> tuple[str, str]:
@@ -115,7 +125,8 @@ def _audit_score_before_update(events: list, n_targets: int) -> tuple[str, str]:
     return "PASS", ""
 
 
-def _audit_run(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, list, dict]:
+def _audit_run(eval_fn: Callable, tokens: torch.Tensor,
+               cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, list, dict]:
     rec = ScoreRecorder(tokens.numel() - 1)
     events: list = []
     out = eval_fn(tokens, cfg, rec, events)
@@ -138,10 +149,28 @@ def _audit_causality(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, b
     return "PASS", ""
 
 
+def _audit_normalized(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, vocab: int,
+                      tol: float) -> tuple[str, str]:
+    # Past the first window (and first TTT chunk) so SLOT deltas and TTT updates are in play;
+    # one token after j0 is kept so token j0 is also an input (a model could peek at it).
+    base = cfg.ttt_chunk_tokens if cfg.ttt_enabled else cfg.seq_len
+    j0 = max(1, min(tokens.numel() - 2, base + 1 + (cfg.stride or cfg.seq_len) // 2))
+    cut = tokens[:j0 + 2].clone()
+    total = 0.0
+    for a in range(vocab):
+        cut[j0] = a
+        nll, _, _, _ = _audit_run(eval_fn, cut, cfg)
+        total += float(np.exp(-nll[j0 - 1]))
+    if abs(total - 1.0) > tol:
+        return "FAIL", f"j={j0}: probabilities of all {vocab} ids sum to {total:.6f}, not 1"
+    return "PASS", ""
+
+
 def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfig, tables: Any,
           device: torch.device | str = "cpu", eval_fn: Callable | None = None,
           positions: list | None = None, vocab_size: int = 0, atol: float = 1e-6,
-          fast: bool = True, log: Callable | None = None) -> AuditReport:
+          fast: bool = True, normalization: bool = True, norm_tol: float = 1e-3,
+          log: Callable | None = None) -> AuditReport:
     """Audit `mode` (plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot) on the first
     ecfg.audit_tokens targets of tokens. eval_fn(tokens, cfg, recorder, events) -> dict
     replaces the built-in evaluator (model may then be None)."""
@@ -165,8 +194,10 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
     causality, cdetail = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol)
     once, odetail = _audit_once(count)
     sbu, sdetail = _audit_score_before_update(events, n) if cfg.ttt_enabled else ("n/a", "")
-    report = AuditReport(mode, causality, cdetail, once, odetail, sbu, sdetail, positions, tol,
-                         noise, float(out.get("val_bpb", float("nan"))), cfg.slot_mode != "batch")
+    norm, ndetail = (_audit_normalized(eval_fn, toks, cfg, vocab, norm_tol) if normalization
+                     else ("n/a", ""))
+    report = AuditReport(mode, causality, cdetail, once, odetail, sbu, sdetail, norm, ndetail,
+                         positions, tol, noise, float(out.get("val_bpb", float("nan"))), cfg.slot_mode != "batch")
     if log is not None:
         for line in report.summary().splitlines():
             log(line)

@@ -23,7 +23,9 @@ EVAL_MODES: dict[str, tuple[bool, bool, str]] = {
     "ttt+slot": (True, True, "batch"),
     "ttt+causal-slot": (True, True, "causal"),
 }
-EVAL_MODE_ALIASES = {"sliding+slot": "slot", "sliding+causal-slot": "causal-slot"}
+# Runner names (what evaluate() reports) that are not audit names themselves.
+EVAL_MODE_ALIASES = {"sliding+slot": "slot", "sliding+causal-slot": "causal-slot",
+                     "plain+slot": "slot", "plain+causal-slot": "causal-slot"}
 EVAL_DEFAULT_STRIDE = 64
 
 

@@ -11,7 +11,7 @@ import torch
 
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder,
-                            as_byte_tables, rank_span, score_windows, val_tokens_tensor)
+                            as_byte_tables, eval_rank_span, score_windows, val_tokens_tensor)
 
 
 def plan_windows(n_targets: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
@@ -51,7 +51,7 @@ def eval_sliding(model: torch.nn.Module, val_tokens: Any, seq_len: int, stride: 
     n = tokens.numel() - 1
     tables = as_byte_tables(tables, device)
     windows = plan_windows(n, seq_len, stride)
-    lo, hi = rank_span(len(windows), comm.rank, comm.world_size)
+    lo, hi = eval_rank_span(len(windows), comm.rank, comm.world_size)
     mine = windows[lo:hi]
     acc = BpbAccumulator(device)
     label = "sliding" + (f"+{scorer.label}" if hasattr(scorer, "label") else "")

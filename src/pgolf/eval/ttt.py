@@ -17,7 +17,7 @@ import torch
 
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder,
-                            as_byte_tables, emit_event, rank_span, score_windows,
+                            as_byte_tables, eval_emit_event, eval_rank_span, score_windows,
                             val_tokens_tensor, eval_autocast)
 from pgolf.eval.sliding import plan_windows
 
@@ -87,7 +87,7 @@ def _ttt_train_chunk(model: torch.nn.Module, opt: torch.optim.Optimizer, params:
     for _ in range(ecfg.ttt_epochs):
         for k in range(0, len(seqs), bs):
             step = seqs[k:k + bs]
-            a, b = rank_span(len(step), comm.rank, comm.world_size)
+            a, b = eval_rank_span(len(step), comm.rank, comm.world_size)
             mine = step[a:b]
             total = sum(n for _, n in step)
             opt.zero_grad(set_to_none=False)
@@ -103,7 +103,7 @@ def _ttt_train_chunk(model: torch.nn.Module, opt: torch.optim.Optimizer, params:
                     loss = model(x, y) * (len(mine) * n / total)
                 loss.backward()
                 for s, _ in mine:
-                    emit_event(events, "train", s, s + n)
+                    eval_emit_event(events, "train", s, s + n)
             if freeze:
                 model.zero_block_grads_(freeze)
             _ttt_sync_grads(params, comm)
@@ -139,7 +139,7 @@ def eval_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: Any, co
     score_s = train_s = 0.0
     for c, (clo, chi) in enumerate(chunks):
         ts = time.perf_counter()
-        a, b = rank_span(len(per_chunk[c]), comm.rank, comm.world_size)
+        a, b = eval_rank_span(len(per_chunk[c]), comm.rank, comm.world_size)
         score_windows(work, tokens, per_chunk[c][a:b], seq_len, max(1, ecfg.batch_seqs), tables,
                       acc, device, scorer=scorer, recorder=recorder, events=events)
         tt = time.perf_counter()

@@ -39,15 +39,20 @@ class Rotary(nn.Module):
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype):
         key = (seq_len, device, dtype)
         if key not in self._cache:
-            rd = self.rope_dims
-            base = ntk_rope_base(self.base, rd, seq_len, self.train_len)
-            inv_freq = 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
-            t = torch.arange(seq_len, dtype=torch.float64, device=device)
-            freqs = torch.outer(t, inv_freq)
-            # Shaped [1, T, 1, rd/2] to broadcast over [B, T, H, rd/2].
-            self._cache[key] = (freqs.cos()[None, :, None, :].to(dtype),
-                                freqs.sin()[None, :, None, :].to(dtype))
+            # Built outside inference mode: a table first made during evaluation must still
+            # be usable by a later backward pass (training, TTT).
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache[key] = self._tables(seq_len, device, dtype)
         return self._cache[key]
+
+    def _tables(self, seq_len: int, device: torch.device, dtype: torch.dtype):
+        rd = self.rope_dims
+        base = ntk_rope_base(self.base, rd, seq_len, self.train_len)
+        inv_freq = 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
+        t = torch.arange(seq_len, dtype=torch.float64, device=device)
+        freqs = torch.outer(t, inv_freq)
+        # Shaped [1, T, 1, rd/2] to broadcast over [B, T, H, rd/2].
+        return (freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -107,15 +107,20 @@ def _builder_adam_groups(model: Any, ocfg: OptimConfig) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None) -> OptimizerSet:
-    """Muon over model.matrix_params(); AdamW over embedding tables, scalars (and an untied head)."""
+def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
+                     compile_ns: bool = False) -> OptimizerSet:
+    """Muon over model.matrix_params(); AdamW over embedding tables, scalars (and an untied head).
+
+    compile_ns=True wraps Newton–Schulz in torch.compile (worth it on GPU only).
+    """
     comm = comm if comm is not None else Comm()
     matrices = list(model.matrix_params())
     if not matrices:
         raise OptimError("build_optimizers: model.matrix_params() is empty; Muon needs block matrices")
     muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr)], lr=ocfg.matrix_lr,
                 momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
-                backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm)
+                backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm,
+                compile_ns=compile_ns)
     groups = _builder_adam_groups(model, ocfg)
     if not groups:
         raise OptimError("build_optimizers: the model has no embedding or scalar params; AdamW needs some")

@@ -80,7 +80,7 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95,
                  nesterov: bool = True, backend_steps: int = 5, weight_decay: float = 0.0,
                  comm: Comm | None = None, ns_dtype: torch.dtype = torch.bfloat16,
-                 reduce_dtype: torch.dtype = torch.bfloat16) -> None:
+                 reduce_dtype: torch.dtype = torch.bfloat16, compile_ns: bool = False) -> None:
         if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1:
             raise OptimError(f"Muon: lr={lr}, momentum={momentum}, backend_steps={backend_steps}; "
                              "need lr >= 0, 0 <= momentum < 1, backend_steps >= 1")
@@ -90,6 +90,8 @@ class Muon(torch.optim.Optimizer):
         self.comm = comm if comm is not None else Comm()
         self.ns_dtype = ns_dtype
         self.reduce_dtype = reduce_dtype
+        self.compile_ns = compile_ns
+        self._ns_fn: Any = None
         self._pending: list[_MuonPending] | None = None
         self._muon_build_order()  # validates shapes up front
 
@@ -129,9 +131,15 @@ class Muon(torch.optim.Optimizer):
         mom = group["momentum"]
         buf.mul_(mom).add_(g)
         g = g.add(buf, alpha=mom) if group["nesterov"] else buf
-        update = newton_schulz(g, steps=group["backend_steps"], dtype=self.ns_dtype)
+        update = self._muon_ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype)
         _, r, c = _muon_bank_shape(p)
         return update.mul_(math.sqrt(max(1.0, r / c)))
+
+    def _muon_ns(self) -> Any:
+        if self._ns_fn is None:
+            # Compiled lazily: CPU tests never pay for it; on GPU it fuses the NS chain.
+            self._ns_fn = torch.compile(newton_schulz) if self.compile_ns else newton_schulz
+        return self._ns_fn
 
     @staticmethod
     def _muon_apply(p: torch.Tensor, lr: float, wd: float, handle: Any, full: torch.Tensor) -> None:

@@ -102,7 +102,7 @@ def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[di
     payload: dict[str, dict[str, Any]] = {}
     for m in manifest:
         e: dict[str, Any] = {"kind": m["kind"], "shape": m["shape"], "dtype": m["dtype"],
-                             "bits": m["bits"], "method": m["method"], "category": m["kind"]}
+                             "bits": m["bits"], "method": m["method"]}
         if m["kind"] == "int":
             off, n = m["q"]
             count = int(np.prod(m["shape"])) if m["shape"] else 1

@@ -32,10 +32,21 @@ def quant_qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
+def quant_round_fp16(x: Tensor) -> Tensor:
+    """Round positive normal float32 values to the nearest fp16 value (ties to even), as float32.
+
+    Integer bit arithmetic instead of .to(float16): torch.compile (inductor) drops a
+    float32 -> fp16 -> float32 round trip, which would move QAT off the artifact's grid.
+    Valid for fp16's normal range, which every scale is in (>= 1/127, <= 65504).
+    """
+    bits = x.float().contiguous().view(torch.int32)
+    bits = bits + (0xFFF + ((bits >> 13) & 1))
+    return (bits & ~0x1FFF).view(torch.float32)
+
+
 def quant_scale_from_clip(clip: Tensor, qmax: int) -> Tensor:
     """Per-row clip -> the fp16-representable scale, returned as float32."""
-    s = (clip.float() / qmax).clamp(min=1.0 / qmax, max=_QUANT_FP16_MAX)
-    return s.to(torch.float16).float()
+    return quant_round_fp16((clip.float() / qmax).clamp(min=1.0 / qmax, max=_QUANT_FP16_MAX))
 
 
 def quant_codes(w: Tensor, scale: Tensor, qmax: int) -> Tensor:
