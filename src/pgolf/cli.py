@@ -34,20 +34,23 @@ def _use_embedded_corpus(cfg: Config, log=print) -> None:
     comm = init_comm(cfg.run.device)
     info = None
     if comm.rank == 0:
-        info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=log)
+        info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=log,
+                                       tokenizer_path=cfg.data.tokenizer_path)
     comm.barrier()
     if info is None:
-        info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=lambda *_: None)
+        info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=lambda *_: None,
+                                       tokenizer_path=cfg.data.tokenizer_path)
     cfg.data.path = info["data_path"]
     cfg.data.train_pattern = os.path.basename(info["train_pattern"])
     cfg.data.val_pattern = os.path.basename(info["val_pattern"])
-    cfg.data.tokenizer_path = cfg.data.tokenizer_path or info["tokenizer_path"]
+    cfg.data.tokenizer_path = info["tokenizer_path"]
 
 
 def bundle_code_bytes(preset: str | None, cfg: Config) -> int:
     """Bytes of the single-file train_gpt.py this run would ship (the challenge's code bytes)."""
     from pgolf.bundle import bundle_for_config
-    return len(bundle_for_config(cfg, preset or "custom").encode("utf-8"))
+    text = bundle_for_config(cfg, preset or "custom", minify=cfg.quant.code_form == "minified")
+    return len(text.encode("utf-8"))
 
 
 def cmd_train(args) -> int:
@@ -158,17 +161,24 @@ def cmd_data(args) -> int:
         print(inspect_shard(args.file, sp, n=args.n))
     elif args.data_cmd == "prepare":
         from pgolf.data.corpus import prepare_embedded_corpus
-        info = prepare_embedded_corpus(args.cache_dir)
+        info = prepare_embedded_corpus(args.cache_dir, tokenizer_path=args.tokenizer or "")
         print(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_bundle(args) -> int:
-    from pgolf.bundle import bundle_for_config, write_bundle
+    from pgolf.bundle import build_compressed_bundle, bundle_for_config, write_bundle
     cfg, _ = _config_from_args(args)
-    text = bundle_for_config(cfg, args.preset or "smoke")
+    minify = args.minify or cfg.quant.code_form == "minified"
+    text = bundle_for_config(cfg, args.preset or "smoke", minify=minify)
     write_bundle(args.out, text)
-    print(f"wrote {args.out} ({len(text.encode('utf-8')):,} bytes)")
+    print(f"wrote {args.out} ({len(text.encode('utf-8')):,} bytes{', minified' if minify else ''})")
+    if args.compressed:
+        out = Path(args.out)
+        packed = build_compressed_bundle(text, out.name)
+        cpath = out.with_name(f"{out.stem}_compressed.py")
+        write_bundle(cpath, packed)
+        print(f"wrote {cpath} ({len(packed.encode('utf-8')):,} bytes, self-extracting; ship it beside {out.name})")
     return 0
 
 
@@ -208,10 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-n", type=int, default=32)
     d = dsub.add_parser("prepare", help="prepare the embedded corpus")
     d.add_argument("--cache-dir", default="")
+    d.add_argument("--tokenizer", help="tokenize with this SentencePiece model instead of training one")
     p.set_defaults(fn=cmd_data)
     p = sub.add_parser("bundle", help="generate the single-file train_gpt.py")
     _add_config_args(p)
     p.add_argument("--out", required=True)
+    p.add_argument("--minify", action="store_true", help="strip comments and docstrings")
+    p.add_argument("--compressed", action="store_true",
+                   help="also write a self-extracting LZMA form beside the readable file")
     p.set_defaults(fn=cmd_bundle)
     return ap
 

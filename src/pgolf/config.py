@@ -113,6 +113,7 @@ class QuantConfig:
     level: int = _f(9, "compressor level/preset")
     late_qat_threshold: float = _f(0.0, "fake-quantize matrices once the lr multiplier is below this; 0 = off")
     max_artifact_bytes: int = _f(16_000_000, "challenge limit on model + code bytes (decimal)")
+    code_form: str = _f("plain", "counted train_gpt.py: plain (readable) or minified (no comments/docstrings)")
 
 
 @dataclass
@@ -384,6 +385,8 @@ def finalize_config(cfg: Config) -> None:
         raise ConfigError(f"eval.slot_mode must be off, batch or causal, got {cfg.eval.slot_mode!r}")
     if cfg.schedule.export_weights not in ("auto", "raw", "ema", "swa", "ema_swa"):
         raise ConfigError("schedule.export_weights must be auto, raw, ema, swa or ema_swa")
+    if cfg.quant.code_form not in ("plain", "minified"):
+        raise ConfigError(f"quant.code_form must be plain or minified, got {cfg.quant.code_form!r}")
     if cfg.eval.seq_len == 0:
         cfg.eval.seq_len = cfg.run.train_seq_len
 

@@ -6,6 +6,7 @@ that byte fallback is on and character coverage is 1.0, so no byte of this small
 lost to <unk> (the challenge tokenizer maps uncovered characters to <unk>, worth 0 bytes).
 """
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -20,7 +21,7 @@ import sentencepiece
 import torch
 
 from pgolf.data.shards import load_shard, write_shard
-from pgolf.data.tokenizer import build_byte_tables, count_bytes
+from pgolf.data.tokenizer import build_byte_tables, count_bytes, load_tokenizer
 
 CORPUS_FORMAT = 1
 CORPUS_MANIFEST = "embedded_manifest.json"
@@ -152,8 +153,14 @@ def _corpus_build(folder: str, params: dict) -> dict:
         raise CorpusError(f"val_fraction {params['val_fraction']} leaves no training documents; "
                           "use a value in (0, 1)")
     train_docs, val_docs = docs[:-n_val], docs[-n_val:]
-    model = train_corpus_tokenizer(train_docs, params["vocab_size"])
-    tok_name = f"embedded_{params['vocab_size']}_bpe.model"
+    if params.get("tokenizer_file"):
+        # An existing tokenizer (e.g. the challenge's) instead of one trained on the corpus.
+        with open(params["tokenizer_file"], "rb") as fh:
+            model = fh.read()
+        tok_name = os.path.basename(params["tokenizer_file"])
+    else:
+        model = train_corpus_tokenizer(train_docs, params["vocab_size"])
+        tok_name = f"embedded_{params['vocab_size']}_bpe.model"
     with open(os.path.join(folder, tok_name), "wb") as fh:
         fh.write(model)
     sp = sentencepiece.SentencePieceProcessor(model_proto=model)
@@ -224,7 +231,7 @@ def _corpus_install(root: str, folder: str, params: dict) -> dict:
 
 
 def prepare_embedded_corpus(cache_dir: str = "", vocab_size: int = 1024, val_fraction: float = 0.1,
-                            log=print, shard_tokens: int = 1_000_000) -> dict:
+                            log=print, shard_tokens: int = 1_000_000, tokenizer_path: str = "") -> dict:
     """Tokenize the embedded Shakespeare corpus into official shards (reused when present).
 
     Returns data_path, tokenizer_path, train_pattern and val_pattern (absolute globs, so
@@ -235,8 +242,15 @@ def prepare_embedded_corpus(cache_dir: str = "", vocab_size: int = 1024, val_fra
     params = {"format": CORPUS_FORMAT, "vocab_size": int(vocab_size),
               "val_fraction": float(val_fraction), "shard_tokens": int(shard_tokens),
               "trainer": _corpus_trainer_options(int(vocab_size))}
+    folder_name = f"embedded_sp{vocab_size}"
+    if tokenizer_path:
+        load_tokenizer(tokenizer_path, vocab_size)  # a clear error before any work
+        with open(tokenizer_path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+        params.update(trainer=None, tokenizer_file=os.path.abspath(tokenizer_path), tokenizer_sha256=digest)
+        folder_name = f"embedded_{digest[:12]}"
     root = corpus_cache_root(cache_dir)
-    folder = os.path.join(root, f"embedded_sp{vocab_size}")
+    folder = os.path.join(root, folder_name)
     manifest = _corpus_load_manifest(folder, params)
     if manifest is not None:
         log(f"embedded corpus: reusing {folder} ({manifest['train_tokens']:,} train / "
