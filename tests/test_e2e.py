@@ -127,3 +127,44 @@ def test_audit_cli_verdicts(baseline_run, embedded_corpus, mode, ok):
                          env=env_for(), capture_output=True, text=True, timeout=300)
     assert (res.returncode == 0) == ok, res.stdout + res.stderr
     assert "causality" in res.stdout
+
+
+RECORD_TINY = ["--preset", "record_1128", "--set", "model.compile=false", "--set", "model.ve_layers=-1",
+               "--set", "run.accum_world=2", "--set", "schedule.swa_every=2", "--set", "eval.stride=16",
+               "--set", "eval.seq_len=64", "--set", "eval.ttt_chunk_tokens=512", "--set", "eval.ttt_batch_seqs=4",
+               "--set", "eval.ttt_epochs=1", "--set", "run.checkpoint_every=4", "--set", "eval.max_tokens=1024"]
+
+
+@pytest.fixture(scope="module")
+def record_run(tmp_path_factory, embedded_corpus):
+    out = tmp_path_factory.mktemp("runs") / "record"
+    pgolf(["train", "--out", str(out)] + RECORD_TINY, embedded_corpus)
+    return out
+
+
+def test_record_preset_runs_the_whole_stack(record_run):
+    m = metrics(record_run)
+    assert m["eval_mode"] == "ttt+slot" and m["eval_causal"] is False and m["legal"] is False
+    assert m["export_weights"] == "ema" and m["artifact_bytes"] == m["model_bytes"] + m["code_bytes"]
+    log = (record_run / "log.txt").read_text()
+    assert "NON-CAUSAL" in log and "event:quant_round_trip" in log
+    cfg = (record_run / "config.toml").read_text()
+    assert 'compressor = "lzma"' in cfg and "matrix_bits = 6" in cfg
+
+
+def test_record_kill_and_resume_with_ema_swa_qat(record_run, embedded_corpus, tmp_path):
+    out = tmp_path / "killed"
+    res = pgolf(["train", "--out", str(out)] + RECORD_TINY, embedded_corpus,
+                extra_env={"PGOLF_FAULT_AFTER_STEP": "8"}, check=False)
+    assert res.returncode == -9, res.stderr[-2000:]
+    pgolf(["train", "--resume", str(out)], embedded_corpus)
+    assert metrics(out)["weights_sha256"] == metrics(record_run)["weights_sha256"]
+
+
+def test_torchrun_record_arch_two_processes(embedded_corpus, tmp_path):
+    out = tmp_path / "ddp_record"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf"]
+    pgolf(["train", "--preset", "smoke", "--out", str(out), "--set", "model.arch=record"], embedded_corpus,
+          launcher=launcher)
+    m = metrics(out)
+    assert m["world_size"] == 2 and m["legal"] is True and m["steps"] == 12

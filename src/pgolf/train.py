@@ -254,7 +254,10 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
             res = eval_plain(model, val["tokens"], cfg.eval.seq_len, cfg.eval.batch_tokens,
                              val["tables"], comm, device)
             log.event(step=st.step, val_loss=round(res["val_loss"], 4), val_bpb=round(res["val_bpb"], 4))
+        qat_before = st.qat_active
         mult = set_schedule(opt, model, cfg, st)
+        if st.qat_active and not qat_before:
+            log.event(event="late_qat_on", step=st.step, lr_mult=round(mult, 4), bits=cfg.quant.matrix_bits)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

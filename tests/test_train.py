@@ -1,0 +1,97 @@
+"""Training-loop pieces: priming restore, late QAT under torch.compile, NaN stop, budget refusal."""
+
+import copy
+
+import pytest
+import torch
+
+from pgolf.config import Config, finalize_config, resolve_config
+from pgolf.data.loader import DistributedTokenLoader
+from pgolf.optim.builder import build_optimizers
+from pgolf.quant.artifact import OverBudgetError
+from pgolf.runlog import RunLog, parse_event
+from pgolf.train import RunState, TrainingError, build_model, check_finite, prime, train
+
+
+def tiny(corpus, *sets) -> Config:
+    base = ["model.num_layers=2", "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1",
+            "model.bigram_dim=8", "model.ve_dim=8", "model.bigram_vocab_size=128", "run.iterations=6",
+            "run.train_batch_tokens=512", "run.train_seq_len=64", "run.accum_world=1",
+            "run.max_wallclock_seconds=0", "run.train_log_every=2", "schedule.warmup_steps=3",
+            "eval.max_tokens=512", "eval.batch_tokens=512", "eval.audit_tokens=256",
+            f"data.path={corpus['data_path']}", f"data.tokenizer_path={corpus['tokenizer_path']}",
+            "data.train_pattern=fineweb_train_*.bin", "data.val_pattern=fineweb_val_*.bin"]
+    cfg, _ = resolve_config("smoke", None, {}, base + list(sets))
+    return cfg
+
+
+def test_priming_restores_weights_optimizer_and_data_exactly(embedded_corpus):
+    torch.manual_seed(0)
+    cfg = tiny(embedded_corpus, "model.arch=record")
+    model = build_model(cfg, torch.device("cpu"))
+    opt = build_optimizers(model, cfg.optim)
+    loader = DistributedTokenLoader(embedded_corpus["train_pattern"])
+    loader.next_batch(512, 64, 1)  # a non-trivial data position
+    before = copy.deepcopy(model.state_dict()), loader.state()
+    prime(model, model, opt, loader, cfg, 1, torch.device("cpu"), RunLog(None, echo=False))
+    after = model.state_dict()
+    assert all(torch.equal(before[0][k], after[k]) for k in after)
+    assert loader.state() == before[1]
+    assert not opt.muon.state and not opt.adam.state  # no momentum left from priming
+    # The primed and an unprimed twin take the identical next step.
+    twin = build_model(cfg, torch.device("cpu"))
+    twin.load_state_dict(before[0])
+    opt2 = build_optimizers(twin, cfg.optim)
+    for m, o in ((model, opt), (twin, opt2)):
+        x, y = DistributedTokenLoader(embedded_corpus["train_pattern"]).next_batch(512, 64, 1)
+        m(x, y).backward()
+        o.reduce_and_step(m, 0.0)
+    assert all(torch.equal(model.state_dict()[k], twin.state_dict()[k]) for k in after)
+
+
+def test_late_qat_changes_the_compiled_forward():
+    torch.manual_seed(0)
+    cfg = Config()
+    m = cfg.model
+    m.arch, m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = "record", 64, 2, 32, 2, 1
+    m.bigram_vocab_size, m.bigram_dim, m.ve_dim = 32, 8, 8
+    finalize_config(cfg)
+    model = build_model(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.enable_qat(4)
+    compiled = torch.compile(model.forward_logits, fullgraph=True, dynamic=False)
+    ids = torch.randint(0, 64, (2, 16))
+    off = compiled(ids)
+    assert torch.allclose(off, model.forward_logits(ids), atol=1e-5)
+    model.qat_on.fill_(1.0)  # what the loop does once the lr multiplier drops below the threshold
+    on = compiled(ids)
+    assert not torch.allclose(on, off, atol=1e-3)
+    assert torch.allclose(on, model.forward_logits(ids), atol=1e-5)
+
+
+def test_nan_loss_stops_with_step_and_last_finite_loss(tmp_path):
+    st = RunState()
+    check_finite(3.5, st, str(tmp_path))
+    st.step = 41
+    with pytest.raises(TrainingError, match=r"nan at step 42 \(last finite loss 3.5000\)") as e:
+        check_finite(float("nan"), st, str(tmp_path))
+    assert "lower optim.matrix_lr" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_diverging_run_keeps_its_log(embedded_corpus, tmp_path):
+    cfg = tiny(embedded_corpus, "optim.scalar_lr=1e30", "optim.tied_embed_lr=1e30", "optim.matrix_lr=1e30")
+    with pytest.raises(TrainingError, match="train loss is"):
+        train(cfg, str(tmp_path / "run"))
+    assert "event:run" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_over_budget_artifact_is_refused_but_weights_kept(embedded_corpus, tmp_path):
+    cfg = tiny(embedded_corpus, "quant.max_artifact_bytes=1000", "run.iterations=2")
+    with pytest.raises(OverBudgetError, match="over the"):
+        train(cfg, str(tmp_path / "run"), code_bytes=500)
+    assert (tmp_path / "run" / "final_state.pt").is_file()
+    assert not (tmp_path / "run" / "model.ptz").exists()
+    lines = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
+    assert any(ev.get("event") == "train_done" for ev in lines)
