@@ -95,3 +95,39 @@ def test_over_budget_artifact_is_refused_but_weights_kept(embedded_corpus, tmp_p
     assert not (tmp_path / "run" / "model.ptz").exists()
     lines = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
     assert any(ev.get("event") == "train_done" for ev in lines)
+
+
+def test_corrupt_checkpoint_falls_back_then_fails_clearly(embedded_corpus, tmp_path):
+    from pgolf.train import load_checkpoint, save_checkpoint
+    cfg = tiny(embedded_corpus)
+    model = build_model(cfg, torch.device("cpu"))
+    opt = build_optimizers(model, cfg.optim)
+    loader = DistributedTokenLoader(embedded_corpus["train_pattern"])
+    st = RunState()
+    for step in (4, 8):
+        st.step = step
+        save_checkpoint(str(tmp_path), 0, model, opt, loader, None, None, st)
+    good = tmp_path / "ckpt_rank0.pt"
+    good.write_bytes(good.read_bytes()[:100])  # a torn write the atomic rename would have prevented
+    assert load_checkpoint(str(tmp_path), 0)["run"]["step"] == 4  # the previous one survives
+    (tmp_path / "ckpt_rank0.pt.prev").write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match="no readable checkpoint") as e:
+        load_checkpoint(str(tmp_path), 0)
+    assert "\n" not in str(e.value)
+
+
+def test_info_reports_record_param_count(capsys):
+    import json
+    from pgolf.cli import main
+    assert main(["info", "--preset", "record_1128", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 26_928_220
+
+
+def test_bundle_default_data_path_finds_prepared_corpus(embedded_corpus, monkeypatch, tmp_path):
+    from pgolf.train import default_data_path
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = resolve_config("smoke", None, {}, [])
+    cfg.data.cache_dir = str(__import__("pathlib").Path(embedded_corpus["data_path"]).parent)
+    assert default_data_path(cfg) == embedded_corpus["data_path"]
+    cfg.data.cache_dir = str(tmp_path / "empty")
+    assert default_data_path(cfg) == ""

@@ -181,6 +181,51 @@ def cmd_bundle(args) -> int:
         print(f"wrote {cpath} ({len(packed.encode('utf-8')):,} bytes, self-extracting; ship it beside {out.name})")
     return 0
 
+def cmd_bench(args) -> int:
+    import torch
+    from pgolf.bench import (bench_artifact, bench_eval, bench_micro_batch, bench_throughput,
+                             format_artifact, format_eval, format_throughput)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.bench_cmd == "eval":
+        cfg, artifact = _load_run(args.target, args.set)
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        res = bench_eval(cfg, artifact, modes, log=print if args.verbose else None)
+        text = format_eval(res)
+    else:
+        cfg, warnings = _config_from_args(args)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if args.bench_cmd == "throughput":
+            if args.micro_batch_seqs:
+                bench_micro_batch(cfg, args.micro_batch_seqs)
+            res = bench_throughput(cfg, steps=args.steps, warmup=args.warmup, seed=args.seed)
+            text = format_throughput(res)
+        else:
+            res = bench_artifact(cfg, args.preset or "smoke", sigma=args.sigma, emb_std=args.emb_std,
+                                 seed=args.seed)
+            text = format_artifact(res)
+    print(json.dumps(res, indent=2) if args.json else text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pgolf.record import export_record
+    sub = export_record(args.run_dir, args.out, name=args.name, author=args.author,
+                        minify=args.minify, compressed=args.compressed)
+    print(f"wrote {args.out}: val_bpb {sub['val_bpb']:.6f} ({sub['eval_mode']}, legal: {sub['legal']})")
+    print(f"bytes: model {sub['bytes_model']:,} + code {sub['bytes_code']:,} = {sub['bytes_total']:,} "
+          f"(limit {sub['bytes_limit']:,}, margin {sub['bytes_margin']:,})")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from pgolf.record import stats_for_runs, stats_report_text
+    res = stats_for_runs(args.new_runs, args.against, args.against_value, metric=args.metric,
+                         min_delta_nats=args.min_delta, alpha=args.alpha)
+    print(json.dumps(res, indent=2) if args.json else stats_report_text(res))
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pgolf", description=__doc__.splitlines()[0])
@@ -227,6 +272,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compressed", action="store_true",
                    help="also write a self-extracting LZMA form beside the readable file")
     p.set_defaults(fn=cmd_bundle)
+    p = sub.add_parser("bench", help="benchmarks: training throughput, artifact budget, eval modes")
+    bsub = p.add_subparsers(dest="bench_cmd", required=True)
+    b = bsub.add_parser("throughput", help="time training steps on synthetic tokens")
+    _add_config_args(b)
+    b.add_argument("--steps", type=int, default=20, help="timed steps")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, caches)")
+    b.add_argument("--micro-batch-seqs", type=int, default=0,
+                   help="sequences per micro-step (sets run.train_batch_tokens); 0 = from the config")
+    b = bsub.add_parser("artifact", help="artifact bytes of filled weights through the real export path")
+    _add_config_args(b, default_preset="record_1128")
+    b.add_argument("--sigma", type=float, default=0.3, help="std of the filled block matrices")
+    b.add_argument("--emb-std", type=float, default=0.05, help="std of the filled embedding tables")
+    b = bsub.add_parser("eval", help="evaluate a finished run in several eval modes")
+    b.add_argument("target", help="run folder or .ptz artifact")
+    b.add_argument("--modes", default="plain,sliding,ttt,ttt+slot,ttt+causal-slot")
+    b.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.stride=64")
+    b.add_argument("--verbose", action="store_true", help="print the evaluators' progress lines")
+    for b in bsub.choices.values():
+        b.add_argument("--seed", type=int, default=0)
+        b.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+        b.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("export", help="make a challenge record folder from a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="record folder to create (must not exist or be empty)")
+    p.add_argument("--name", default="", help="record name for submission.json and the README")
+    p.add_argument("--author", default="")
+    p.add_argument("--minify", action="store_true", help="ship train_gpt.py without comments and docstrings")
+    p.add_argument("--compressed", action="store_true",
+                   help="ship the self-extracting LZMA train_gpt.py, with the readable source beside it")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("stats", help="multi-seed significance test: do new runs beat old ones?")
+    p.add_argument("new_runs", nargs="+", metavar="NEW_RUN", help="run or record folders (or metrics JSON files)")
+    p.add_argument("--against", nargs="+", metavar="OLD_RUN", help="the runs to beat")
+    p.add_argument("--against-value", type=float, metavar="VALUE", help="a published mean to beat (metric units)")
+    p.add_argument("--metric", choices=("val_loss", "val_bpb"), default="val_loss")
+    p.add_argument("--min-delta", type=float, default=0.005, help="required improvement in nats (default 0.005)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_stats)
     return ap
 
 

@@ -20,6 +20,7 @@ import torch
 
 from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_toml,
                           finalize_config)
+from pgolf.data.corpus import corpus_cache_root
 from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
 from pgolf.dist import Comm, init_comm
@@ -56,8 +57,11 @@ def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
     """(train glob, val glob, tokenizer path) from data.path, failing with a fix."""
     d = cfg.data
     if not d.path:
-        raise TrainingError("data.path is empty: set DATA_PATH (or --set data.path=DIR) to a folder "
-                            "of fineweb_train_*.bin / fineweb_val_*.bin shards")
+        d.path = default_data_path(cfg)
+    if not d.path:
+        raise TrainingError("data.path is empty and neither ./data/datasets/fineweb10B_sp1024 nor a prepared "
+                            "embedded corpus exists: set DATA_PATH (or --set data.path=DIR) to a folder of "
+                            "fineweb_train_*.bin / fineweb_val_*.bin shards, or run `pgolf data prepare`")
     train_glob = os.path.join(d.path, d.train_pattern)
     val_glob = os.path.join(d.path, d.val_pattern)
     tok = d.tokenizer_path
@@ -70,6 +74,19 @@ def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
                                 "(or --set data.tokenizer_path=FILE)")
         tok = candidates[0]
     return train_glob, val_glob, tok
+
+
+def default_data_path(cfg: Config) -> str:
+    """Where a run with no data.path looks (a bundled train_gpt.py relies on this): the
+    reference's ./data layout, then an embedded corpus already prepared by pgolf."""
+    v = cfg.model.vocab_size
+    candidates = (os.path.join("data", "datasets", f"fineweb10B_sp{v}"),
+                  os.path.join(corpus_cache_root(cfg.data.cache_dir), f"embedded_sp{v}"))
+    for folder in candidates:
+        if glob.glob(os.path.join(folder, cfg.data.val_pattern)):
+            print(f"data.path not set: using {folder}", flush=True)
+            return folder
+    return ""
 
 
 def _train_seed(seed: int) -> None:
@@ -323,27 +340,36 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: C
     pre.load_state_dict({k: v.to(device) for k, v in state.items()})
     pre.eval()
     ec = cfg.eval
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
     before = eval_plain(pre, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)
     del pre
     model = load_round_trip(artifact, cfg, device)
     after = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)
+    phases["quant_check_s"] = time.perf_counter() - t0
     log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
               post_quant_val_bpb=round(after["val_bpb"], 5),
               quant_penalty_bpb=round(after["val_bpb"] - before["val_bpb"], 5))
     res = evaluate(model, val["tokens"], val["tables"], ec, comm, device, log.line)
+    phases["final_eval_s"] = res["eval_seconds"]
+    phases.update({f"ttt_{k}": res[k] for k in ("score_seconds", "train_seconds") if k in res})
     out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
            "eval_causal": res["causal"], "eval_seconds": res["eval_seconds"],
            "pre_quant_val_bpb": before["val_bpb"], "post_quant_plain_val_bpb": after["val_bpb"],
            "quant_penalty_bpb": after["val_bpb"] - before["val_bpb"]}
     if ec.audit:
+        t0 = time.perf_counter()
         # The normalization check costs one eval per vocabulary id: on demand (`pgolf audit`).
         report = audit(model, val["tokens"], res["mode"], ec, val["tables"], device, normalization=False)
+        phases["audit_s"] = time.perf_counter() - t0
         log.line(report.summary())
         out.update(legal=bool(report.ok and res["causal"]),
                    audit={"causality": report.causality, "once": report.once,
                           "score_before_update": report.score_before_update})
     else:
         out.update(legal=None, audit="skipped (eval.audit=false)")
+    out["eval_phase_seconds"] = phases
+    log.event(event="eval_time", **{k: round(v, 2) for k, v in phases.items()}, budget_s=ec.budget_seconds)
     log.event(event="final", val_loss=round(res["val_loss"], 5), val_bpb=round(res["val_bpb"], 5),
               mode=res["mode"], legal=out["legal"])
     return out

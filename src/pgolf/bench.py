@@ -1,0 +1,299 @@
+"""Benchmarks behind `pgolf bench`: training throughput, artifact budget, eval modes.
+
+Not part of the shipped train_gpt.py. Every function returns a plain dict (JSON-ready) so
+the numbers in docs/benchmarks.md can be regenerated with the exact command shown there.
+
+FLOPs per token (training, forward + backward = 3 x forward, one multiply-add = 2 FLOPs):
+    6 * (block matrices + output head vocab x d + BigramHash/VE projections)
+  + 6 * L * T * d            causal attention: QK^T and AV cost 2*T*d each per token per
+                             layer over the full window, halved by the causal mask, times 3.
+For record_1128 at T=2048: 6 x 25.95 M + 6 x 0.52 M + 6 x 0.10 M + 69.2 M = 228.5 M (DESIGN §7).
+Embedding lookups, norms, activations, softmax and the optimizer are not counted.
+"""
+
+import math
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from pgolf.bundle import bundle_for_config
+from pgolf.config import Config, config_hash, config_to_toml
+from pgolf.dist import Comm, pick_device
+from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.model.banks import unbank_state_dict
+from pgolf.model.gpt import GPT, count_params
+from pgolf.optim.builder import build_optimizers
+from pgolf.quant.artifact import budget_report, build_artifact, unpack_artifact
+from pgolf.train import build_model, device_label, load_round_trip, load_val, train_step
+
+# The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
+BENCH_REF_TOKENS_PER_S_PER_GPU = 1.18e6
+
+
+class BenchError(ValueError):
+    """A benchmark request that cannot run as given; the message names the fix."""
+
+
+class _BenchTokens:
+    """Stands in for DistributedTokenLoader: uniform random ids, generated once on the device
+    so the timed steps measure the model and optimizer, not the RNG or host-to-device copies."""
+
+    def __init__(self, vocab: int, seqs: int, seq_len: int, pool: int, device, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, vocab, (pool, seqs, seq_len + 1), generator=g)
+        self.batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in ids]
+        self.seqs, self.seq_len, self.calls = seqs, seq_len, 0
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
+        if global_tokens != self.seqs * seq_len * grad_accum_steps or seq_len != self.seq_len:
+            raise BenchError(f"synthetic batch is {self.seqs}x{self.seq_len} per micro-step; "
+                             f"got a request for {global_tokens} tokens / {grad_accum_steps} at T={seq_len}")
+        batch = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        return batch
+
+
+def bench_flops_per_token(model: GPT, seq_len: int) -> dict[str, int]:
+    """Training FLOPs per token by the formula in the module docstring, with its parts."""
+    cfg = model.cfg
+    blocks = sum(p.numel() for p in model.matrix_params())
+    head = cfg.vocab_size * cfg.model_dim
+    extra = sum(m.proj.weight.numel() for m in (model.bigram, model.ve) if m is not None)
+    attention = 6 * model.num_layers * seq_len * cfg.model_dim
+    parts = {"block_matrix_params": blocks, "head_params": head, "projection_params": extra,
+             "attention_flops": attention}
+    parts["flops_per_token"] = 6 * (blocks + head + extra) + attention
+    return parts
+
+
+def _bench_peak_memory(device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_mem_bytes": torch.cuda.max_memory_allocated(device),
+                "peak_mem_kind": "torch.cuda.max_memory_allocated (timed steps)"}
+    # ru_maxrss is KiB on Linux and covers the whole process, warm-up and model build included.
+    return {"peak_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_mem_kind": "process peak RSS (getrusage ru_maxrss)"}
+
+
+def _bench_sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _bench_run_steps(model, fwd, opt, tokens, cfg: Config, accum: int, device, n: int) -> tuple[list[float], list[float]]:
+    """n training steps -> (per-step milliseconds, losses)."""
+    times, losses = [], []
+    for _ in range(n):
+        _bench_sync(device)
+        t0 = time.perf_counter()
+        loss = train_step(model, fwd, opt, tokens, cfg, accum, device)
+        _bench_sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+        losses.append(float(loss))
+    return times, losses
+
+
+def bench_micro_batch(cfg: Config, micro_batch_seqs: int) -> None:
+    """Set run.train_batch_tokens so each micro-step holds micro_batch_seqs sequences."""
+    if micro_batch_seqs < 1:
+        raise BenchError(f"--micro-batch-seqs {micro_batch_seqs}: give a positive number of sequences")
+    cfg.run.train_batch_tokens = micro_batch_seqs * cfg.run.train_seq_len * cfg.run.accum_world
+
+
+def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Time `steps` training steps (after `warmup` untimed ones) of cfg's model on synthetic
+    tokens, in one process that runs all run.accum_world micro-steps itself."""
+    if steps < 1 or warmup < 0:
+        raise BenchError(f"--steps {steps} --warmup {warmup}: need steps >= 1 and warmup >= 0")
+    r = cfg.run
+    accum = r.accum_world
+    if r.train_batch_tokens % (accum * r.train_seq_len):
+        raise BenchError(f"run.train_batch_tokens {r.train_batch_tokens} is not a multiple of "
+                         f"run.accum_world x run.train_seq_len = {accum * r.train_seq_len}")
+    device = pick_device(r.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(seed)
+    model = build_model(cfg, device)
+    if cfg.quant.late_qat_threshold > 0:
+        model.enable_qat(cfg.quant.matrix_bits)  # as in training: the fake-quant path is traced
+    fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
+    opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile)
+    seqs = r.train_batch_tokens // (accum * r.train_seq_len)
+    tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, min(accum, 8), device, seed)
+    t0 = time.perf_counter()
+    _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
+    warmup_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses = _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, steps)
+    return _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s)
+
+
+def _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s) -> dict[str, Any]:
+    median_ms = statistics.median(times)
+    tok_s = cfg.run.train_batch_tokens / (median_ms / 1000.0)
+    flops = bench_flops_per_token(model, cfg.run.train_seq_len)
+    gpu = device.type == "cuda"
+    out = {
+        "device": device_label(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "params": count_params(model), "arch": cfg.model.arch, "compile": cfg.model.compile,
+        "seq_len": cfg.run.train_seq_len, "micro_batch_seqs": seqs, "grad_accum": accum,
+        "tokens_per_step": cfg.run.train_batch_tokens, "warmup_steps": warmup,
+        "warmup_s": round(warmup_s, 3), "steps": len(times),
+        "median_ms": median_ms, "mean_ms": statistics.fmean(times), "min_ms": min(times), "max_ms": max(times),
+        "tokens_per_s": tok_s, "tokens_per_s_per_gpu": tok_s if gpu else None,
+        **flops, "achieved_tflops": flops["flops_per_token"] * tok_s / 1e12,
+        "ref_tokens_per_s_per_gpu": BENCH_REF_TOKENS_PER_S_PER_GPU,
+        "ratio_to_ref": tok_s / BENCH_REF_TOKENS_PER_S_PER_GPU if gpu else None,
+        "loss_first": losses[0], "loss_last": losses[-1],
+    }
+    out.update(_bench_peak_memory(device))
+    return out
+
+
+def format_throughput(res: dict[str, Any]) -> str:
+    gpu = res["tokens_per_s_per_gpu"] is not None
+    lines = [
+        f"device: {res['device']} (torch {res['torch']}, {res['threads']} threads)  params: {res['params']:,}  "
+        f"compile: {res['compile']}",
+        f"batch: {res['tokens_per_step']:,} tokens/step = {res['grad_accum']} micro-steps x "
+        f"{res['micro_batch_seqs']} x {res['seq_len']}",
+        f"steps: {res['steps']} timed after {res['warmup_steps']} warm-up ({res['warmup_s']:.1f} s)",
+        f"ms/step: median {res['median_ms']:.1f}  mean {res['mean_ms']:.1f}  min {res['min_ms']:.1f}  "
+        f"max {res['max_ms']:.1f}",
+        f"tokens/s: {res['tokens_per_s']:,.0f}" + (f"  per GPU: {res['tokens_per_s_per_gpu']:,.0f}  "
+                                                  f"({res['ratio_to_ref']:.3f} x reference 1.18M)" if gpu else
+                                                  "  per GPU: n/a (cpu)"),
+        f"model FLOPs/token: {res['flops_per_token'] / 1e6:.1f} M  achieved: {res['achieved_tflops']:.4f} TFLOP/s",
+        f"peak memory: {res['peak_mem_bytes'] / 2**30:.2f} GiB ({res['peak_mem_kind']})",
+        f"loss: {res['loss_first']:.4f} -> {res['loss_last']:.4f}",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- artifact budget
+
+def _bench_matrix(rows: int, cols: int, sigma: float, g: torch.Generator) -> torch.Tensor:
+    """A trained-looking matrix: 0.5 x orthogonal + sqrt(0.75) x Student-t(df=4) tails, with a
+    lognormal per-row gain, rescaled to std sigma (the quant helper's recipe)."""
+    q = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=g))[0]
+    q = (q if rows >= cols else q.T)[:rows, :cols] * math.sqrt(max(rows, cols))
+    # StudentT samples from the global RNG: seeded by the caller.
+    t = torch.distributions.StudentT(4.0).sample((rows, cols)) / math.sqrt(2.0)
+    w = (0.5 * q + math.sqrt(0.75) * t) * torch.exp(0.25 * torch.randn(rows, 1, generator=g))
+    return w / w.std() * sigma
+
+
+@torch.no_grad()
+def bench_fill_weights(model: GPT, sigma: float = 0.3, emb_std: float = 0.05, seed: int = 0) -> None:
+    """Overwrite every weight with random-but-realistic values (see docs/benchmarks.md)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    matrices = {id(p) for p in model.matrix_params()}
+    tables = {id(p) for p in model.embedding_params()}
+    for p in model.parameters():
+        if id(p) in tables:
+            p.copy_(torch.randn(p.shape, generator=g) * emb_std)
+        elif id(p) in matrices and p.dim() == 3:
+            for k in range(p.shape[0]):
+                p[k].copy_(_bench_matrix(p.shape[1], p.shape[2], sigma, g))
+        elif id(p) in matrices or (p.dim() == 2 and min(p.shape) >= 64):
+            p.copy_(_bench_matrix(p.shape[0], p.shape[1], sigma, g))
+        else:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def bench_artifact(cfg: Config, preset: str, sigma: float = 0.3, emb_std: float = 0.05,
+                   seed: int = 0) -> dict[str, Any]:
+    """Bytes of cfg's artifact for filled weights via the real export path, plus code bytes."""
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        phases[name] = round(now - t, 3)
+        t = now
+
+    model = GPT(cfg.model)
+    bench_fill_weights(model, sigma, emb_std, seed)
+    lap("build_fill_s")
+    flat = unbank_state_dict({k: v.detach() for k, v in model.state_dict().items()}, model.num_layers)
+    lap("unbank_s")
+    blob, stats = build_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": config_to_toml(cfg)})
+    lap("quantize_compress_s")
+    unpack_artifact(blob)
+    lap("unpack_verify_s")
+    code = {form: len(bundle_for_config(cfg, preset, minify=form == "minified").encode("utf-8"))
+            for form in ("plain", "minified")}
+    lap("bundle_s")
+    return _bench_artifact_report(cfg, preset, model, flat, blob, stats, code, phases, sigma, emb_std)
+
+
+def _bench_artifact_report(cfg, preset, model, flat, blob, stats, code, phases, sigma, emb_std) -> dict[str, Any]:
+    q = cfg.quant
+    counted = code[q.code_form] if q.code_form in code else code["plain"]
+    rep = budget_report(len(blob), counted, q.max_artifact_bytes)
+    mini = budget_report(len(blob), code["minified"], q.max_artifact_bytes)
+    cats = stats.get("categories", {})
+    return {
+        "preset": preset, "params": count_params(model), "tensors": len(flat), "sigma": sigma,
+        "emb_std": emb_std, "quant": f"int{q.matrix_bits} {q.matrix_method}/{q.clip_search}, embed int{q.embed_bits}, "
+                                     f"{q.compressor}-{q.level}",
+        "model_bytes": rep["model_bytes"], "code_form": q.code_form, "code_bytes": rep["code_bytes"],
+        "total_bytes": rep["artifact_bytes"], "limit": rep["limit"], "margin": rep["margin"], "ok": rep["ok"],
+        "code_bytes_plain": code["plain"], "code_bytes_minified": code["minified"],
+        "total_bytes_minified": mini["artifact_bytes"], "margin_minified": mini["margin"],
+        "body_bytes": stats.get("body_bytes"),
+        "matrix_mse": (cats.get("matrix") or {}).get("mse"), "phases_s": phases,
+        "total_s": round(sum(phases.values()), 3),
+    }
+
+
+def format_artifact(res: dict[str, Any]) -> str:
+    ph = "  ".join(f"{k[:-2]} {v:.1f}s" for k, v in res["phases_s"].items())
+    return "\n".join([
+        f"preset: {res['preset']}  params: {res['params']:,}  tensors: {res['tensors']}  "
+        f"sigma: {res['sigma']}  emb_std: {res['emb_std']}",
+        f"quant: {res['quant']}",
+        f"model bytes: {res['model_bytes']:,}",
+        f"code bytes:  {res['code_bytes']:,} ({res['code_form']}; plain {res['code_bytes_plain']:,}, "
+        f"minified {res['code_bytes_minified']:,})",
+        f"total:       {res['total_bytes']:,}  margin to {res['limit']:,}: {res['margin']:,}"
+        f"{'' if res['ok'] else '  OVER BUDGET'}",
+        f"with minified code: {res['total_bytes_minified']:,}  margin: {res['margin_minified']:,}",
+        f"phases: {ph}  (total {res['total_s']:.1f} s)",
+    ])
+
+
+# ---------------------------------------------------------------- evaluation modes
+
+def bench_eval(cfg: Config, artifact: str, modes: list[str],
+               log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate the round-tripped artifact in each mode; one row per mode."""
+    for mode in modes:
+        mode_to_eval_config(mode, cfg.eval)  # an unknown name fails before the model loads
+    device = pick_device(cfg.run.device)
+    comm = Comm(device)
+    val = load_val(cfg, device)
+    model = load_round_trip(artifact, cfg, device)
+    rows = []
+    for mode in modes:
+        ecfg = mode_to_eval_config(mode, cfg.eval)
+        res = evaluate(model, val["tokens"], val["tables"], ecfg, comm, device, log)
+        rows.append({"mode": mode, "runner_mode": res["mode"], "val_bpb": res["val_bpb"],
+                     "val_loss": res["val_loss"], "tokens": res["tokens"], "stride": ecfg.stride,
+                     "seconds": res["eval_seconds"], "causal": res["causal"]})
+    return rows
+
+
+def format_eval(rows: list[dict[str, Any]]) -> str:
+    out = ["| mode | val_bpb | seconds | causal | tokens | stride |", "|---|---:|---:|---|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['mode']} | {r['val_bpb']:.4f} | {r['seconds']:.1f} | "
+                   f"{'yes' if r['causal'] else 'NO (not a legal score)'} | {r['tokens']:,} | {r['stride']} |")
+    return "\n".join(out)
