@@ -38,22 +38,20 @@ class BenchError(ValueError):
 
 
 class _BenchTokens:
-    """Stands in for DistributedTokenLoader: uniform random ids, generated once on the device
-    so the timed steps measure the model and optimizer, not the RNG or host-to-device copies."""
+    """Stands in for DistributedTokenLoader: fresh uniform random ids drawn on the device, so
+    the timed steps measure the model and optimizer, not host-to-device copies (and the model
+    cannot memorize a small pool)."""
 
-    def __init__(self, vocab: int, seqs: int, seq_len: int, pool: int, device, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        ids = torch.randint(0, vocab, (pool, seqs, seq_len + 1), generator=g)
-        self.batches = [(b[:, :-1].to(device), b[:, 1:].to(device)) for b in ids]
-        self.seqs, self.seq_len, self.calls = seqs, seq_len, 0
+    def __init__(self, vocab: int, seqs: int, seq_len: int, device, seed: int) -> None:
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.vocab, self.seqs, self.seq_len, self.device = vocab, seqs, seq_len, device
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int):
         if global_tokens != self.seqs * seq_len * grad_accum_steps or seq_len != self.seq_len:
             raise BenchError(f"synthetic batch is {self.seqs}x{self.seq_len} per micro-step; "
                              f"got a request for {global_tokens} tokens / {grad_accum_steps} at T={seq_len}")
-        batch = self.batches[self.calls % len(self.batches)]
-        self.calls += 1
-        return batch
+        ids = torch.randint(0, self.vocab, (self.seqs, seq_len + 1), generator=self.gen, device=self.device)
+        return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
 
 def bench_flops_per_token(model: GPT, seq_len: int) -> dict[str, int]:
@@ -123,7 +121,7 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
     opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile)
     seqs = r.train_batch_tokens // (accum * r.train_seq_len)
-    tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, min(accum, 8), device, seed)
+    tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, device, seed)
     t0 = time.perf_counter()
     _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
     warmup_s = time.perf_counter() - t0
@@ -201,7 +199,7 @@ def bench_fill_weights(model: GPT, sigma: float = 0.3, emb_std: float = 0.05, se
         elif id(p) in matrices and p.dim() == 3:
             for k in range(p.shape[0]):
                 p[k].copy_(_bench_matrix(p.shape[1], p.shape[2], sigma, g))
-        elif id(p) in matrices or (p.dim() == 2 and min(p.shape) >= 64):
+        elif id(p) in matrices or (p.dim() == 2 and min(p.shape) >= 8):
             p.copy_(_bench_matrix(p.shape[0], p.shape[1], sigma, g))
         else:
             p.add_(torch.randn(p.shape, generator=g) * 0.1)

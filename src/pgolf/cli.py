@@ -1,4 +1,4 @@
-"""`pgolf train | eval | audit | info | data | bundle`: the command line.
+"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats`: the command line.
 
 Every command resolves one Config (preset < --config < env vars < --set), and every user
 error ends as one line on stderr with exit status 2.

@@ -299,6 +299,13 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
 
 # ---------------------------------------------------------------- export + evaluation
 
+def shippable_config_toml(cfg: Config) -> str:
+    """The config without this machine's paths: what travels inside an artifact."""
+    c = copy.deepcopy(cfg)
+    c.data.path = c.data.tokenizer_path = c.data.cache_dir = c.run.out_dir = ""
+    return config_to_toml(c)
+
+
 def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str, log: RunLog,
                     comm: Comm) -> dict[str, Any]:
     """Pick the exported weights, quantize + compress them, check the budget, write model.ptz."""
@@ -307,7 +314,7 @@ def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str,
         log.event(event="warning", message=warning.replace(" ", "_"))
     flat = unbank_state_dict(state, model.num_layers)
     info = {"export_weights": label, "weights_sha256": weights_sha256(flat), "state": state}
-    blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": config_to_toml(cfg)})
+    blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)})
     report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
     info.update(model_bytes=report["model_bytes"], code_bytes=report["code_bytes"],
                 artifact_bytes=report["artifact_bytes"], budget_margin=report["margin"])
@@ -456,7 +463,8 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log) ->
         **ev, **info, "steps": st.step, "train_time_s": st.train_ms / 1000.0, "step_avg_ms": avg_ms,
         "tokens_per_s": cfg.run.train_batch_tokens / max(avg_ms, 1e-9) * 1000.0,
         "world_size": comm.world_size, "device": device_label(device), "params": count_params(model),
-        "config_hash": config_hash(cfg), "seed": cfg.run.seed, "wall_time_s": time.perf_counter() - t_start,
+        "config_hash": config_hash(cfg), "seed": cfg.run.seed, "data_path": cfg.data.path,
+        "tokenizer_path": val["tokenizer"], "wall_time_s": time.perf_counter() - t_start,
     }
     if comm.is_main:
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
