@@ -20,14 +20,15 @@ from typing import Any, Callable
 import torch
 
 from pgolf.bundle import bundle_for_config
-from pgolf.config import Config, config_hash, config_to_toml
+from pgolf.config import Config, config_hash
 from pgolf.dist import Comm, pick_device
+from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate, mode_to_eval_config
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import budget_report, build_artifact, unpack_artifact
-from pgolf.train import build_model, device_label, load_round_trip, load_val, train_step
+from pgolf.train import build_model, device_label, load_round_trip, load_val, shippable_config_toml, train_step
 
 # The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
 BENCH_REF_TOKENS_PER_S_PER_GPU = 1.18e6
@@ -81,7 +82,8 @@ def _bench_sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _bench_run_steps(model, fwd, opt, tokens, cfg: Config, accum: int, device, n: int) -> tuple[list[float], list[float]]:
+def _bench_run_steps(model, fwd, opt, tokens, cfg: Config, accum: int, device,
+                     n: int) -> tuple[list[float], list[float]]:
     """n training steps -> (per-step milliseconds, losses)."""
     times, losses = [], []
     for _ in range(n):
@@ -222,7 +224,8 @@ def bench_artifact(cfg: Config, preset: str, sigma: float = 0.3, emb_std: float 
     lap("build_fill_s")
     flat = unbank_state_dict({k: v.detach() for k, v in model.state_dict().items()}, model.num_layers)
     lap("unbank_s")
-    blob, stats = build_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": config_to_toml(cfg)})
+    meta = {"config_toml": shippable_config_toml(cfg)}  # as export_artifact writes it
+    blob, stats = build_artifact(flat, cfg.quant, config_hash(cfg), meta=meta)
     lap("quantize_compress_s")
     unpack_artifact(blob)
     lap("unpack_verify_s")
@@ -270,9 +273,11 @@ def format_artifact(res: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- evaluation modes
 
-def bench_eval(cfg: Config, artifact: str, modes: list[str],
-               log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate the round-tripped artifact in each mode; one row per mode."""
+def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str], None] | None = None,
+               run_audit: bool = False) -> list[dict[str, Any]]:
+    """Evaluate the round-tripped artifact in each mode; one row per mode. With run_audit, each
+    mode also gets the legality audit (causality, scored once, score before update) on the
+    first eval.audit_tokens targets; legal = audit passed and the mode is causal."""
     for mode in modes:
         mode_to_eval_config(mode, cfg.eval)  # an unknown name fails before the model loads
     device = pick_device(cfg.run.device)
@@ -283,15 +288,23 @@ def bench_eval(cfg: Config, artifact: str, modes: list[str],
     for mode in modes:
         ecfg = mode_to_eval_config(mode, cfg.eval)
         res = evaluate(model, val["tokens"], val["tables"], ecfg, comm, device, log)
-        rows.append({"mode": mode, "runner_mode": res["mode"], "val_bpb": res["val_bpb"],
-                     "val_loss": res["val_loss"], "tokens": res["tokens"], "stride": ecfg.stride,
-                     "seconds": res["eval_seconds"], "causal": res["causal"]})
+        row = {"mode": mode, "runner_mode": res["mode"], "val_bpb": res["val_bpb"], "val_loss": res["val_loss"],
+               "tokens": res["tokens"], "stride": ecfg.stride, "seconds": res["eval_seconds"],
+               "causal": res["causal"], "legal": None}
+        if run_audit:
+            t0 = time.perf_counter()
+            report = audit(model, val["tokens"], mode, cfg.eval, val["tables"], device, normalization=False)
+            row.update(legal=bool(report.ok and res["causal"]), audit=report.summary(),
+                       audit_seconds=time.perf_counter() - t0)
+        rows.append(row)
     return rows
 
 
 def format_eval(rows: list[dict[str, Any]]) -> str:
-    out = ["| mode | val_bpb | seconds | causal | tokens | stride |", "|---|---:|---:|---|---:|---:|"]
+    out = ["| mode | val_bpb | seconds | causal | legal (audit) | tokens | stride |",
+           "|---|---:|---:|---|---|---:|---:|"]
     for r in rows:
+        legal = "not audited" if r["legal"] is None else ("PASS" if r["legal"] else "FAIL")
         out.append(f"| {r['mode']} | {r['val_bpb']:.4f} | {r['seconds']:.1f} | "
-                   f"{'yes' if r['causal'] else 'NO (not a legal score)'} | {r['tokens']:,} | {r['stride']} |")
+                   f"{'yes' if r['causal'] else 'NO'} | {legal} | {r['tokens']:,} | {r['stride']} |")
     return "\n".join(out)

@@ -190,7 +190,7 @@ def cmd_bench(args) -> int:
     if args.bench_cmd == "eval":
         cfg, artifact = _load_run(args.target, args.set)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        res = bench_eval(cfg, artifact, modes, log=print if args.verbose else None)
+        res = bench_eval(cfg, artifact, modes, log=print if args.verbose else None, run_audit=args.audit)
         text = format_eval(res)
     else:
         cfg, warnings = _config_from_args(args)
@@ -289,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--modes", default="plain,sliding,ttt,ttt+slot,ttt+causal-slot")
     b.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.stride=64")
     b.add_argument("--verbose", action="store_true", help="print the evaluators' progress lines")
+    b.add_argument("--audit", action="store_true", help="also run the legality audit of each mode")
     for b in bsub.choices.values():
         b.add_argument("--seed", type=int, default=0)
         b.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
