@@ -168,3 +168,21 @@ def test_torchrun_record_arch_two_processes(embedded_corpus, tmp_path):
           launcher=launcher)
     m = metrics(out)
     assert m["world_size"] == 2 and m["legal"] is True and m["steps"] == 12
+
+
+def test_eval_cli_reevaluates_with_other_settings(baseline_run):
+    res = subprocess.run([sys.executable, "-m", "pgolf", "eval", str(baseline_run), "--set", "eval.stride=32"],
+                         env=env_for(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["mode"] == "sliding" and 0 < out["val_bpb"] < 20
+    # Sliding windows see more context than the plain windows of the training run's final eval.
+    assert out["val_bpb"] < metrics(baseline_run)["val_bpb"] + 1e-9
+
+
+def test_data_inspect_cli(embedded_corpus):
+    shard = sorted(Path(embedded_corpus["data_path"]).glob("fineweb_val_*.bin"))[0]
+    res = subprocess.run([sys.executable, "-m", "pgolf", "data", "inspect", str(shard), "--tokenizer",
+                          embedded_corpus["tokenizer_path"], "-n", "8"], env=env_for(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "20240520" in res.stdout, res.stdout + res.stderr

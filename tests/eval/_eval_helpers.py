@@ -77,12 +77,9 @@ def make_tokens(n_targets: int, vocab: int = VOCAB, seed: int = 0) -> torch.Tens
 
 
 def build_real_gpt(seed: int = 0):
-    """Tiny real GPT (record arch) with all weights randomized, or None if not importable."""
-    try:
-        from pgolf.config import Config, finalize_config
-        from pgolf.model.gpt import GPT
-    except ImportError:
-        return None
+    """Tiny real GPT (record arch) with all weights randomized."""
+    from pgolf.config import Config, finalize_config
+    from pgolf.model.gpt import GPT
     cfg = Config()
     m = cfg.model
     m.arch, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = "record", 2, 64, 4, 2

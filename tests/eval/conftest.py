@@ -22,10 +22,7 @@ def tables():
 
 @pytest.fixture
 def real_gpt():
-    model = build_real_gpt()
-    if model is None:
-        pytest.skip("pgolf.model.gpt.GPT not importable yet")
-    return model
+    return build_real_gpt()
 
 
 @pytest.fixture(autouse=True)
