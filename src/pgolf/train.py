@@ -410,16 +410,18 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
     """Train, export and evaluate one run; returns (and writes) its metrics."""
     comm = init_comm(cfg.run.device)
     device = comm.device
+    # Bad data fails here, before a run folder exists that would block a retry with --out.
+    val = load_val(cfg, device)
     out_dir = prepare_out_dir(cfg, out_dir, resume, comm)
     log = RunLog(os.path.join(out_dir, "log.txt"), enabled=comm.is_main)
     try:
-        return _train_run(cfg, out_dir, code_bytes, resume, warnings or [], comm, device, log)
+        return _train_run(cfg, out_dir, code_bytes, resume, warnings or [], comm, device, log, val)
     finally:
         log.close()
         comm.close()
 
 
-def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log) -> dict[str, Any]:
+def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, val) -> dict[str, Any]:
     t_start = time.perf_counter()
     if comm.is_main and not resume:
         write_text_atomic(os.path.join(out_dir, "config.toml"), config_to_toml(cfg))
@@ -427,7 +429,6 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log) ->
         log.event(event="warning", message=w.replace(" ", "_"))
     _train_seed(cfg.run.seed)
     train_glob, val_glob, _ = resolve_data_paths(cfg)
-    val = load_val(cfg, device)
     model = build_model(cfg, device)
     if cfg.quant.late_qat_threshold > 0:
         model.enable_qat(cfg.quant.matrix_bits)
