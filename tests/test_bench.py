@@ -95,3 +95,11 @@ def test_cli_bench_throughput_json(capsys) -> None:
 def test_cli_bench_eval_rejects_unknown_mode(tmp_path, capsys) -> None:
     assert main(["bench", "eval", str(tmp_path), "--modes", "plain"]) == 2
     assert "no artifact found" in capsys.readouterr().err
+
+
+def test_quant_variant_parsing():
+    from pgolf.bench import BenchError, parse_quant_variant
+    assert parse_quant_variant("row:matrix_bits=6,clip_search=row") == (
+        "row", ["quant.matrix_bits=6", "quant.clip_search=row"])
+    with pytest.raises(BenchError, match="expected NAME:field=value"):
+        parse_quant_variant("justaname")

@@ -11,7 +11,9 @@ For record_1128 at T=2048: 6 x 25.95 M + 6 x 0.52 M + 6 x 0.10 M + 69.2 M = 228.
 Embedding lookups, norms, activations, softmax and the optimizer are not counted.
 """
 
+import copy
 import math
+import os
 import resource
 import statistics
 import time
@@ -20,14 +22,15 @@ from typing import Any, Callable
 import torch
 
 from pgolf.bundle import bundle_for_config
-from pgolf.config import Config, config_hash
+from pgolf.config import Config, config_hash, set_value
 from pgolf.dist import Comm, pick_device
 from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate, mode_to_eval_config
-from pgolf.model.banks import unbank_state_dict
+from pgolf.eval.bpb import eval_plain
+from pgolf.model.banks import rebank_state_dict, unbank_state_dict
 from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.builder import build_optimizers
-from pgolf.quant.artifact import budget_report, build_artifact, unpack_artifact
+from pgolf.quant.artifact import budget_report, build_artifact, pack_artifact, unpack_artifact
 from pgolf.train import build_model, device_label, load_round_trip, load_val, shippable_config_toml, train_step
 
 # The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
@@ -307,4 +310,58 @@ def format_eval(rows: list[dict[str, Any]]) -> str:
         legal = "not audited" if r["legal"] is None else ("PASS" if r["legal"] else "FAIL")
         out.append(f"| {r['mode']} | {r['val_bpb']:.4f} | {r['seconds']:.1f} | "
                    f"{'yes' if r['causal'] else 'NO'} | {legal} | {r['tokens']:,} | {r['stride']} |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- quantization policies
+
+def parse_quant_variant(spec: str) -> tuple[str, list[str]]:
+    """'name:matrix_bits=6,clip_search=row' -> ('name', ['quant.matrix_bits=6', ...])."""
+    name, _, body = spec.partition(":")
+    sets = [f"quant.{kv.strip()}" for kv in body.split(",") if kv.strip()]
+    if not name or not sets:
+        raise BenchError(f"quant variant {spec!r}: expected NAME:field=value[,field=value], "
+                         "e.g. row6:matrix_bits=6,matrix_method=gptq_lite,clip_search=row")
+    return name, sets
+
+
+def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str, Any]]:
+    """Re-export a trained run's float weights (final_state.pt) under several QuantConfigs and
+    evaluate each round trip (plain bpb): bytes vs. quantization penalty on real weights."""
+    state_path = os.path.join(run_dir, "final_state.pt")
+    if not os.path.isfile(state_path):
+        raise BenchError(f"{state_path} not found: bench quant needs a run folder trained by pgolf train")
+    flat = torch.load(state_path, map_location="cpu", weights_only=True)
+    device = pick_device(cfg.run.device)
+    comm, val = Comm(device), load_val(cfg, device)
+    ec = cfg.eval
+    ref = build_model(cfg, device)
+    ref.load_state_dict(rebank_state_dict(flat, ref.num_layers) if ref.banked else flat)
+    base = eval_plain(ref, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)["val_bpb"]
+    rows = []
+    for spec in variants:
+        name, sets = parse_quant_variant(spec)
+        vcfg = copy.deepcopy(cfg)
+        for item in sets:
+            key, _, raw = item.partition("=")
+            set_value(vcfg, key, raw)
+        t0 = time.perf_counter()
+        blob = pack_artifact(flat, vcfg.quant)
+        sd, _ = unpack_artifact(blob)
+        pack_s = time.perf_counter() - t0
+        model = build_model(vcfg, device)
+        model.load_state_dict(rebank_state_dict(sd, model.num_layers) if model.banked else sd)
+        bpb = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)["val_bpb"]
+        rows.append({"variant": name, "settings": ",".join(s[len("quant."):] for s in sets),
+                     "model_bytes": len(blob), "val_bpb": bpb, "float_val_bpb": base,
+                     "penalty_bpb": bpb - base, "pack_seconds": pack_s})
+    return rows
+
+
+def format_quant(rows: list[dict[str, Any]]) -> str:
+    out = [f"float (unquantized) val_bpb: {rows[0]['float_val_bpb']:.5f}" if rows else "no variants",
+           "| variant | settings | model bytes | val_bpb | penalty | pack+compress s |",
+           "|---|---|---:|---:|---:|---:|"]
+    out += [f"| {r['variant']} | {r['settings']} | {r['model_bytes']:,} | {r['val_bpb']:.5f} | "
+            f"{r['penalty_bpb']:+.5f} | {r['pack_seconds']:.1f} |" for r in rows]
     return "\n".join(out)

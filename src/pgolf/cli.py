@@ -183,8 +183,8 @@ def cmd_bundle(args) -> int:
 
 def cmd_bench(args) -> int:
     import torch
-    from pgolf.bench import (bench_artifact, bench_eval, bench_micro_batch, bench_throughput,
-                             format_artifact, format_eval, format_throughput)
+    from pgolf.bench import (bench_artifact, bench_eval, bench_micro_batch, bench_quant, bench_throughput,
+                             format_artifact, format_eval, format_quant, format_throughput)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.bench_cmd == "eval":
@@ -192,6 +192,10 @@ def cmd_bench(args) -> int:
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         res = bench_eval(cfg, artifact, modes, log=print if args.verbose else None, run_audit=args.audit)
         text = format_eval(res)
+    elif args.bench_cmd == "quant":
+        cfg, _ = _load_run(args.target, args.set)
+        res = bench_quant(cfg, args.target, args.variant)
+        text = format_quant(res)
     else:
         cfg, warnings = _config_from_args(args)
         for w in warnings:
@@ -290,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.stride=64")
     b.add_argument("--verbose", action="store_true", help="print the evaluators' progress lines")
     b.add_argument("--audit", action="store_true", help="also run the legality audit of each mode")
+    b = bsub.add_parser("quant", help="bytes and bpb penalty of quantization policies on a trained run")
+    b.add_argument("target", help="run folder (needs final_state.pt)")
+    b.add_argument("--variant", action="append", required=True, metavar="NAME:field=value[,field=value]",
+                   help="a QuantConfig variant, e.g. row:matrix_bits=6,matrix_method=gptq_lite,clip_search=row")
+    b.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.max_tokens=65536")
     for b in bsub.choices.values():
         b.add_argument("--seed", type=int, default=0)
         b.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
