@@ -109,8 +109,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend:
         mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~mask, float("-inf"))
         return (scores.softmax(dim=-1) @ vt).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True,
-                                         enable_gqa=k.size(2) != q.size(2))
+    gqa = k.size(2) != q.size(2)
+    if gqa and q.is_cuda and q.dtype == torch.float32:
+        # No fused CUDA kernel takes fp32 with enable_gqa (it silently falls back to the
+        # O(T^2)-memory math path); expanded K/V keep the memory-efficient kernel.
+        rep = q.size(2) // k.size(2)
+        kt, vt, gqa = kt.repeat_interleave(rep, dim=1), vt.repeat_interleave(rep, dim=1), False
+    out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
