@@ -186,3 +186,14 @@ def test_data_inspect_cli(embedded_corpus):
                           embedded_corpus["tokenizer_path"], "-n", "8"], env=env_for(), capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "20240520" in res.stdout, res.stdout + res.stderr
+
+
+def test_export_ships_exactly_the_code_bytes_the_run_counted(baseline_run, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pgolf", "export", str(baseline_run), "--out", str(tmp_path / "rec")],
+                         env=env_for(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sub = json.loads((tmp_path / "rec" / "submission.json").read_text())
+    m = metrics(baseline_run)
+    assert sub["bytes_code"] == m["code_bytes"] == (tmp_path / "rec" / "train_gpt.py").stat().st_size
+    assert sub["bytes_total"] == m["artifact_bytes"]
+    assert str(Path(m["data_path"])) not in (tmp_path / "rec" / "train_gpt.py").read_text()

@@ -46,10 +46,12 @@ def _use_embedded_corpus(cfg: Config, log=print) -> None:
     cfg.data.tokenizer_path = info["tokenizer_path"]
 
 
-def bundle_code_bytes(preset: str | None, cfg: Config) -> int:
-    """Bytes of the single-file train_gpt.py this run would ship (the challenge's code bytes)."""
+def bundle_code_bytes(cfg: Config) -> int:
+    """Bytes of the single-file train_gpt.py this run would ship (the challenge's code bytes):
+    the file `pgolf export` writes, so without this machine's paths."""
     from pgolf.bundle import bundle_for_config
-    text = bundle_for_config(cfg, preset or "custom", minify=cfg.quant.code_form == "minified")
+    from pgolf.config import shippable_config
+    text = bundle_for_config(shippable_config(cfg), "run", minify=cfg.quant.code_form == "minified")
     return len(text.encode("utf-8"))
 
 
@@ -64,8 +66,7 @@ def cmd_train(args) -> int:
         out = args.out or ""
         if not out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             out = os.path.join("runs", "torchrun-" + os.environ.get("TORCHELASTIC_RUN_ID", "run"))
-    # Measured before the embedded corpus fills data.path: a local cache path is not shipped code.
-    code_bytes = bundle_code_bytes(args.preset, cfg)
+    code_bytes = bundle_code_bytes(cfg)
     _use_embedded_corpus(cfg)
     metrics = train(cfg, out, code_bytes=code_bytes, resume=bool(args.resume), warnings=warnings)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -421,5 +421,12 @@ def config_from_toml(text: str) -> Config:
     return cfg
 
 
+def shippable_config(cfg: Config) -> Config:
+    """The config without what only holds on this machine (data paths, run folder, run id):
+    what a shipped train_gpt.py and an artifact carry."""
+    data = dataclasses.replace(cfg.data, path="", tokenizer_path="", cache_dir="")
+    return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, out_dir="", run_id=""))
+
+
 def config_hash(cfg: Config) -> str:
     return hashlib.sha256(config_to_toml(cfg).encode()).hexdigest()[:16]

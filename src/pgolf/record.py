@@ -7,7 +7,6 @@ least a margin (the challenge's rule: >= 0.005 nats at p < 0.01), with a one-sid
 t-test whose Student t tail is computed here (no scipy).
 """
 
-import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.bundle import build_compressed_bundle, bundle_for_config
-from pgolf.config import Config, config_from_toml
+from pgolf.config import Config, config_from_toml, shippable_config
 from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact
 
 RECORD_RUN_FILES = ("metrics.json", "config.toml", "model.ptz", "log.txt")
@@ -64,12 +63,6 @@ def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
     return metrics, config_from_toml((run / "config.toml").read_text(encoding="utf-8"))
 
 
-def _record_shippable(cfg: Config) -> Config:
-    """The run's config without what only held on the training machine (paths, run folder)."""
-    data = dataclasses.replace(cfg.data, path="", tokenizer_path="", cache_dir="")
-    return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, out_dir="", run_id=""))
-
-
 def _record_check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RecordError(f"{out}: exists and is not an empty folder; choose a new --out (nothing was changed)")
@@ -77,7 +70,7 @@ def _record_check_out(out: Path) -> None:
 
 def _record_code(cfg: Config, minify: bool, compressed: bool) -> dict[str, str]:
     """File name -> text of the code shipped; train_gpt.py is the counted file."""
-    text = bundle_for_config(_record_shippable(cfg), "record", minify=minify or cfg.quant.code_form == "minified")
+    text = bundle_for_config(shippable_config(cfg), "run", minify=minify or cfg.quant.code_form == "minified")
     if not compressed:
         return {"train_gpt.py": text}
     # DESIGN.md section 8: the compressed form is allowed only with the readable source beside it.

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_toml,
-                          finalize_config)
+                          finalize_config, shippable_config)
 from pgolf.data.corpus import corpus_cache_root
 from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
@@ -301,9 +301,7 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
 
 def shippable_config_toml(cfg: Config) -> str:
     """The config without this machine's paths: what travels inside an artifact."""
-    c = copy.deepcopy(cfg)
-    c.data.path = c.data.tokenizer_path = c.data.cache_dir = c.run.out_dir = ""
-    return config_to_toml(c)
+    return config_to_toml(shippable_config(cfg))
 
 
 def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str, log: RunLog,
