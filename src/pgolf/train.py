@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_toml,
-                          finalize_config, shippable_config)
+from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_dict,
+                          config_to_toml, finalize_config, shippable_config)
 from pgolf.data.corpus import corpus_cache_root
 from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
@@ -425,6 +425,8 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, va
         write_text_atomic(os.path.join(out_dir, "config.toml"), config_to_toml(cfg))
     for w in warnings:
         log.event(event="warning", message=w.replace(" ", "_"))
+    for section, values in config_to_dict(cfg).items():
+        log.event(event="config", section=section, **{k: str(v).replace(" ", "_") for k, v in values.items()})
     _train_seed(cfg.run.seed)
     train_glob, val_glob, _ = resolve_data_paths(cfg)
     model = build_model(cfg, device)
