@@ -22,16 +22,17 @@ from typing import Any, Callable
 import torch
 
 from pgolf.bundle import bundle_for_config
-from pgolf.config import Config, config_hash, set_value
+from pgolf.config import Config, apply_sets, config_hash
 from pgolf.dist import Comm, pick_device
 from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate, mode_to_eval_config
 from pgolf.eval.bpb import eval_plain
-from pgolf.model.banks import rebank_state_dict, unbank_state_dict
+from pgolf.model.banks import unbank_state_dict
 from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import budget_report, build_artifact, pack_artifact, unpack_artifact
-from pgolf.train import build_model, device_label, load_round_trip, load_val, shippable_config_toml, train_step
+from pgolf.train import (build_model, device_label, load_round_trip, load_val, model_from_state,
+                         shippable_config_toml, train_step)
 
 # The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
 BENCH_REF_TOKENS_PER_S_PER_GPU = 1.18e6
@@ -335,22 +336,18 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str
     device = pick_device(cfg.run.device)
     comm, val = Comm(device), load_val(cfg, device)
     ec = cfg.eval
-    ref = build_model(cfg, device)
-    ref.load_state_dict(rebank_state_dict(flat, ref.num_layers) if ref.banked else flat)
+    ref = model_from_state(cfg, flat, device)
     base = eval_plain(ref, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)["val_bpb"]
     rows = []
     for spec in variants:
         name, sets = parse_quant_variant(spec)
         vcfg = copy.deepcopy(cfg)
-        for item in sets:
-            key, _, raw = item.partition("=")
-            set_value(vcfg, key, raw)
+        apply_sets(vcfg, sets)
         t0 = time.perf_counter()
         blob = pack_artifact(flat, vcfg.quant)
         sd, _ = unpack_artifact(blob)
         pack_s = time.perf_counter() - t0
-        model = build_model(vcfg, device)
-        model.load_state_dict(rebank_state_dict(sd, model.num_layers) if model.banked else sd)
+        model = model_from_state(vcfg, sd, device)
         bpb = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)["val_bpb"]
         rows.append({"variant": name, "settings": ",".join(s[len("quant."):] for s in sets),
                      "model_bytes": len(blob), "val_bpb": bpb, "float_val_bpb": base,

@@ -91,10 +91,8 @@ def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
         if not text:
             raise ConfigError(f"{artifact}: no config.toml beside it and none inside; keep the run folder together")
         cfg = config_from_toml(text)
-    from pgolf.config import finalize_config, set_value
-    for item in sets:
-        key, _, raw = item.partition("=")
-        set_value(cfg, key.strip(), raw.strip())
+    from pgolf.config import apply_sets, finalize_config
+    apply_sets(cfg, sets)
     finalize_config(cfg)
     return cfg, str(artifact)
 

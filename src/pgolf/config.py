@@ -341,13 +341,18 @@ def resolve_config(preset: str | None = None, config_file: str | None = None,
     if config_file:
         apply_mapping(cfg, load_toml_file(config_file), config_file)
     warnings = apply_env(cfg, dict(os.environ) if env is None else env)
-    for item in sets or []:
+    apply_sets(cfg, sets or [])
+    finalize_config(cfg)
+    return cfg, warnings
+
+
+def apply_sets(cfg: Config, sets: list[str]) -> None:
+    """Apply `section.field=value` overrides (the --set flags)."""
+    for item in sets:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.field=value")
         key, raw = item.split("=", 1)
         set_value(cfg, key.strip(), raw.strip())
-    finalize_config(cfg)
-    return cfg, warnings
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:

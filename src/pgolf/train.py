@@ -4,7 +4,6 @@ One function per phase; `train()` strings them together and owns the run folder:
 log.txt, config.toml, checkpoints (ckpt_rank{r}.pt), model.ptz and metrics.json.
 """
 
-import contextlib
 import copy
 import glob
 import hashlib
@@ -29,7 +28,7 @@ from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate
 from pgolf.model.attention import resolve_attention_backend
 from pgolf.model.banks import rebank_state_dict, unbank_state_dict
-from pgolf.model.gpt import GPT, count_params
+from pgolf.model.gpt import GPT, compute_autocast, count_params
 from pgolf.optim.averaging import EMA, SWA, select_export_state
 from pgolf.optim.builder import build_optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
@@ -95,13 +94,6 @@ def _train_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on GPUs; fp32 on CPU, where bf16 matmuls are slow and tests want exactness."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def build_model(cfg: Config, device: torch.device) -> GPT:
     model = GPT(cfg.model).to(device)
     model.attn_backend = resolve_attention_backend(cfg.model.attn_backend, device)
@@ -133,7 +125,7 @@ def train_step(model, fwd, opt, loader, cfg: Config, accum: int, device) -> torc
     total = torch.zeros((), device=device)
     for _ in range(accum):
         x, y = loader.next_batch(cfg.run.train_batch_tokens, cfg.run.train_seq_len, accum)
-        with autocast_for(device):
+        with compute_autocast(device):
             loss = fwd(x, y)
         (loss / accum).backward()
         total += loss.detach() / accum
@@ -327,23 +319,24 @@ def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str,
     return info
 
 
-def load_round_trip(path: str, cfg: Config, device) -> GPT:
-    """The model evaluation always uses: de-quantized from the artifact on disk."""
-    sd, _ = read_artifact(path)
+def model_from_state(cfg: Config, sd: dict[str, torch.Tensor], device) -> GPT:
+    """An eval-mode model holding `sd`, banked or per-layer names alike."""
     model = build_model(cfg, device)
     if model.banked:
         sd = rebank_state_dict(sd, model.num_layers)
     model.load_state_dict({k: v.to(device) for k, v in sd.items()})
-    model.eval()
-    return model
+    return model.eval()
+
+
+def load_round_trip(path: str, cfg: Config, device) -> GPT:
+    """The model evaluation always uses: de-quantized from the artifact on disk."""
+    return model_from_state(cfg, read_artifact(path)[0], device)
 
 
 def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: Comm, device,
                      log: RunLog) -> dict[str, Any]:
     """Plain bpb before/after quantization, then the configured eval mode and its audit."""
-    pre = build_model(cfg, device)
-    pre.load_state_dict({k: v.to(device) for k, v in state.items()})
-    pre.eval()
+    pre = model_from_state(cfg, state, device)
     ec = cfg.eval
     phases: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.dist import Comm
+from pgolf.model.gpt import compute_autocast
 
 
 class EvalInputError(ValueError):
@@ -196,13 +197,6 @@ def eval_rank_span(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
-def eval_autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA; a disabled context elsewhere (CPU evals run in fp32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def _bpb_batches(windows: list, n_targets: int, seq_len: int, batch_seqs: int):
     """Consecutive windows grouped up to batch_seqs, never mixing window lengths."""
     batch, blen = [], -1
@@ -236,7 +230,7 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, windows: list, s
         y = torch.stack([tokens[s + 1:s + wl + 1] for s, _, _ in batch]).to(device, non_blocking=True)
         lo = torch.tensor([a - s for s, a, _ in batch], device=device)
         hi = torch.tensor([b - s for s, _, b in batch], device=device)
-        with ctx(), eval_autocast(device):
+        with ctx(), compute_autocast(device):
             nll = scorer(model, x, y, lo, hi)
         with torch.no_grad():
             pos = torch.arange(wl, device=device)[None, :]

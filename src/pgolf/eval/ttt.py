@@ -18,8 +18,9 @@ import torch
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder,
                             as_byte_tables, eval_emit_event, eval_rank_span, score_windows,
-                            val_tokens_tensor, eval_autocast)
+                            val_tokens_tensor)
 from pgolf.eval.sliding import plan_windows
+from pgolf.model.gpt import compute_autocast
 
 
 def ttt_chunk_bounds(n_targets: int, chunk_tokens: int) -> list[tuple[int, int]]:
@@ -59,7 +60,7 @@ def _ttt_cosine_lr(base_lr: float, chunk: int, n_chunks: int) -> float:
 def _ttt_prime(model: torch.nn.Module, lengths: set, device: torch.device) -> None:
     """Run one no_grad forward per length before any inference_mode scoring, so caches a
     model fills lazily (e.g. RoPE tables) hold normal tensors usable by TTT's backward."""
-    with torch.no_grad(), eval_autocast(device):
+    with torch.no_grad(), compute_autocast(device):
         for n in sorted(lengths):
             model.forward_hidden(torch.zeros(1, n, dtype=torch.long, device=device))
 
@@ -99,7 +100,7 @@ def _ttt_train_chunk(model: torch.nn.Module, opt: torch.optim.Optimizer, params:
                 n = mine[0][1]
                 x = torch.stack([tokens[s:s + n] for s, _ in mine]).to(device)
                 y = torch.stack([tokens[s + 1:s + n + 1] for s, _ in mine]).to(device)
-                with eval_autocast(device):
+                with compute_autocast(device):
                     loss = model(x, y) * (len(mine) * n / total)
                 loss.backward()
                 for s, _ in mine:
