@@ -105,6 +105,9 @@ class ProcessGroupComm(Comm):
 
     def close(self) -> None:
         if tdist.is_initialized():
+            # A rank that tears down while a peer still talks to it aborts gloo
+            # ("terminate called without an active exception"): leave together.
+            tdist.barrier()
             tdist.destroy_process_group()
 
 

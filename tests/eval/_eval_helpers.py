@@ -115,4 +115,5 @@ def ttt_dist_worker(rank: int, world: int, store: str, out_dir: str, cfg_kwargs:
         torch.save(dict(out=out, nll=rec.nll, count=rec.count, events=events),
                    f"{out_dir}/ttt_rank{rank}.pt")
     finally:
+        tdist.barrier()  # see ProcessGroupComm.close: leave together or gloo may abort
         tdist.destroy_process_group()
