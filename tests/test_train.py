@@ -1,28 +1,22 @@
 """Training-loop pieces: priming restore, late QAT under torch.compile, NaN stop, budget refusal."""
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_helpers import tiny  # noqa: E402
 
 from pgolf.config import Config, finalize_config, resolve_config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import OverBudgetError
+from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.runlog import RunLog, parse_event
 from pgolf.train import RunState, TrainingError, build_model, check_finite, prime, train
-
-
-def tiny(corpus, *sets) -> Config:
-    base = ["model.num_layers=2", "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1",
-            "model.bigram_dim=8", "model.ve_dim=8", "model.bigram_vocab_size=128", "run.iterations=6",
-            "run.train_batch_tokens=512", "run.train_seq_len=64", "run.accum_world=1",
-            "run.max_wallclock_seconds=0", "run.train_log_every=2", "schedule.warmup_steps=3",
-            "eval.max_tokens=512", "eval.batch_tokens=512", "eval.audit_tokens=256",
-            f"data.path={corpus['data_path']}", f"data.tokenizer_path={corpus['tokenizer_path']}",
-            "data.train_pattern=fineweb_train_*.bin", "data.val_pattern=fineweb_val_*.bin"]
-    cfg, _ = resolve_config("smoke", None, {}, base + list(sets))
-    return cfg
 
 
 def test_priming_restores_weights_optimizer_and_data_exactly(embedded_corpus):
@@ -49,8 +43,11 @@ def test_priming_restores_weights_optimizer_and_data_exactly(embedded_corpus):
     assert all(torch.equal(model.state_dict()[k], twin.state_dict()[k]) for k in after)
 
 
-def test_late_qat_changes_the_compiled_forward():
+@pytest.mark.slow
+def test_late_qat_switch_under_compile_uses_two_primed_graphs():
+    from torch._dynamo.utils import counters
     torch.manual_seed(0)
+    torch._dynamo.reset()
     cfg = Config()
     m = cfg.model
     m.arch, m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = "record", 64, 2, 32, 2, 1
@@ -60,15 +57,22 @@ def test_late_qat_changes_the_compiled_forward():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    model.enable_qat(4)
+    qat = attach_late_qat(model, 4, "matrices")
+    model.rotary(16, torch.device("cpu"), torch.float32)  # as build_model does for the run's lengths
     compiled = torch.compile(model.forward_logits, fullgraph=True, dynamic=False)
     ids = torch.randint(0, 64, (2, 16))
-    off = compiled(ids)
+    off = compiled(ids)  # priming: QAT off ...
     assert torch.allclose(off, model.forward_logits(ids), atol=1e-5)
-    model.qat_on.fill_(1.0)  # what the loop does once the lr multiplier drops below the threshold
+    qat.active = True  # ... and QAT on, as prime() does when QAT is configured
     on = compiled(ids)
     assert not torch.allclose(on, off, atol=1e-3)
     assert torch.allclose(on, model.forward_logits(ids), atol=1e-5)
+    graphs = counters["stats"]["unique_graphs"]
+    for active in (False, True, False, True):  # the timed loop: no compilation any more
+        qat.active = active
+        out = compiled(ids)
+        assert torch.allclose(out, on if active else off, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_nan_loss_stops_with_step_and_last_finite_loss(tmp_path):

@@ -13,7 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -57,7 +57,10 @@ class ModelConfig:
     ve_dim: int = _f(128, "value-embedding table width")
     ve_layers: str = _f("-2,-1", "comma list of blocks with value embeddings (negative = from the end)")
     attn_backend: str = _f("auto", "auto | fa3 | sdpa | math")
-    compile: bool = _f(False, "torch.compile the training forward")
+    compile: bool = _f(False, "torch.compile the training forward (and the eval forward)")
+    embed_dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "storage of tok_emb / bigram / VE tables in training; bf16 is what records "
+                "#549/#1128 ran (their model is cast to bf16), fp32 keeps small updates")
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -112,6 +115,9 @@ class QuantConfig:
     compressor: str = _f("zlib", "zlib | lzma | zstd | brotli")
     level: int = _f(9, "compressor level/preset")
     late_qat_threshold: float = _f(0.0, "fake-quantize matrices once the lr multiplier is below this; 0 = off")
+    qat_scope: Literal["matrices", "reference"] = _f(
+        "matrices", "what late QAT fake-quantizes: matrices = every block matrix on the artifact's "
+                    "grid; reference = only bigram.proj / ve.proj, as records #549/#1128 ran")
     max_artifact_bytes: int = _f(16_000_000, "challenge limit on model + code bytes (decimal)")
     code_form: str = _f("plain", "counted train_gpt.py: plain (readable) or minified (no comments/docstrings)")
 
@@ -227,6 +233,11 @@ def config_sections(cfg: Config) -> dict[str, Any]:
 
 def _coerce(raw: Any, ftype: Any, key: str) -> Any:
     """Turn a TOML/env/flag value into the field's declared type."""
+    if get_origin(ftype) is Literal:
+        allowed = get_args(ftype)
+        if raw not in allowed:
+            raise ConfigError(f"{key}: {raw!r} is not one of {', '.join(map(str, allowed))}")
+        return raw
     tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
     base = tname.replace(" | None", "").strip()
     if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null") and "None" in tname):

@@ -32,8 +32,10 @@ from pgolf.model.gpt import GPT, compute_autocast, count_params
 from pgolf.optim.averaging import EMA, SWA, select_export_state
 from pgolf.optim.builder import build_optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
+from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.quant.artifact import budget_report, check_budget, pack_artifact, read_artifact, write_artifact
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
+from pgolf.wallclock import CapSchedule, TrainClock, device_sync
 
 
 class TrainingError(RuntimeError):
@@ -133,10 +135,10 @@ def train_step(model, fwd, opt, loader, cfg: Config, accum: int, device) -> torc
     return total
 
 
-def set_schedule(opt, model: GPT, cfg: Config, st: RunState) -> float:
+def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> float:
     """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
     r, o = cfg.run, cfg.optim
-    args = (st.step, st.train_ms, r.iterations, cfg.schedule.warmdown_iters, r.max_wallclock_seconds * 1000.0)
+    args = (st.step, elapsed_ms, r.iterations, cfg.schedule.warmdown_iters, r.max_wallclock_seconds * 1000.0)
     mode = cfg.schedule.warmdown_mode
     if mode == "auto" and r.max_wallclock_seconds > 0:
         # Whichever budget ends first drives the warmdown: a short run that stops on
@@ -148,14 +150,18 @@ def set_schedule(opt, model: GPT, cfg: Config, st: RunState) -> float:
     opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
                                            o.muon_momentum_warmup_steps))
     thr = cfg.quant.late_qat_threshold
-    if thr > 0 and not st.qat_active and mult < thr:
+    if qat is not None and thr > 0 and not st.qat_active and mult < thr:
         st.qat_active = True
-        model.qat_on.fill_(1.0)
+        qat.active = True
     return mult
 
 
-def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog) -> None:
-    """Run warm-up steps to compile kernels, then restore weights, optimizer and data."""
+def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog, qat=None) -> None:
+    """Run warm-up steps to compile kernels, then restore weights, optimizer and data.
+
+    With late QAT under torch.compile one more step runs with QAT on, so its graph is
+    compiled here and the switch late in the timed run costs no compilation.
+    """
     n = cfg.schedule.warmup_steps
     if n <= 0:
         return
@@ -163,11 +169,18 @@ def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog)
     t0 = time.perf_counter()
     for _ in range(n):
         train_step(model, fwd, opt, loader, cfg, accum, device)
+    qat_primed = qat is not None and cfg.model.compile
+    if qat_primed:
+        qat.active = True
+        train_step(model, fwd, opt, loader, cfg, accum, device)
+        qat.active = False
+    device_sync(device)
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     loader.load_state(saved[2])
     opt.zero_grad(set_to_none=True)
-    log.event(event="priming_done", steps=n, seconds=round(time.perf_counter() - t0, 2))
+    log.event(event="priming_done", steps=n + int(qat_primed), qat_graph=qat_primed,
+              seconds=round(time.perf_counter() - t0, 2))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -204,7 +217,7 @@ def load_checkpoint(out_dir: str, rank: int) -> dict:
                         "start a new run with --out, the run folder is left untouched")
 
 
-def restore_checkpoint(blob, model, opt, loader, ema, swa, st: RunState) -> None:
+def restore_checkpoint(blob, model, opt, loader, ema, swa, st: RunState, qat=None) -> None:
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["opt"])
     loader.load_state(blob["loader"])
@@ -214,36 +227,59 @@ def restore_checkpoint(blob, model, opt, loader, ema, swa, st: RunState) -> None
         swa.load_state_dict(blob["swa"])
     vars(st).update(blob["run"])
     torch.set_rng_state(blob["rng"])
-    if st.qat_active:
-        model.qat_on.fill_(1.0)
+    if qat is not None:
+        qat.active = st.qat_active
 
 
 # ---------------------------------------------------------------- the loop
 
-def should_stop(st: RunState, cfg: Config, comm: Comm, device) -> bool:
-    cap_ms = cfg.run.max_wallclock_seconds * 1000.0
-    stop = st.step >= cfg.run.iterations or (cap_ms > 0 and st.train_ms >= cap_ms)
-    if cap_ms > 0 and comm.world_size > 1:
-        # Ranks see slightly different clocks: stop together or the collectives hang.
-        flag = torch.tensor(float(stop), device=device)
-        comm.all_reduce_max(flag)
-        stop = bool(flag.item())
-    return stop
+def nonfinite_error(loss: float, step: int, last_finite: float, out_dir: str) -> TrainingError:
+    return TrainingError(
+        f"train loss is {loss} at step {step} (last finite loss {last_finite:.4f}); "
+        f"lower optim.matrix_lr / optim.scalar_lr or set optim.grad_clip_norm; "
+        f"log and checkpoints in {out_dir} are kept")
 
 
 def check_finite(loss: float, st: RunState, out_dir: str) -> None:
     if math.isfinite(loss):
         st.last_finite_loss = loss
         return
-    raise TrainingError(
-        f"train loss is {loss} at step {st.step + 1} (last finite loss {st.last_finite_loss:.4f}); "
-        f"lower optim.matrix_lr / optim.scalar_lr or set optim.grad_clip_norm; "
-        f"log and checkpoints in {out_dir} are kept")
+    raise nonfinite_error(loss, st.step + 1, st.last_finite_loss, out_dir)
 
 
-def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, opt, step_ms: float) -> None:
+class LossWatch:
+    """Step losses kept on the device: the first non-finite step and the last finite loss
+    are tracked there, so nothing is read back to the host until a check point."""
+
+    def __init__(self, device, last_finite: float) -> None:
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_value = torch.zeros((), device=device)
+        self.last_finite = torch.full((), last_finite, device=device)
+        self.last: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """`step` is the 1-based number of the step that produced `loss`."""
+        ok = torch.isfinite(loss)
+        new_bad = (self.first_bad < 0) & ~ok
+        self.first_bad = torch.where(new_bad, step, self.first_bad)
+        self.bad_value = torch.where(new_bad, loss, self.bad_value)
+        self.last_finite = torch.where(ok & (self.first_bad < 0), loss, self.last_finite)
+        self.last = loss
+
+    def check(self, st: RunState, out_dir: str) -> None:
+        """Raise on a non-finite loss seen since the start (reads the device: a sync)."""
+        bad, value, last = self.first_bad.item(), self.bad_value.item(), self.last_finite.item()
+        st.last_finite_loss = last
+        if bad >= 0:
+            raise nonfinite_error(value, bad, last, out_dir)
+
+
+def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, opt,
+             interval: tuple[int, float]) -> None:
+    """One step line; step_ms is the mean over the steps since the previous line."""
     r = cfg.run
     avg_ms = st.train_ms / max(st.step, 1)
+    step_ms = (st.train_ms - interval[1]) / max(st.step - interval[0], 1)
     left = (r.iterations - st.step) * avg_ms
     if r.max_wallclock_seconds > 0:
         left = min(left, r.max_wallclock_seconds * 1000.0 - st.train_ms)
@@ -254,39 +290,64 @@ def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, o
 
 
 def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm: Comm, device,
-             accum: int, val, log: RunLog, out_dir: str) -> None:
+             accum: int, val, log: RunLog, out_dir: str, qat=None) -> str:
+    """Train until run.iterations or the wall-clock cap; returns why it stopped.
+
+    No host sync per step: the loss stays on the device and the clock is read exactly only
+    at log lines, checkpoints, validation and the cap checks `CapSchedule` spaces out.
+    """
     r, s = cfg.run, cfg.schedule
+    clock = TrainClock(device, st.train_ms)
+    cap = CapSchedule(r.max_wallclock_seconds * 1000.0, comm, device)
+    watch = LossWatch(device, st.last_finite_loss)
+    session = (st.step, st.train_ms)  # steps and time before this process started
+    logged = session
+    fault_step = int(os.environ.get("PGOLF_FAULT_AFTER_STEP", "-1"))
+    clock.start()
+    mult = 1.0
     while True:
-        if should_stop(st, cfg, comm, device):
+        if st.step >= r.iterations:
+            reason = "iterations"
             break
+        if cap.due(st.step):
+            st.train_ms = clock.elapsed_ms()
+            watch.check(st, out_dir)
+            if cap.check(st.step, st.train_ms, st.step - session[0], st.train_ms - session[1]):
+                reason = "wallclock_cap"
+                break
         if r.val_loss_every and st.step and st.step % r.val_loss_every == 0:
-            res = eval_plain(model, val["tokens"], cfg.eval.seq_len, cfg.eval.batch_tokens,
-                             val["tables"], comm, device)
+            with clock.paused():
+                res = eval_plain(model, val["tokens"], cfg.eval.seq_len, cfg.eval.batch_tokens,
+                                 val["tables"], comm, device)
             log.event(step=st.step, val_loss=round(res["val_loss"], 4), val_bpb=round(res["val_bpb"], 4))
         qat_before = st.qat_active
-        mult = set_schedule(opt, model, cfg, st)
+        mult = set_schedule(opt, qat, cfg, st, clock.host_ms())
         if st.qat_active and not qat_before:
-            log.event(event="late_qat_on", step=st.step, lr_mult=round(mult, 4), bits=cfg.quant.matrix_bits)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss = train_step(model, fwd, opt, loader, cfg, accum, device).item()
-        step_ms = (time.perf_counter() - t0) * 1000.0
-        check_finite(loss, st, out_dir)
-        st.train_ms += step_ms
+            log.event(event="late_qat_on", step=st.step, lr_mult=round(mult, 4), scope=cfg.quant.qat_scope,
+                      bits=cfg.quant.matrix_bits if cfg.quant.qat_scope == "matrices" else 6)
+        loss = train_step(model, fwd, opt, loader, cfg, accum, device)
         st.step += 1
+        watch.update(loss, st.step)
         if ema is not None:
             ema.update(model)
         if swa is not None:
             swa.maybe_snapshot(ema.shadow if swa.source == "ema" else model,
                                st.step, mult, s.swa_every, s.swa_threshold)
         if r.train_log_every and (st.step % r.train_log_every == 0 or st.step <= 5):
-            log_step(log, st, cfg, loss, mult, opt, step_ms)
+            st.train_ms = clock.elapsed_ms()
+            watch.check(st, out_dir)
+            log_step(log, st, cfg, loss.item(), mult, opt, logged)
+            logged = (st.step, st.train_ms)
         if r.checkpoint_every and st.step % r.checkpoint_every == 0:
+            st.train_ms = clock.elapsed_ms()
+            watch.check(st, out_dir)
             save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st)
-            if st.step == int(os.environ.get("PGOLF_FAULT_AFTER_STEP", "-1")):
+            if st.step == fault_step:
                 # Fault injection for resume tests: die like a preempted job, no cleanup.
                 os.kill(os.getpid(), signal.SIGKILL)
+    st.train_ms = clock.elapsed_ms()
+    watch.check(st, out_dir)
+    return reason
 
 
 # ---------------------------------------------------------------- export + evaluation
@@ -348,7 +409,7 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: C
     log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
               post_quant_val_bpb=round(after["val_bpb"], 5),
               quant_penalty_bpb=round(after["val_bpb"] - before["val_bpb"], 5))
-    res = evaluate(model, val["tokens"], val["tables"], ec, comm, device, log.line)
+    res = evaluate(model, val["tokens"], val["tables"], ec, comm, device, log.line, compile=cfg.model.compile)
     phases["final_eval_s"] = res["eval_seconds"]
     phases.update({f"ttt_{k}": res[k] for k in ("score_seconds", "train_seconds") if k in res})
     out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
@@ -423,8 +484,9 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, va
     _train_seed(cfg.run.seed)
     train_glob, val_glob, _ = resolve_data_paths(cfg)
     model = build_model(cfg, device)
+    qat = None
     if cfg.quant.late_qat_threshold > 0:
-        model.enable_qat(cfg.quant.matrix_bits)
+        qat = attach_late_qat(model, cfg.quant.matrix_bits, cfg.quant.qat_scope)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
     opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob)
@@ -440,12 +502,16 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, va
     ema = EMA(model, cfg.schedule.ema_decay) if cfg.schedule.ema_enabled else None
     swa = SWA("ema" if cfg.schedule.export_weights == "ema_swa" else "raw") if cfg.schedule.swa_enabled else None
     if resume:
-        restore_checkpoint(load_checkpoint(out_dir, comm.rank), model, opt, loader, ema, swa, st)
+        restore_checkpoint(load_checkpoint(out_dir, comm.rank), model, opt, loader, ema, swa, st, qat)
         log.event(event="resumed", step=st.step, train_time_s=round(st.train_ms / 1000, 1))
     else:
-        prime(model, fwd, opt, loader, cfg, accum, device, log)
-    run_loop(model, fwd, opt, loader, ema, swa, st, cfg, comm, device, accum, val, log, out_dir)
-    log.event(event="train_done", steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
+        prime(model, fwd, opt, loader, cfg, accum, device, log, qat)
+    try:
+        reason = run_loop(model, fwd, opt, loader, ema, swa, st, cfg, comm, device, accum, val, log, out_dir, qat)
+    except TrainingError as e:
+        log.event(event="train_stopped", reason="error", step=st.step, message=str(e).replace(" ", "_"))
+        raise
+    log.event(event="train_done", reason=reason, steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
               swa_snapshots=swa.count if swa else 0)
     info = export_artifact(model, ema, swa, cfg, code_bytes, out_dir, log, comm)
     state = info.pop("state")
@@ -454,7 +520,7 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, va
     ev = final_evaluation(cfg, state, os.path.join(out_dir, "model.ptz"), val, comm, device, log)
     avg_ms = st.train_ms / max(st.step, 1)
     metrics = {
-        **ev, **info, "steps": st.step, "train_time_s": st.train_ms / 1000.0, "step_avg_ms": avg_ms,
+        **ev, **info, "steps": st.step, "stop_reason": reason, "train_time_s": st.train_ms / 1000.0, "step_avg_ms": avg_ms,
         "tokens_per_s": cfg.run.train_batch_tokens / max(avg_ms, 1e-9) * 1000.0,
         "world_size": comm.world_size, "device": device_label(device), "params": count_params(model),
         "config_hash": config_hash(cfg), "seed": cfg.run.seed, "data_path": cfg.data.path,

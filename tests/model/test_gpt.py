@@ -1,6 +1,8 @@
 """The record model: parameter counts, causality per component, XSA, hashing, banks."""
 
 import copy
+import inspect
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from pgolf.model.attention import causal_attention, ntk_rope_base, xsa_remove_se
 from pgolf.model.banks import rebank_state_dict, unbank_state_dict
 from pgolf.model.embeddings import bigram_buckets
 from pgolf.model.gpt import GPT, count_params
+from pgolf.quant.fake_quant import attach_late_qat
 
 
 def tiny_cfg(**over) -> Config:
@@ -130,20 +133,80 @@ def test_sdpa_matches_math_attention():
     assert torch.allclose(causal_attention(q, k, v, "sdpa"), causal_attention(q, k, v, "math"), atol=1e-5)
 
 
-def test_qat_flag_changes_forward_and_keeps_gradients():
+def _perturbed(cfg):
     torch.manual_seed(0)
-    model = GPT(tiny_cfg().model)
+    model = GPT(cfg.model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_late_qat_is_a_transform_from_outside_and_keeps_gradients():
+    model = _perturbed(tiny_cfg())
     ids = torch.randint(0, 64, (2, 16))
-    model.enable_qat(4)
-    off = model.forward_logits(ids)
-    model.qat_on.fill_(1.0)
+    plain = model.forward_logits(ids)
+    qat = attach_late_qat(model, 4, "matrices")
+    assert torch.equal(model.forward_logits(ids), plain)  # inactive: the identity
+    qat.active = True
     on = model.forward_logits(ids)
-    assert not torch.allclose(off, on)
+    assert not torch.allclose(plain, on)
     model(ids, ids).backward()
     assert model.qo_bank.grad is not None and model.qo_bank.grad.abs().sum() > 0
+    # The model module itself knows nothing of quantization.
+    src = inspect.getsource(sys.modules[GPT.__module__])
+    assert "pgolf.quant" not in src and "fake_quant" not in src
+
+
+def test_inactive_qat_computes_no_fake_quantization(monkeypatch):
+    import pgolf.quant.fake_quant as fq
+    calls = []
+    monkeypatch.setattr(fq, "fake_quant_ste", lambda w, bits: calls.append(w.shape) or w)
+    model = _perturbed(tiny_cfg())
+    qat = attach_late_qat(model, 6, "matrices")
+    ids = torch.randint(0, 64, (2, 16))
+    model.forward_logits(ids)
+    assert calls == []  # before the switch the forward pays nothing for QAT
+    qat.active = True
+    model.forward_logits(ids)
+    assert sorted(calls) == sorted(p.shape for p in model.matrix_params())  # once per bank
+
+
+def test_reference_qat_scope_touches_only_the_two_projections():
+    model = _perturbed(tiny_cfg())
+    seen = []
+    qat = attach_late_qat(model, 6, "reference")
+    qat.active = True
+    real = qat.forward
+    qat.forward = lambda group, w: seen.append((group, tuple(w.shape))) or real(group, w)
+    model.forward_logits(torch.randint(0, 64, (2, 16)))
+    transformed = {shape for group, shape in seen if group == "projections"}
+    assert transformed == {tuple(model.bigram.proj.weight.shape), tuple(model.ve.proj.weight.shape)}
+    # The block matrices pass through unchanged; the projections land on the reference grid.
+    for bank, w in zip(model.matrix_params(), (model._weight("blocks", b) for b in model.matrix_params())):
+        assert torch.equal(bank, w)
+    w = model.bigram.proj.weight
+    q = model._weight("projections", w)
+    scale = (w.detach().abs().amax(-1) / 31).clamp_min(1 / 31)
+    codes = q.detach() / scale[:, None]
+    assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.min() >= -32 and codes.max() <= 31
+
+
+def test_bf16_embedding_tables_train_and_match_fp32_on_the_same_weights():
+    from pgolf.optim.builder import build_optimizers
+    bf = _perturbed(tiny_cfg(embed_dtype="bf16"))
+    fp = GPT(tiny_cfg().model)
+    assert {p.dtype for p in bf.embedding_params()} == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in bf.matrix_params() + bf.scalar_params())
+    fp.load_state_dict({k: v.float() for k, v in bf.state_dict().items()})
+    ids = torch.randint(0, 64, (2, 16))
+    # Same stored values, fp32 compute in both: equal up to fp32 rounding.
+    assert torch.allclose(bf.forward_logits(ids), fp.forward_logits(ids), atol=1e-5)
+    opt = build_optimizers(bf, tiny_cfg().optim)
+    before = bf.tok_emb.weight.detach().clone()
+    bf(ids, ids).backward()
+    opt.reduce_and_step(bf, 0.0)
+    assert bf.tok_emb.weight.dtype == torch.bfloat16 and not torch.equal(before, bf.tok_emb.weight)
 
 
 def test_zero_block_grads_only_touches_chosen_blocks():

@@ -119,6 +119,7 @@ class DistributedTokenLoader:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.stream = TokenStream(files)
+        self.staging = PinnedStaging(self.device) if self.device.type == "cuda" else None
 
     def local_tokens(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> int:
         parts = self.world_size * grad_accum_steps
@@ -144,17 +145,44 @@ class DistributedTokenLoader:
         span = local + 1
         chunk = self.stream.take(span * self.world_size)
         mine = chunk[self.rank * span:(self.rank + 1) * span]
-        x = mine[:-1].reshape(-1, seq_len)
-        y = mine[1:].reshape(-1, seq_len)
-        if self.device.type == "cuda":
-            x, y = x.pin_memory(), y.pin_memory()
-        return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+        if self.staging is not None:
+            # One copy of the span; x and y are overlapping views of it on the device.
+            mine = self.staging.to_device(mine)
+        return mine[:-1].reshape(-1, seq_len), mine[1:].reshape(-1, seq_len)
 
     def state(self) -> dict:
         return self.stream.state()
 
     def load_state(self, state: dict) -> None:
         self.stream.load_state(state)
+
+
+class PinnedStaging:
+    """Reused pinned host buffers for asynchronous host-to-device copies.
+
+    Pinning a fresh buffer per batch costs a page-locking allocation every step. Two
+    buffers alternate; before one is refilled, the copy that last read it (recorded as a
+    CUDA event) must have finished, which it has unless the host is two batches ahead.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffers: list[torch.Tensor] = []
+        self.events: list = []
+        self.turn = 0
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        if len(self.buffers) < 2 or self.buffers[0].numel() != host.numel():
+            self.buffers = [torch.empty(host.shape, dtype=host.dtype, pin_memory=True) for _ in range(2)]
+            self.events = [None, None]
+        k, self.turn = self.turn, 1 - self.turn
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        self.buffers[k].copy_(host)
+        out = self.buffers[k].to(self.device, non_blocking=True)
+        self.events[k] = torch.cuda.Event()
+        self.events[k].record()
+        return out
 
 
 def load_validation_tokens(pattern: str, seq_len: int) -> torch.Tensor:

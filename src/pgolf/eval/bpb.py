@@ -248,7 +248,8 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, windows: list, s
 
 def eval_plain(model: torch.nn.Module, val_tokens: Any, seq_len: int, batch_tokens: int,
                tables: Any, comm: Comm, device: torch.device, log: Callable | None = None,
-               recorder: ScoreRecorder | None = None, budget_seconds: float = 0.0) -> dict:
+               recorder: ScoreRecorder | None = None, budget_seconds: float = 0.0,
+               scorer: Callable | None = None) -> dict:
     """Non-overlapping windows of seq_len (a short last one if needed), split over ranks."""
     t0 = time.perf_counter()
     tokens = val_tokens_tensor(val_tokens)
@@ -262,7 +263,7 @@ def eval_plain(model: torch.nn.Module, val_tokens: Any, seq_len: int, batch_toke
     per_rank = max(1, batch_tokens // (seq_len * comm.world_size))
     acc = BpbAccumulator(device)
     prog = EvalProgress(log if comm.is_main else None, "plain", "windows", len(mine), budget_seconds)
-    score_windows(model, tokens, mine, seq_len, per_rank, tables, acc, device,
+    score_windows(model, tokens, mine, seq_len, per_rank, tables, acc, device, scorer=scorer,
                   recorder=recorder, progress=prog)
     acc.reduce(comm)
     if recorder is not None:

@@ -10,6 +10,7 @@ from pgolf.config import EvalConfig
 from pgolf.dist import Comm
 from pgolf.eval.bpb import EvalInputError, ScoreRecorder, eval_plain, val_tokens_tensor
 from pgolf.eval.sliding import eval_sliding
+from pgolf.eval.forward import Forwards, PlainScorer
 from pgolf.eval.slot import make_slot_scorer
 from pgolf.eval.ttt import eval_ttt
 
@@ -53,9 +54,12 @@ def mode_to_eval_config(mode: str, ecfg: EvalConfig) -> EvalConfig:
 
 def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalConfig, comm: Comm,
              device: torch.device, log: Callable | None = None,
-             recorder: ScoreRecorder | None = None, events: Any = None) -> dict:
+             recorder: ScoreRecorder | None = None, events: Any = None, compile: bool = False) -> dict:
     """Run the configured eval mode. Returns val_loss, val_bpb, tokens, bytes, mode, causal,
-    eval_seconds (plus per-phase seconds for TTT). TTT never modifies `model`."""
+    eval_seconds (plus per-phase seconds for TTT). TTT never modifies `model`.
+
+    compile=True scores full-length windows through torch.compile'd forwards (eval/forward.py).
+    """
     if ecfg.seq_len <= 0:
         raise EvalInputError("eval.seq_len is 0: call pgolf.config.finalize_config first "
                              "(it defaults to run.train_seq_len)")
@@ -64,21 +68,23 @@ def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalCon
     if ecfg.max_tokens > 0:
         tokens = tokens[:ecfg.max_tokens + 1]
     mode = eval_mode_name(ecfg)
-    scorer = make_slot_scorer(ecfg)
-    if scorer is not None and not scorer.causal and log is not None and comm.is_main:
+    forwards = Forwards(compile, ecfg.seq_len)
+    slot = make_slot_scorer(ecfg, forwards)
+    scorer = slot or (PlainScorer(forwards) if compile else None)
+    if slot is not None and not slot.causal and log is not None and comm.is_main:
         log(f"eval:mode {mode} uses batch SLOT, which is NON-CAUSAL (its delta is fitted on the "
             "targets it scores); the result is not a legal record score")
     if ecfg.ttt_enabled:
         out = eval_ttt(model, tokens, ecfg, tables, comm, device, log, scorer, recorder, events)
-    elif ecfg.stride > 0 or scorer is not None:
+    elif ecfg.stride > 0 or slot is not None:
         out = eval_sliding(model, tokens, ecfg.seq_len, ecfg.stride or ecfg.seq_len,
                            ecfg.batch_seqs, tables, comm, device, log, scorer, recorder, events,
                            ecfg.budget_seconds)
     else:
         out = eval_plain(model, tokens, ecfg.seq_len, ecfg.batch_tokens, tables, comm, device,
-                         log, recorder, ecfg.budget_seconds)
+                         log, recorder, ecfg.budget_seconds, scorer)
     out["mode"] = mode
-    out["causal"] = scorer is None or scorer.causal
+    out["causal"] = slot is None or slot.causal
     out["eval_seconds"] = time.perf_counter() - t0
     if log is not None and comm.is_main:
         tag = "" if out["causal"] else " NON-CAUSAL"

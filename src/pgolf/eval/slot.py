@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.eval.bpb import EvalInputError
+from pgolf.eval.forward import EAGER, Forwards
 
 SLOT_MODES = ("off", "batch", "causal")
 
@@ -26,11 +27,12 @@ class SlotScorer:
     needs_grad = True
 
     def __init__(self, mode: str, lr: float = 0.003, steps: int = 5, wd: float = 1e-8,
-                 eps: float = 1e-5) -> None:
+                 eps: float = 1e-5, forwards: Forwards = EAGER) -> None:
         if mode not in ("batch", "causal"):
             raise EvalInputError(f"SlotScorer mode must be batch or causal, got {mode!r}; "
                                  "set eval.slot_mode")
         self.mode, self.lr, self.steps, self.wd, self.eps = mode, lr, steps, wd, eps
+        self.forwards = forwards
 
     @property
     def causal(self) -> bool:
@@ -82,7 +84,7 @@ class SlotScorer:
                  lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """float32 NLL [B,T] of every position under H + delta (the caller masks to [lo, hi))."""
         with torch.no_grad():
-            h = model.forward_hidden(x).detach()
+            h = self.forwards.get(model, "forward_hidden", x)(x).detach()
         delta = self.fit_delta(model, h, y, lo)
         with torch.no_grad():
             logits = model.compute_logits(h + delta)
@@ -90,10 +92,10 @@ class SlotScorer:
                                    reduction="none").view(y.shape)
 
 
-def make_slot_scorer(ecfg: Any) -> SlotScorer | None:
+def make_slot_scorer(ecfg: Any, forwards: Forwards = EAGER) -> SlotScorer | None:
     """SlotScorer from an EvalConfig (None when eval.slot_mode is off)."""
     if ecfg.slot_mode not in SLOT_MODES:
         raise EvalInputError(f"eval.slot_mode must be one of {SLOT_MODES}, got {ecfg.slot_mode!r}")
     if ecfg.slot_mode == "off":
         return None
-    return SlotScorer(ecfg.slot_mode, ecfg.slot_lr, ecfg.slot_steps, ecfg.slot_wd, ecfg.slot_eps)
+    return SlotScorer(ecfg.slot_mode, ecfg.slot_lr, ecfg.slot_steps, ecfg.slot_wd, ecfg.slot_eps, forwards)

@@ -29,9 +29,11 @@ class BigramHash(nn.Module):
         nn.init.zeros_(self.embed.weight)
         nn.init.orthogonal_(self.proj.weight)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        e = self.embed(bigram_buckets(ids, self.buckets))
-        return self.scale.to(e.dtype) * F.linear(e, self.proj.weight.to(e.dtype))
+    def forward(self, ids: torch.Tensor, proj_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """proj_weight: the projection as the caller wants it seen (e.g. fake-quantized)."""
+        e = self.embed(bigram_buckets(ids, self.buckets)).float()
+        w = self.proj.weight if proj_weight is None else proj_weight
+        return self.scale.to(e.dtype) * F.linear(e, w.to(e.dtype))
 
 
 class SmearGate(nn.Module):
@@ -61,6 +63,7 @@ class ValueEmbedding(nn.Module):
         nn.init.normal_(self.embed.weight, std=std)
         nn.init.orthogonal_(self.proj.weight)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        e = self.embed(ids)
-        return self.scale.to(e.dtype) * F.linear(e, self.proj.weight.to(e.dtype))
+    def forward(self, ids: torch.Tensor, proj_weight: torch.Tensor | None = None) -> torch.Tensor:
+        e = self.embed(ids).float()
+        w = self.proj.weight if proj_weight is None else proj_weight
+        return self.scale.to(e.dtype) * F.linear(e, w.to(e.dtype))

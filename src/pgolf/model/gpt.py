@@ -18,7 +18,6 @@ from pgolf.model.attention import Attention, Rotary, rms_norm
 from pgolf.model.banks import block_bank_indices
 from pgolf.model.embeddings import BigramHash, SmearGate, ValueEmbedding
 from pgolf.model.mlp import MLP
-from pgolf.quant.fake_quant import fake_quant_ste
 
 
 class Block(nn.Module):
@@ -72,10 +71,16 @@ class GPT(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         self.rotary = Rotary(head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len)
         self.attn_backend = "sdpa"
-        # Late QAT: a tensor flag (not a Python bool) so a compiled graph sees the switch.
-        self.qat_bits = 0
-        self.register_buffer("qat_on", torch.zeros(()), persistent=False)
+        # A seam for transforms applied from outside (late QAT): called as
+        # weight_transform(group, w) on "blocks" (block matrices) and "projections"
+        # (BigramHash / VE projections); None = weights used as stored.
+        self.weight_transform: nn.Module | None = None
         self.reset_parameters()
+        if cfg.embed_dtype == "bf16":
+            # The reference trains these tables in bf16 (the model is cast to bf16 and only
+            # small/control tensors and linear layers are restored to fp32).
+            for table in self.embedding_params():
+                table.data = table.data.to(torch.bfloat16)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -136,39 +141,34 @@ class GPT(nn.Module):
                     if g is not None:
                         g[rows] = 0
 
-    # ---- late QAT ----
-    def enable_qat(self, bits: int) -> None:
-        """Route block matrices through the fake quantizer; it acts once `qat_on` is 1."""
-        self.qat_bits = bits
-
-    def _maybe_qat(self, w: torch.Tensor) -> torch.Tensor:
-        if not self.qat_bits:
-            return w
-        return w + self.qat_on * (fake_quant_ste(w, self.qat_bits) - w)
+    # ---- weights as the forward sees them ----
+    def _weight(self, group: str, w: torch.Tensor) -> torch.Tensor:
+        t = self.weight_transform
+        return w if t is None else t(group, w)
 
     def _layer_weights(self):
-        """Per-layer weight tuples (q, k, v, out, up, down), QAT applied once per bank."""
+        """Per-layer weight tuples (q, k, v, out, up, down), transformed once per bank."""
         L = self.num_layers
         if self.banked:
-            qo, kv = self._maybe_qat(self.qo_bank), self._maybe_qat(self.kv_bank)
-            up, down = self._maybe_qat(self.mlp_up_bank), self._maybe_qat(self.mlp_down_bank)
+            qo, kv, up, down = (self._weight("blocks", b) for b in self.matrix_params())
             return [(qo[i], kv[i], kv[L + i], qo[L + i], up[i], down[i]) for i in range(L)]
-        q = self._maybe_qat
-        return [(q(b.attn.c_q.weight), q(b.attn.c_k.weight), q(b.attn.c_v.weight),
-                 q(b.attn.proj.weight), q(b.mlp.fc.weight), q(b.mlp.proj.weight)) for b in self.blocks]
+        ws = [self._weight("blocks", w) for w in self.matrix_params()]
+        return [tuple(ws[6 * i:6 * i + 6]) for i in range(L)]
 
     # ---- forward ----
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok_emb(ids)
+        # Tables may be stored in bf16 (model.embed_dtype); compute stays in fp32 here and
+        # autocast decides the matmul precision.
+        x = self.tok_emb(ids).float()
         if self.bigram is not None:
-            x = x + self.bigram(ids)
+            x = x + self.bigram(ids, self._weight("projections", self.bigram.proj.weight))
         x = rms_norm(x)
         return self.smear(x) if self.smear is not None else x
 
     def forward_hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Everything up to and including the final RMSNorm: [B, T, d]."""
         x = x0 = self.embed(ids)
-        ve = self.ve(ids) if self.ve is not None else None
+        ve = self.ve(ids, self._weight("projections", self.ve.proj.weight)) if self.ve is not None else None
         weights = self._layer_weights()
         skips: list[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):

@@ -1,0 +1,87 @@
+"""The training clock: the challenge's wall-clock budget, read without a host sync per step.
+
+What counts (as the reference counts it): every second from the first timed training step
+to the end of training, EMA/SWA updates, logging and checkpoints included; only validation
+pauses are left out. Reading the host clock is free but the host runs ahead of the GPU, so
+an exact reading needs a device sync, and a sync per step keeps the host from queueing the
+next step while the GPU works. The loop therefore syncs only at check points: log lines,
+checkpoints, validation, and cap checks that `CapSchedule` spaces so the cap is overshot by
+at most about `slack_ms` (one step when the predicted end falls between checks).
+"""
+
+import math
+import time
+from contextlib import contextmanager
+
+import torch
+
+from pgolf.dist import Comm
+
+
+def device_sync(device: torch.device) -> None:
+    """Wait for the device's queued work (no-op on CPU, where work is synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TrainClock:
+    """Milliseconds of training time; `offset_ms` carries time from before a resume."""
+
+    def __init__(self, device: torch.device, offset_ms: float = 0.0) -> None:
+        self.device = device
+        self.offset_ms = offset_ms
+        self.paused_ms = 0.0
+        self.t0 = time.perf_counter()
+
+    def start(self) -> None:
+        device_sync(self.device)
+        self.t0 = time.perf_counter()
+        self.paused_ms = 0.0
+
+    def host_ms(self) -> float:
+        """No sync: the host's view, ahead of the device by the queued work (for schedules)."""
+        return self.offset_ms + (time.perf_counter() - self.t0) * 1000.0 - self.paused_ms
+
+    def elapsed_ms(self) -> float:
+        """Exact: waits for the device first."""
+        device_sync(self.device)
+        return self.host_ms()
+
+    @contextmanager
+    def paused(self):
+        """Time inside is not training time (validation)."""
+        device_sync(self.device)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            device_sync(self.device)
+            self.paused_ms += (time.perf_counter() - t) * 1000.0
+
+
+class CapSchedule:
+    """When to check the wall-clock cap: often enough to overshoot it by < slack_ms, rarely
+    enough that the syncs cost nothing. Ranks agree on the stop and on the next check step
+    because both are computed from all-reduced numbers."""
+
+    def __init__(self, cap_ms: float, comm: Comm, device: torch.device, slack_ms: float = 500.0) -> None:
+        self.cap_ms, self.comm, self.device, self.slack_ms = cap_ms, comm, device, slack_ms
+        self.enabled = cap_ms > 0
+        self.next_step = 0  # check before the very first step: a resumed run may be done
+
+    def due(self, step: int) -> bool:
+        return self.enabled and step >= self.next_step
+
+    def check(self, step: int, elapsed_ms: float, session_steps: int, session_ms: float) -> bool:
+        """True when the cap is reached; otherwise schedules the next check."""
+        vals = torch.tensor([elapsed_ms, session_ms / max(session_steps, 1)], device=self.device)
+        self.comm.all_reduce_max(vals)  # the slowest rank decides, identically everywhere
+        elapsed, step_ms = (float(v) for v in vals.tolist())
+        if elapsed >= self.cap_ms:
+            return True
+        if session_steps == 0 or step_ms <= 0:
+            self.next_step = step + 1
+            return False
+        left_steps = math.floor((self.cap_ms - elapsed) / step_ms)
+        self.next_step = step + max(1, min(int(self.slack_ms / step_ms), left_steps))
+        return False

@@ -1,0 +1,89 @@
+"""The training clock: what the wall-clock cap counts, how often the loop syncs, NaN reporting."""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgolf.dist import Comm
+from pgolf.runlog import parse_event
+from pgolf.train import LossWatch, RunState, TrainingError, train
+from pgolf.wallclock import CapSchedule, TrainClock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _train_helpers import tiny  # noqa: E402
+
+
+def simulate(cap_ms: float, step_ms: float, slack_ms: float = 500.0) -> tuple[int, float, int]:
+    """Run CapSchedule against a fake clock; returns (steps, elapsed at stop, checks made)."""
+    sched = CapSchedule(cap_ms, Comm(), torch.device("cpu"), slack_ms)
+    step, checks = 0, 0
+    while True:
+        if sched.due(step):
+            checks += 1
+            if sched.check(step, step * step_ms, step, step * step_ms):
+                return step, step * step_ms, checks
+        step += 1
+
+
+@pytest.mark.parametrize("step_ms", [0.3, 7.0, 83.4, 420.0, 2500.0])
+def test_cap_checks_are_rare_and_overshoot_is_under_the_slack(step_ms):
+    cap = 600_000.0
+    steps, elapsed, checks = simulate(cap, step_ms)
+    assert elapsed >= cap
+    # Stops within one step of the cap (the check lands where the cap is predicted) and
+    # never more than the slack late.
+    assert elapsed - cap < max(step_ms, 1e-9) + 1e-6 and elapsed - cap <= max(500.0, step_ms)
+    if step_ms < 100:
+        assert checks < steps / 4  # at 83 ms/step a sync every ~6 steps, not every step
+
+
+def test_clock_pauses_for_validation_only():
+    clock = TrainClock(torch.device("cpu"), offset_ms=1000.0)
+    clock.start()
+    time.sleep(0.05)
+    with clock.paused():
+        time.sleep(0.2)
+    time.sleep(0.05)
+    ms = clock.elapsed_ms()
+    assert 1100.0 <= ms < 1180.0  # offset + ~100 ms of work, not the 200 ms pause
+
+
+def test_loss_watch_reports_the_first_bad_step_when_read_later(tmp_path):
+    watch, st = LossWatch(torch.device("cpu"), float("nan")), RunState()
+    for step, loss in enumerate([3.0, 2.5, float("inf"), float("nan"), 2.0], start=1):
+        watch.update(torch.tensor(loss), step)
+    with pytest.raises(TrainingError, match=r"inf at step 3 \(last finite loss 2.5000\)"):
+        watch.check(st, str(tmp_path))
+
+
+def test_loop_reads_the_device_only_at_log_lines(embedded_corpus, tmp_path, monkeypatch):
+    checks = []
+    real = LossWatch.check
+    monkeypatch.setattr(LossWatch, "check", lambda self, st, out: checks.append(st.step) or real(self, st, out))
+    cfg = tiny(embedded_corpus, "run.iterations=24", "run.train_log_every=8", "model.arch=baseline")
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert metrics["steps"] == 24 and metrics["stop_reason"] == "iterations"
+    # Steps 1-5 (the first lines), then every 8th, then the end: not once per step.
+    assert checks == [1, 2, 3, 4, 5, 8, 16, 24, 24]
+
+
+def test_cap_counts_ema_and_logging_time(embedded_corpus, tmp_path, monkeypatch):
+    """Time spent outside train_step (here a slow EMA update) is training time."""
+    from pgolf.optim.averaging import EMA
+    real = EMA.update
+    monkeypatch.setattr(EMA, "update", lambda self, m: time.sleep(0.1) or real(self, m))
+    cfg = tiny(embedded_corpus, "run.iterations=10000", "run.max_wallclock_seconds=1.5",
+               "schedule.ema_enabled=true", "schedule.export_weights=ema", "model.arch=baseline")
+    t0 = time.perf_counter()
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert metrics["stop_reason"] == "wallclock_cap"
+    assert 1.5 <= metrics["train_time_s"] < 2.5
+    # Each step sleeps 0.1 s in EMA, so the steps fit the cap only if EMA time counted.
+    assert metrics["steps"] <= 15
+    assert time.perf_counter() - t0 > metrics["train_time_s"]
+    lines = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
+    done = [ev for ev in lines if ev.get("event") == "train_done"]
+    assert done and done[0]["reason"] == "wallclock_cap"
