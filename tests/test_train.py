@@ -102,7 +102,7 @@ def test_over_budget_artifact_is_refused_but_weights_kept(embedded_corpus, tmp_p
 
 
 def test_corrupt_checkpoint_falls_back_then_fails_clearly(embedded_corpus, tmp_path):
-    from pgolf.train import load_checkpoint, save_checkpoint
+    from pgolf.checkpoint import load_checkpoint, save_checkpoint
     cfg = tiny(embedded_corpus)
     model = build_model(cfg, torch.device("cpu"))
     opt = build_optimizers(model, cfg.optim)

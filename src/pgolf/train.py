@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from pgolf.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_dict,
                           config_to_toml, finalize_config, shippable_config)
 from pgolf.data.corpus import corpus_cache_root
 from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
 from pgolf.dist import Comm, init_comm
+from pgolf.errors import TrainingError
 from pgolf.eval.bpb import eval_plain
 from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate
@@ -32,14 +34,10 @@ from pgolf.model.gpt import GPT, compute_autocast, count_params
 from pgolf.optim.averaging import EMA, SWA, select_export_state
 from pgolf.optim.builder import build_optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
-from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.quant.artifact import budget_report, check_budget, pack_artifact, read_artifact, write_artifact
+from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
 from pgolf.wallclock import CapSchedule, TrainClock, device_sync
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
 
 
 class RunState:
@@ -181,54 +179,6 @@ def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog,
     opt.zero_grad(set_to_none=True)
     log.event(event="priming_done", steps=n + int(qat_primed), qat_graph=qat_primed,
               seconds=round(time.perf_counter() - t0, 2))
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def checkpoint_path(out_dir: str, rank: int) -> Path:
-    return Path(out_dir) / f"ckpt_rank{rank}.pt"
-
-
-def save_checkpoint(out_dir, rank, model, opt, loader, ema, swa, st: RunState) -> None:
-    """Atomic: the previous good checkpoint is replaced only by a complete new one."""
-    path = checkpoint_path(out_dir, rank)
-    blob = {"format": 1, "model": model.state_dict(), "opt": opt.state_dict(), "loader": loader.state(),
-            "ema": ema.state_dict() if ema else None, "swa": swa.state_dict() if swa else None,
-            "run": vars(st).copy(), "rng": torch.get_rng_state()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".prev"))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(out_dir: str, rank: int) -> dict:
-    path = checkpoint_path(out_dir, rank)
-    for candidate in (path, path.with_name(path.name + ".prev")):
-        if not candidate.exists():
-            continue
-        try:
-            blob = torch.load(candidate, map_location="cpu", weights_only=False)
-            if blob.get("format") == 1:
-                return blob
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-            print(f"checkpoint {candidate} is unreadable ({type(e).__name__}); trying an older one")
-    raise TrainingError(f"no readable checkpoint in {out_dir} (looked for {path.name} and .prev): "
-                        "start a new run with --out, the run folder is left untouched")
-
-
-def restore_checkpoint(blob, model, opt, loader, ema, swa, st: RunState, qat=None) -> None:
-    model.load_state_dict(blob["model"])
-    opt.load_state_dict(blob["opt"])
-    loader.load_state(blob["loader"])
-    if ema is not None and blob["ema"] is not None:
-        ema.load_state_dict(blob["ema"])
-    if swa is not None and blob["swa"] is not None:
-        swa.load_state_dict(blob["swa"])
-    vars(st).update(blob["run"])
-    torch.set_rng_state(blob["rng"])
-    if qat is not None:
-        qat.active = st.qat_active
 
 
 # ---------------------------------------------------------------- the loop

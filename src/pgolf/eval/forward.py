@@ -36,16 +36,13 @@ class Forwards:
         return fns[name]
 
 
-EAGER = Forwards()
-
-
 class PlainScorer:
     """The model's own per-token NLL, through `forwards` (lo/hi unused)."""
 
     needs_grad = False
 
-    def __init__(self, forwards: Forwards = EAGER) -> None:
-        self.forwards = forwards
+    def __init__(self, forwards: Forwards | None = None) -> None:
+        self.forwards = forwards or Forwards()
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.eval.bpb import EvalInputError
-from pgolf.eval.forward import EAGER, Forwards
+from pgolf.eval.forward import Forwards
 
 SLOT_MODES = ("off", "batch", "causal")
 
@@ -27,12 +27,12 @@ class SlotScorer:
     needs_grad = True
 
     def __init__(self, mode: str, lr: float = 0.003, steps: int = 5, wd: float = 1e-8,
-                 eps: float = 1e-5, forwards: Forwards = EAGER) -> None:
+                 eps: float = 1e-5, forwards: Forwards | None = None) -> None:
         if mode not in ("batch", "causal"):
             raise EvalInputError(f"SlotScorer mode must be batch or causal, got {mode!r}; "
                                  "set eval.slot_mode")
         self.mode, self.lr, self.steps, self.wd, self.eps = mode, lr, steps, wd, eps
-        self.forwards = forwards
+        self.forwards = forwards or Forwards()
 
     @property
     def causal(self) -> bool:
@@ -92,7 +92,7 @@ class SlotScorer:
                                    reduction="none").view(y.shape)
 
 
-def make_slot_scorer(ecfg: Any, forwards: Forwards = EAGER) -> SlotScorer | None:
+def make_slot_scorer(ecfg: Any, forwards: Forwards | None = None) -> SlotScorer | None:
     """SlotScorer from an EvalConfig (None when eval.slot_mode is off)."""
     if ecfg.slot_mode not in SLOT_MODES:
         raise EvalInputError(f"eval.slot_mode must be one of {SLOT_MODES}, got {ecfg.slot_mode!r}")
