@@ -57,7 +57,11 @@ def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
         metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise RecordError(f"{run / 'metrics.json'}: not valid JSON ({e.msg}); re-run pgolf eval or the run") from None
-    missing = [k for k in ("val_loss", "val_bpb") if not isinstance(metrics.get(k), (int, float))]
+    if metrics.get("failed"):
+        raise RecordError(f"{run / 'metrics.json'}: the run failed ({metrics['failed']}); a failed run is "
+                          "never exported")
+    missing = [k for k in ("val_loss", "val_bpb") if not isinstance(metrics.get(k), (int, float))
+               or not math.isfinite(metrics[k])]
     if missing:
         raise RecordError(f"{run / 'metrics.json'}: no {', '.join(missing)}; the run did not finish its evaluation")
     return metrics, config_from_toml((run / "config.toml").read_text(encoding="utf-8"))

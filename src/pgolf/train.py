@@ -36,6 +36,7 @@ from pgolf.optim.builder import build_optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
 from pgolf.quant.artifact import budget_report, check_budget, pack_artifact, read_artifact, write_artifact
 from pgolf.quant.fake_quant import attach_late_qat
+from pgolf.runfolder import RunFolder
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
 from pgolf.wallclock import CapSchedule, TrainClock, device_sync
 
@@ -314,14 +315,15 @@ def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str,
     if warning:
         log.event(event="warning", message=warning.replace(" ", "_"))
     flat = unbank_state_dict(state, model.num_layers)
+    if comm.is_main:
+        # Saved before anything can fail in quantization or compression: the trained
+        # weights survive an export error or an over-budget refusal.
+        torch.save(flat, Path(out_dir) / "final_state.pt")
     info = {"export_weights": label, "weights_sha256": weights_sha256(flat), "state": state}
     blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)})
     report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
     info.update(model_bytes=report["model_bytes"], code_bytes=report["code_bytes"],
                 artifact_bytes=report["artifact_bytes"], budget_margin=report["margin"])
-    if comm.is_main:
-        # The trained weights survive an over-budget refusal: nothing already computed is lost.
-        torch.save(flat, Path(out_dir) / "final_state.pt")
     check_budget(report, str(Path(out_dir) / "model.ptz"))
     if comm.is_main:
         write_artifact(Path(out_dir) / "model.ptz", blob, overwrite=True)
@@ -386,15 +388,23 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: C
 
 # ---------------------------------------------------------------- the run
 
-def prepare_out_dir(cfg: Config, out_dir: str, resume: bool, comm: Comm) -> str:
-    out = Path(out_dir or cfg.run.out_dir or os.path.join("runs", cfg.run.run_id or now_run_id()))
+def claim_run_folder(cfg: Config, out_dir: str, resume: bool, comm: Comm) -> RunFolder:
+    """Rank 0 claims the folder (or checks it for --resume); every rank learns the verdict,
+    so a refusal never leaves the other ranks waiting in a collective."""
+    path = out_dir or cfg.run.out_dir or os.path.join("runs", cfg.run.run_id or now_run_id())
+    folder, error = None, None
     if comm.is_main:
-        if not resume and (out / "log.txt").exists():
-            raise TrainingError(f"{out} already holds a run: pass --resume {out} to continue it "
-                                "or choose another --out (nothing was changed)")
-        out.mkdir(parents=True, exist_ok=True)
-    comm.barrier()
-    return str(out)
+        try:
+            folder = RunFolder.open_existing(path) if resume else RunFolder.claim_new(path)
+        except TrainingError as e:
+            error = e
+    failed = torch.tensor(float(error is not None), device=comm.device)
+    comm.all_reduce_max(failed)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise TrainingError(f"rank 0 could not set up run folder {path}; see its error")
+    return folder or RunFolder(Path(path), created=False, writer=False)
 
 
 def load_val(cfg: Config, device) -> dict[str, Any]:
@@ -411,20 +421,34 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
           warnings: list[str] | None = None) -> dict[str, Any]:
     """Train, export and evaluate one run; returns (and writes) its metrics."""
     comm = init_comm(cfg.run.device)
-    device = comm.device
-    # Bad data fails here, before a run folder exists that would block a retry with --out.
-    val = load_val(cfg, device)
-    out_dir = prepare_out_dir(cfg, out_dir, resume, comm)
-    log = RunLog(os.path.join(out_dir, "log.txt"), enabled=comm.is_main)
     try:
-        return _train_run(cfg, out_dir, code_bytes, resume, warnings or [], comm, device, log, val)
+        # Bad data fails here, before a run folder exists that would block a retry with --out.
+        val = load_val(cfg, comm.device)
+        folder = claim_run_folder(cfg, out_dir, resume, comm)
+        # A resume that cannot load its checkpoint fails before the log is opened: the
+        # folder of a finished or broken run is then really left untouched.
+        blob = load_checkpoint(str(folder.path), comm.rank) if resume else None
+        return _train_in_folder(cfg, folder, code_bytes, blob, warnings or [], comm, val)
     finally:
-        log.close()
         comm.close()
 
 
-def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, val) -> dict[str, Any]:
+def _train_in_folder(cfg, folder: RunFolder, code_bytes, blob, warnings, comm, val) -> dict[str, Any]:
+    log = RunLog(os.path.join(folder.path, "log.txt"), enabled=comm.is_main)
+    try:
+        metrics = _train_run(cfg, folder, code_bytes, blob, warnings, comm, comm.device, log, val)
+    except BaseException:
+        log.close()
+        folder.discard_if_unstarted()
+        raise
+    log.close()
+    folder.mark("done")
+    return metrics
+
+
+def _train_run(cfg, folder, code_bytes, blob, warnings, comm, device, log, val) -> dict[str, Any]:
     t_start = time.perf_counter()
+    out_dir, resume = str(folder.path), blob is not None
     if comm.is_main and not resume:
         write_text_atomic(os.path.join(out_dir, "config.toml"), config_to_toml(cfg))
     for w in warnings:
@@ -452,10 +476,11 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, va
     ema = EMA(model, cfg.schedule.ema_decay) if cfg.schedule.ema_enabled else None
     swa = SWA("ema" if cfg.schedule.export_weights == "ema_swa" else "raw") if cfg.schedule.swa_enabled else None
     if resume:
-        restore_checkpoint(load_checkpoint(out_dir, comm.rank), model, opt, loader, ema, swa, st, qat)
+        restore_checkpoint(blob, model, opt, loader, ema, swa, st, qat)
         log.event(event="resumed", step=st.step, train_time_s=round(st.train_ms / 1000, 1))
     else:
         prime(model, fwd, opt, loader, cfg, accum, device, log, qat)
+    folder.mark("training")
     try:
         reason = run_loop(model, fwd, opt, loader, ema, swa, st, cfg, comm, device, accum, val, log, out_dir, qat)
     except TrainingError as e:
@@ -476,8 +501,20 @@ def _train_run(cfg, out_dir, code_bytes, resume, warnings, comm, device, log, va
         "config_hash": config_hash(cfg), "seed": cfg.run.seed, "data_path": cfg.data.path,
         "tokenizer_path": val["tokenizer"], "wall_time_s": time.perf_counter() - t_start,
     }
+    bad = [k for k in ("val_bpb", "val_loss", "pre_quant_val_bpb", "post_quant_plain_val_bpb")
+           if not math.isfinite(metrics[k])]
+    if bad:
+        # A non-finite score is a failed run: never legal, never exportable, and JSON has
+        # no NaN, so such values are written as null.
+        metrics.update(legal=False, failed=f"non-finite {', '.join(bad)}")
+        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     if comm.is_main:
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+    if bad:
+        log.event(event="run_failed", reason="non_finite_metric", fields=",".join(bad))
+        raise TrainingError(f"{', '.join(bad)} is not finite after quantization/evaluation; the run failed "
+                            f"(metrics.json marks it, final_state.pt keeps the float weights in {out_dir}): "
+                            "check quant.* settings or the training loss")
     return metrics
 
 
