@@ -25,6 +25,7 @@ from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
 from pgolf.dist import Comm, init_comm
 from pgolf.errors import TrainingError
+from pgolf.interrupts import RunInterrupted, stop_on_signals
 from pgolf.eval.bpb import eval_plain
 from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate
@@ -436,7 +437,8 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
 def _train_in_folder(cfg, folder: RunFolder, code_bytes, blob, warnings, comm, val) -> dict[str, Any]:
     log = RunLog(os.path.join(folder.path, "log.txt"), enabled=comm.is_main)
     try:
-        metrics = _train_run(cfg, folder, code_bytes, blob, warnings, comm, comm.device, log, val)
+        with stop_on_signals(str(folder.path)):
+            metrics = _train_run(cfg, folder, code_bytes, blob, warnings, comm, comm.device, log, val)
     except BaseException:
         log.close()
         folder.discard_if_unstarted()
@@ -484,7 +486,8 @@ def _train_run(cfg, folder, code_bytes, blob, warnings, comm, device, log, val) 
     try:
         reason = run_loop(model, fwd, opt, loader, ema, swa, st, cfg, comm, device, accum, val, log, out_dir, qat)
     except TrainingError as e:
-        log.event(event="train_stopped", reason="error", step=st.step, message=str(e).replace(" ", "_"))
+        reason = "signal" if isinstance(e, RunInterrupted) else "error"
+        log.event(event="train_stopped", reason=reason, step=st.step, message=str(e).replace(" ", "_"))
         raise
     log.event(event="train_done", reason=reason, steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
               swa_snapshots=swa.count if swa else 0)

@@ -1,0 +1,47 @@
+"""Ctrl-C / SIGTERM: a run stops promptly, says why in one line and in its log, and its
+last checkpoint still resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgolf.runlog import parse_event
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = ["model.num_layers=2", "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1",
+        "run.iterations=100000", "run.train_batch_tokens=1024", "run.train_seq_len=64",
+        "run.max_wallclock_seconds=0", "run.train_log_every=1", "run.checkpoint_every=2",
+        "schedule.warmup_steps=1", "eval.max_tokens=1024", "eval.batch_tokens=1024"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_the_run_and_keeps_a_resumable_checkpoint(embedded_corpus, tmp_path, sig):
+    out = tmp_path / "run"
+    data = [f"data.path={embedded_corpus['data_path']}", f"data.tokenizer_path={embedded_corpus['tokenizer_path']}"]
+    cmd = [sys.executable, "-m", "pgolf", "train", "--preset", "smoke", "--out", str(out)]
+    cmd += [a for s in TINY + data for a in ("--set", s)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGOLF_")}
+    env.update(PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.txt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "step:6/" in log.read_text()):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    t0 = time.time()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 20
+    assert proc.returncode != 0
+    assert f"stopped by {sig.name}" in err and len(err.strip().splitlines()) == 1, err
+    events = [parse_event(ln) for ln in log.read_text().splitlines()]
+    stopped = [ev for ev in events if ev.get("event") == "train_stopped"]
+    assert stopped and stopped[0]["reason"] == "signal"
+    from pgolf.checkpoint import load_checkpoint
+    assert load_checkpoint(str(out), 0)["run"]["step"] >= 6
