@@ -14,7 +14,7 @@ import torch
 from pgolf.cli import main
 from pgolf.config import config_to_toml, resolve_config
 from pgolf.quant.artifact import OverBudgetError, pack_artifact, read_artifact, write_artifact
-from pgolf.record import (RecordError, collect_runs, compare_runs, export_record, record_slot_noncausal,
+from pgolf.record import (RecordError, collect_runs, compare_runs, export_record, record_slot_noncausal, scrub_local_paths,
                           regularized_incomplete_beta, student_t_sf)
 
 MACHINE = "/home/alice/private_data"
@@ -42,7 +42,9 @@ def make_run(root: Path, name: str = "run", limit: int = 16_000_000, eval_mode: 
     text = config_to_toml(cfg)
     (run / "config.toml").write_text(text)
     write_artifact(run / "model.ptz", pack_artifact(_state_dict(), cfg.quant, "cafe", meta={"config_toml": text}))
-    (run / "log.txt").write_text("event:run out_dir:x\nevent:final val_loss:1.9 val_bpb:1.1\n")
+    (run / "log.txt").write_text(f"event:run out_dir:{MACHINE}/runs/{name}\n"
+                                 f"event:config section:data path:{MACHINE}/fineweb10B_sp1024\n"
+                                 "event:final val_loss:1.9 val_bpb:1.1\n")
     metrics = {"val_loss": val_loss, "val_bpb": val_loss * 0.58, "eval_mode": eval_mode, "legal": legal,
                "steps": 300, "train_time_s": 12.5, "world_size": 1, "device": "cpu", "seed": seed,
                "weights_sha256": "ab" * 32, "config_hash": "cafe", "model_bytes": 1, "code_bytes": 1}
@@ -73,7 +75,10 @@ def test_export_writes_a_complete_record(tmp_path: Path) -> None:
     assert (sub["name"], sub["author"], sub["seed"], sub["steps"], sub["eval_mode"]) == (
         "smoke record", "tester", 1337, 300, "sliding")
     assert sub["legal"] is True and sub["val_loss"] == 1.9 and re.fullmatch(r"\d{4}-\d\d-\d\d", sub["date"])
-    assert (out / "train.log").read_bytes() == (run / "log.txt").read_bytes()
+    # The log travels without this machine's paths; everything else in it is kept.
+    shipped = (out / "train.log").read_text()
+    assert MACHINE not in shipped and "path:<local>/fineweb10B_sp1024" in shipped
+    assert shipped.splitlines()[2] == (run / "log.txt").read_text().splitlines()[2]
     sd, _ = read_artifact(out / "final_model.ptz")
     assert sd["blocks.0.mlp.fc.weight"].shape == (32, 16)
     readme = (out / "README.md").read_text()
@@ -92,6 +97,26 @@ def test_shipped_code_holds_no_machine_paths(tmp_path: Path) -> None:
     assert preset["model"]["num_layers"] == 4 and "out_dir" not in preset["run"]
     assert not {"path", "tokenizer_path", "cache_dir"} & set(preset.get("data", {}))
     compile(code, "train_gpt.py", "exec")
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("event:run out_dir:/srv/x/runs/a", "event:run out_dir:<local>/a"),
+    ("tokenizer_path:~/tok/fineweb.model seed:1", "tokenizer_path:<local>/fineweb.model seed:1"),
+    ("message:no_shards_in_/data/sets/x:_fix_it", "message:no_shards_in_<local>/x:_fix_it"),
+    ("step:6/100 ratio:a/b", "step:6/100 ratio:a/b"),
+])
+def test_scrub_local_paths(line: str, expected: str) -> None:
+    assert scrub_local_paths(line) == expected
+
+
+def test_refuses_a_symlink_as_out(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "rec"
+    link.symlink_to(target)
+    with pytest.raises(RecordError, match="symbolic link"):
+        export_record(make_run(tmp_path), link)
+    assert list(target.iterdir()) == []
 
 
 def test_export_into_empty_existing_folder(tmp_path: Path) -> None:

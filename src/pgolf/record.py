@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,8 @@ def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
 
 
 def _record_check_out(out: Path) -> None:
+    if out.is_symlink():
+        raise RecordError(f"{out}: is a symbolic link; pass a real folder path for the record (nothing was changed)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RecordError(f"{out}: exists and is not an empty folder; choose a new --out (nothing was changed)")
 
@@ -137,11 +140,23 @@ def record_readme(sub: dict[str, Any], compressed: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+# An absolute or home path anywhere in a line (values, messages with "_" for spaces), but
+# not a ratio like step:6/100.
+_LOCAL_PATH = re.compile(r"(?<![A-Za-z0-9./~])~?/[^\s:,;]+")
+
+
+def scrub_local_paths(log: str) -> str:
+    """A log fit to publish: every `/abs/path/name` becomes `<local>/name`, so a record
+    carries no path of the machine it was trained on."""
+    return _LOCAL_PATH.sub(lambda m: "<local>/" + os.path.basename(m.group(0).rstrip("/")), log)
+
+
 def _record_write(tmp: Path, run: Path, code: dict[str, str], sub: dict[str, Any], readme: str) -> None:
     for fname, text in code.items():
         (tmp / fname).write_text(text, encoding="utf-8", newline="\n")
     shutil.copyfile(run / "model.ptz", tmp / "final_model.ptz")
-    shutil.copyfile(run / "log.txt", tmp / "train.log")
+    log = (run / "log.txt").read_text(encoding="utf-8")
+    (tmp / "train.log").write_text(scrub_local_paths(log), encoding="utf-8", newline="\n")
     (tmp / "submission.json").write_text(json.dumps(sub, indent=2) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(readme, encoding="utf-8")
     if (tmp / "final_model.ptz").stat().st_size != sub["bytes_model"]:
