@@ -21,7 +21,7 @@ from pgolf.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoin
 from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_dict,
                           config_to_toml, finalize_config, shippable_config)
 from pgolf.data.corpus import corpus_cache_root
-from pgolf.data.loader import DistributedTokenLoader, load_validation_tokens
+from pgolf.data.loader import DistributedTokenLoader, check_token_range, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
 from pgolf.dist import Comm, init_comm
 from pgolf.errors import TrainingError
@@ -63,6 +63,9 @@ def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
         raise TrainingError("data.path is empty and neither ./data/datasets/fineweb10B_sp1024 nor a prepared "
                             "embedded corpus exists: set DATA_PATH (or --set data.path=DIR) to a folder of "
                             "fineweb_train_*.bin / fineweb_val_*.bin shards, or run `pgolf data prepare`")
+    if not os.path.isdir(d.path):
+        raise TrainingError(f"data.path {d.path} is not a folder: set DATA_PATH (or --set data.path=DIR) to the "
+                            "folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     train_glob = os.path.join(d.path, d.train_pattern)
     val_glob = os.path.join(d.path, d.val_pattern)
     tok = d.tokenizer_path
@@ -412,6 +415,7 @@ def load_val(cfg: Config, device) -> dict[str, Any]:
     _, val_glob, tok_path = resolve_data_paths(cfg)
     sp = load_tokenizer(tok_path, cfg.model.vocab_size)
     tokens = load_validation_tokens(val_glob, cfg.eval.seq_len)
+    check_token_range(tokens.numpy(), cfg.model.vocab_size, f"validation shards {val_glob}")
     if cfg.eval.max_tokens and tokens.numel() - 1 > cfg.eval.max_tokens:
         n = (cfg.eval.max_tokens // cfg.eval.seq_len) * cfg.eval.seq_len
         tokens = tokens[:n + 1]
@@ -465,7 +469,8 @@ def _train_run(cfg, folder, code_bytes, blob, warnings, comm, device, log, val) 
         qat = attach_late_qat(model, cfg.quant.matrix_bits, cfg.quant.qat_scope)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
     opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
-    loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob)
+    loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
+                                    vocab_size=cfg.model.vocab_size)
     if cfg.run.accum_world % comm.world_size:
         raise TrainingError(f"run.accum_world {cfg.run.accum_world} is not a multiple of world size "
                             f"{comm.world_size}: set run.accum_world to a multiple of it")
