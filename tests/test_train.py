@@ -135,3 +135,13 @@ def test_bundle_default_data_path_finds_prepared_corpus(embedded_corpus, monkeyp
     assert default_data_path(cfg) == embedded_corpus["data_path"]
     cfg.data.cache_dir = str(tmp_path / "empty")
     assert default_data_path(cfg) == ""
+
+
+def test_quant_check_and_audit_show_progress_with_eta(embedded_corpus, tmp_path):
+    train(tiny(embedded_corpus), str(tmp_path / "run"))
+    lines = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    plain = [ln for ln in lines if ln.startswith("eval:plain windows:")]
+    audit = [ln for ln in lines if ln.startswith("audit:causality run:")]
+    assert len(plain) >= 2 and all("eta:" in ln for ln in plain)  # before and after quantization
+    assert audit and all("eta:" in ln for ln in audit) and audit[-1].split()[1].split(":")[1].split("/")[0] \
+        == audit[-1].split()[1].split("/")[1]

@@ -357,10 +357,10 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: C
     ec = cfg.eval
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
-    before = eval_plain(pre, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)
+    before = eval_plain(pre, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device, log.line)
     del pre
     model = load_round_trip(artifact, cfg, device)
-    after = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)
+    after = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device, log.line)
     phases["quant_check_s"] = time.perf_counter() - t0
     log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
               post_quant_val_bpb=round(after["val_bpb"], 5),
@@ -375,7 +375,8 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: C
     if ec.audit:
         t0 = time.perf_counter()
         # The normalization check costs one eval per vocabulary id: on demand (`pgolf audit`).
-        report = audit(model, val["tokens"], res["mode"], ec, val["tables"], device, normalization=False)
+        report = audit(model, val["tokens"], res["mode"], ec, val["tables"], device, normalization=False,
+                       progress=log.line)
         phases["audit_s"] = time.perf_counter() - t0
         log.line(report.summary())
         out.update(legal=bool(report.ok and res["causal"]),

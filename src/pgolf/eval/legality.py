@@ -16,6 +16,7 @@ Runs in one process (Comm()); the same model is reused, TTT copies it internally
 """
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -133,14 +134,32 @@ def _audit_run(eval_fn: Callable, tokens: torch.Tensor,
     return rec.nll_array(), rec.count_array(), events, out
 
 
+class AuditProgress:
+    """`audit:<phase> run:i/n eta:Xs` lines, about ten per phase: an audit is minutes of
+    re-evaluations on a large model and should not look hung."""
+
+    def __init__(self, log: Callable[[str], None] | None, phase: str, total: int) -> None:
+        self.log, self.phase, self.total = log, phase, max(total, 1)
+        self.every = max(1, self.total // 10)
+        self.t0 = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        if self.log is not None and (done % self.every == 0 or done == self.total):
+            el = time.perf_counter() - self.t0
+            self.log(f"audit:{self.phase} run:{done}/{self.total} eta:{el / done * (self.total - done):.1f}s")
+
+
 def _audit_causality(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, base: np.ndarray,
-                     positions: list, vocab: int, tol: float) -> tuple[str, str]:
-    for j in positions:
+                     positions: list, vocab: int, tol: float,
+                     progress: Callable | None = None) -> tuple[str, str]:
+    prog = AuditProgress(progress, "causality", len(positions))
+    for k, j in enumerate(positions, start=1):
         pert = tokens.clone()
         pert[j] = (int(pert[j]) + 1) % vocab
         nll, _, _, _ = _audit_run(eval_fn, pert, cfg)
         # Targets at token positions < j are target indices < j - 1.
         diff = np.abs(nll[:j - 1] - base[:j - 1])
+        prog.step(k)
         bad = np.nonzero(diff > tol)[0]
         if bad.size:
             i = int(bad[0])
@@ -150,17 +169,19 @@ def _audit_causality(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, b
 
 
 def _audit_normalized(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, vocab: int,
-                      tol: float) -> tuple[str, str]:
+                      tol: float, progress: Callable | None = None) -> tuple[str, str]:
     # Past the first window (and first TTT chunk) so SLOT deltas and TTT updates are in play;
     # one token after j0 is kept so token j0 is also an input (a model could peek at it).
     base = cfg.ttt_chunk_tokens if cfg.ttt_enabled else cfg.seq_len
     j0 = max(1, min(tokens.numel() - 2, base + 1 + (cfg.stride or cfg.seq_len) // 2))
     cut = tokens[:j0 + 2].clone()
     total = 0.0
+    prog = AuditProgress(progress, "normalization", vocab)
     for a in range(vocab):
         cut[j0] = a
         nll, _, _, _ = _audit_run(eval_fn, cut, cfg)
         total += float(np.exp(-nll[j0 - 1]))
+        prog.step(a + 1)
     if abs(total - 1.0) > tol:
         return "FAIL", f"j={j0}: probabilities of all {vocab} ids sum to {total:.6f}, not 1"
     return "PASS", ""
@@ -170,10 +191,11 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
           device: torch.device | str = "cpu", eval_fn: Callable | None = None,
           positions: list | None = None, vocab_size: int = 0, atol: float = 1e-6,
           fast: bool = True, normalization: bool = True, norm_tol: float = 1e-3,
-          log: Callable | None = None) -> AuditReport:
+          log: Callable | None = None, progress: Callable | None = None) -> AuditReport:
     """Audit `mode` (plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot) on the first
     ecfg.audit_tokens targets of tokens. eval_fn(tokens, cfg, recorder, events) -> dict
-    replaces the built-in evaluator (model may then be None)."""
+    replaces the built-in evaluator (model may then be None). log gets the summary,
+    progress the per-run lines with ETA."""
     device = torch.device(device)
     toks = val_tokens_tensor(tokens)
     if ecfg.audit_tokens > 0:
@@ -191,10 +213,10 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
     noise = float(np.max(np.abs(again - base))) if n else 0.0
     tol = max(atol, 4.0 * noise)
     positions = positions or audit_positions(n, cfg)
-    causality, cdetail = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol)
+    causality, cdetail = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol, progress)
     once, odetail = _audit_once(count)
     sbu, sdetail = _audit_score_before_update(events, n) if cfg.ttt_enabled else ("n/a", "")
-    norm, ndetail = (_audit_normalized(eval_fn, toks, cfg, vocab, norm_tol) if normalization
+    norm, ndetail = (_audit_normalized(eval_fn, toks, cfg, vocab, norm_tol, progress) if normalization
                      else ("n/a", ""))
     report = AuditReport(mode, causality, cdetail, once, odetail, sbu, sdetail, norm, ndetail,
                          positions, tol, noise, float(out.get("val_bpb", float("nan"))), cfg.slot_mode != "batch")
