@@ -55,7 +55,7 @@ def test_arch_defaults_fill_only_unset_fields():
     (["run.seed=abc"], "cannot read 'abc' as int"),
     (["run.nope=1"], "unknown config field"),
     (["nope.x=1"], "unknown config section"),
-    (["model.arch=huge"], "model.arch must be one of"),
+    (["model.arch=huge"], r"model.arch: .huge. is not one of baseline, record"),
     (["runseed"], "expected section.field=value"),
 ])
 def test_bad_values_give_one_line_errors(sets, msg):

@@ -87,3 +87,25 @@ def test_cap_counts_ema_and_logging_time(embedded_corpus, tmp_path, monkeypatch)
     lines = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
     done = [ev for ev in lines if ev.get("event") == "train_done"]
     assert done and done[0]["reason"] == "wallclock_cap"
+
+
+@pytest.mark.parametrize("step_ms,write_ms", [(100.0, 50.0), (100.0, 5000.0), (2000.0, 300.0)])
+def test_auto_checkpoints_cost_under_two_percent_and_come_at_least_every_minute_or_so(step_ms, write_ms):
+    from pgolf.wallclock import AutoCheckpoints
+    auto = AutoCheckpoints(Comm(), torch.device("cpu"), start_ms=0.0)
+    elapsed, writes, checks, last = 0.0, [], 0, 0.0
+    for step in range(1, 20_000):
+        elapsed += step_ms
+        if auto.due(step):
+            checks += 1
+            if auto.check(step, elapsed, step_ms):
+                writes.append(elapsed - last)
+                elapsed += write_ms
+                last = elapsed
+                auto.written(step, elapsed, write_ms, step_ms)
+    total = elapsed
+    assert writes and len(writes) * write_ms / total <= 0.02 + 1e-9
+    # Spaced by the larger of a minute and 50 writes, give or take one step.
+    assert all(gap >= max(60_000, 50 * write_ms) - step_ms - write_ms for gap in writes[1:])
+    assert all(gap <= max(60_000, 50 * write_ms) + 2 * step_ms for gap in writes[1:])
+    assert checks <= 3 * len(writes) + 3  # a collective per decision, not per step

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from pgolf.config_checks import (config_field_problems, config_layer_list, config_problems,
+                                 config_world_size_problem, env_name_warnings, env_refusals)
+from pgolf.errors import PgolfError
+
 
 def _f(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
@@ -31,16 +35,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = _f("baseline", "baseline (per-layer weights) or record (parameter banks + record parts)")
-    vocab_size: int = _f(1024, "tokenizer vocabulary size; checked against the tokenizer")
+    arch: Literal["baseline", "record"] = _f("baseline", "baseline: per-layer weights; record: banks + record parts")
+    vocab_size: int = _f(1024, "tokenizer vocabulary size (1024: the challenge's sp1024); checked against it")
     num_layers: int = _f(9, "transformer blocks")
     model_dim: int = _f(512, "residual width")
     num_heads: int = _f(8, "query heads")
     num_kv_heads: int = _f(4, "key/value heads (GQA)")
     mlp_mult: float = _f(2.0, "MLP hidden width as a multiple of model_dim")
     tie_embeddings: bool = _f(True, "share the token embedding with the output head")
-    tied_embed_init_std: float = _f(0.005, "std of the normal init of embedding tables")
-    logit_softcap: float = _f(30.0, "logits = cap * tanh(z / cap); 0 disables")
+    tied_embed_init_std: float = _f(0.005, "std of the normal init of embedding tables (the baseline's)")
+    logit_softcap: float = _f(30.0, "logits = cap * tanh(z / cap), 30 as the baseline; 0 disables")
     rope_base: float = _f(10000.0, "RoPE base before NTK scaling")
     qk_gain_init: float = _f(1.5, "initial per-head query gain")
     unet_skips: bool = _f(True, "first half of blocks push outputs, second half pops them")
@@ -49,14 +53,15 @@ class ModelConfig:
     rope_dims: int | None = _f(None, "rotate only the first rope_dims dims of each head; 0 = all")
     rope_train_len: int | None = _f(None, "NTK-scale the RoPE base as if trained at this length; 0 = off")
     bigram_vocab_size: int | None = _f(None, "BigramHash buckets; 0 disables")
-    bigram_dim: int = _f(128, "BigramHash table width")
+    bigram_dim: int = _f(128, "BigramHash table width (128: records #549/#1128)")
     smear: bool | None = _f(None, "SmearGate: per-channel gate mixing x[t-1] into x[t]")
     xsa_last_n: int | None = _f(None, "exclusive self-attention on the last N blocks")
     ln_scale: bool | None = _f(None, "scale normed block inputs by 1/sqrt(layer+1)")
     ve_enabled: bool | None = _f(None, "value embeddings added to V on ve_layers")
-    ve_dim: int = _f(128, "value-embedding table width")
+    ve_dim: int = _f(128, "value-embedding table width (128: the records' VE128)")
     ve_layers: str = _f("-2,-1", "comma list of blocks with value embeddings (negative = from the end)")
-    attn_backend: str = _f("auto", "auto | fa3 | sdpa | math")
+    attn_backend: Literal["auto", "fa3", "sdpa", "math"] = _f(
+        "auto", "auto = fa3 where importable on Hopper, else sdpa; math is the slow explicit path")
     compile: bool = _f(False, "torch.compile the training forward (and the eval forward)")
     embed_dtype: Literal["fp32", "bf16"] = _f(
         "fp32", "storage of tok_emb / bigram / VE tables in training; bf16 is what records "
@@ -78,10 +83,10 @@ class OptimConfig:
     tied_embed_lr: float = _f(0.05, "AdamW learning rate for embedding tables (tied head)")
     embed_lr: float = _f(0.6, "AdamW learning rate for the embedding when untied")
     head_lr: float = _f(0.008, "AdamW learning rate for an untied output head")
-    muon_momentum: float = _f(0.95, "final Muon momentum")
+    muon_momentum: float = _f(0.95, "final Muon momentum (the baseline's; records use 0.99)")
     muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0")
     muon_momentum_warmup_steps: int = _f(500, "steps to ramp Muon momentum to its final value")
-    muon_backend_steps: int = _f(5, "Newton-Schulz iterations")
+    muon_backend_steps: int = _f(5, "Newton-Schulz iterations (5: enough for the quintic to converge)")
     muon_nesterov: bool = _f(True, "Nesterov momentum in Muon")
     muon_wd: float = _f(0.0, "decoupled weight decay of Muon matrices")
     adam_wd: float = _f(0.0, "decoupled weight decay of AdamW groups")
@@ -89,62 +94,68 @@ class OptimConfig:
     beta2: float = _f(0.95, "AdamW beta2")
     adam_eps: float = _f(1e-8, "AdamW epsilon")
     grad_clip_norm: float = _f(0.0, "clip the gradient norm; 0 disables")
-    grad_clip_mode: str = _f("local", "local: clip each rank's gradient before reduction (reference); global: after")
+    grad_clip_mode: Literal["local", "global"] = _f(
+        "local", "local: clip each rank's gradient before reduction (reference); global: after")
 
 
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = _f(20, "compile-priming steps, undone afterwards (weights, optimizer, data)")
     warmdown_iters: int = _f(1200, "length of the linear lr warmdown, in steps")
-    warmdown_mode: str = _f("auto", "auto (whichever of time or iters ends first) | time | iters")
+    warmdown_mode: Literal["auto", "time", "iters"] = _f(
+        "auto", "auto: time when run.max_wallclock_seconds > 0, else iters; time needs the cap")
     ema_enabled: bool = _f(False, "keep an exponential moving average of the weights")
-    ema_decay: float = _f(0.997, "EMA decay per step")
+    ema_decay: float = _f(0.997, "EMA decay per step (0.997: the records' EMA)")
     swa_enabled: bool = _f(False, "average snapshots late in training")
-    swa_every: int = _f(50, "steps between SWA snapshots")
+    swa_every: int = _f(50, "steps between SWA snapshots (50: the records' tight SWA)")
     swa_threshold: float = _f(0.2, "take SWA snapshots once the lr multiplier is below this")
-    export_weights: str = _f("auto", "auto | raw | ema | swa | ema_swa: which weights get exported")
+    export_weights: Literal["auto", "raw", "ema", "swa", "ema_swa"] = _f(
+        "auto", "which weights get exported; auto = ema when EMA is on, else raw")
 
 
 @dataclass
 class QuantConfig:
-    matrix_bits: int = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16)")
-    matrix_method: str = _f("rowwise", "rowwise (fixed clip quantile) | gptq_lite (clip search)")
-    clip_search: str = _f("matrix", "gptq_lite clip choice: per matrix (reference) or per row")
+    matrix_bits: int = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16); records fit with 6")
+    matrix_method: Literal["rowwise", "gptq_lite"] = _f(
+        "rowwise", "rowwise (fixed clip quantile) or gptq_lite (clip search per tensor)")
+    clip_search: Literal["matrix", "row"] = _f("matrix", "gptq_lite clip: one per matrix (reference) or per row")
     embed_bits: int = _f(8, "bits for embedding tables (16 = keep fp16)")
-    small_numel: int = _f(65536, "tensors with at most this many elements stay fp16")
-    compressor: str = _f("zlib", "zlib | lzma | zstd | brotli")
-    level: int = _f(9, "compressor level/preset")
+    small_numel: int = _f(65536, "tensors with at most this many elements stay fp16 (the baseline's cut)")
+    compressor: Literal["zlib", "lzma", "zstd", "brotli"] = _f(
+        "zlib", "zlib (baseline); lzma packs int6 smaller (records); zstd/brotli need their package")
+    level: int = _f(9, "compressor level: zlib/lzma 0..9, zstd 1..22, brotli 0..11")
     late_qat_threshold: float = _f(0.0, "fake-quantize matrices once the lr multiplier is below this; 0 = off")
     qat_scope: Literal["matrices", "reference"] = _f(
         "matrices", "what late QAT fake-quantizes: matrices = every block matrix on the artifact's "
                     "grid; reference = only bigram.proj / ve.proj, as records #549/#1128 ran")
     max_artifact_bytes: int = _f(16_000_000, "challenge limit on model + code bytes (decimal)")
-    code_form: str = _f("plain", "counted train_gpt.py: plain (readable) or minified (no comments/docstrings)")
+    code_form: Literal["plain", "minified"] = _f(
+        "plain", "counted train_gpt.py: plain (readable) or minified (no comments/docstrings)")
 
 
 @dataclass
 class EvalConfig:
     seq_len: int = _f(0, "evaluation window length; 0 = run.train_seq_len")
-    batch_tokens: int = _f(524288, "tokens per validation batch (all ranks)")
+    batch_tokens: int = _f(524288, "tokens per validation batch, all ranks (the baseline's VAL_BATCH_SIZE)")
     stride: int = _f(0, "sliding-window stride; 0 = non-overlapping windows")
     batch_seqs: int = _f(32, "windows per sliding/TTT/SLOT batch")
     max_tokens: int = _f(0, "score only the first N validation tokens; 0 = all")
     ttt_enabled: bool = _f(False, "legal score-first test-time training")
-    ttt_lr: float = _f(0.002, "TTT SGD learning rate (cosine over chunks)")
+    ttt_lr: float = _f(0.002, "TTT SGD learning rate, cosine over chunks (#549's TTT recipe, as below)")
     ttt_epochs: int = _f(3, "TTT passes over each scored chunk")
     ttt_chunk_tokens: int = _f(32768, "TTT chunk size in tokens")
     ttt_freeze_blocks: int = _f(0, "first K blocks are not trained by TTT")
     ttt_momentum: float = _f(0.9, "TTT SGD momentum")
     ttt_batch_seqs: int = _f(32, "sequences per TTT training step")
     ttt_grad_clip: float = _f(1.0, "TTT gradient clip norm")
-    slot_mode: str = _f("off", "off | batch (published, NON-CAUSAL) | causal")
-    slot_lr: float = _f(0.003, "SLOT AdamW learning rate")
+    slot_mode: Literal["off", "batch", "causal"] = _f("off", "off, batch (published, NON-CAUSAL) or causal")
+    slot_lr: float = _f(0.003, "SLOT AdamW learning rate (#1128's SLOT, as the fields below)")
     slot_steps: int = _f(5, "SLOT AdamW steps per batch")
     slot_wd: float = _f(1e-8, "SLOT AdamW weight decay")
     slot_eps: float = _f(1e-5, "SLOT AdamW epsilon")
     audit: bool = _f(True, "run the legality audit on a small slice before the final number")
     audit_tokens: int = _f(2048, "validation tokens used by the audit")
-    budget_seconds: float = _f(600.0, "evaluation time budget; warn when projected over")
+    budget_seconds: float = _f(600.0, "evaluation time budget (the challenge's 10 min); warn when over")
 
 
 @dataclass
@@ -153,14 +164,18 @@ class RunConfig:
     out_dir: str = _f("", "run folder; empty = runs/<run_id>")
     seed: int = _f(1337, "global seed")
     iterations: int = _f(20000, "maximum optimizer steps")
-    max_wallclock_seconds: float = _f(600.0, "training time cap (validation excluded); 0 = none")
-    train_batch_tokens: int = _f(524288, "tokens per optimizer step, all ranks and micro-steps")
+    max_wallclock_seconds: float = _f(600.0, "training time cap, validation excluded (challenge: 10 min); 0 = none")
+    train_batch_tokens: int = _f(524288, "tokens per optimizer step, all ranks and micro-steps; a multiple "
+                                         "of accum_world x train_seq_len")
     train_seq_len: int = _f(1024, "training sequence length")
-    accum_world: int = _f(8, "grad accumulation x world size; micro-steps = accum_world // world_size")
+    accum_world: int = _f(8, "grad accumulation x world size, 8 as the reference on 8 GPUs, so fewer GPUs "
+                             "take the same step; micro-steps = accum_world // world_size")
     val_loss_every: int = _f(1000, "validate every N steps; 0 = only at the end")
     train_log_every: int = _f(200, "log a step line every N steps")
-    checkpoint_every: int = _f(0, "write a resumable checkpoint every N steps; 0 = never")
-    device: str = _f("auto", "auto | cpu | cuda")
+    checkpoint_every: int = _f(
+        -1, "write a resumable checkpoint every N steps; 0 = never; -1 = auto: every minute of "
+            "training at most, and never more often than keeps checkpoint writes under 2% of it")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available, else cpu")
 
 
 @dataclass
@@ -174,8 +189,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-class ConfigError(ValueError):
-    """A config value, key, preset or file that cannot be used as given."""
+class ConfigError(PgolfError, ValueError):
+    """A config value, key, preset or file that cannot be used as given (a ValueError too, for
+    callers that caught it as one)."""
 
 
 # The reference train_gpt.py environment variables and the field each one sets.
@@ -315,8 +331,12 @@ def load_toml_file(path: str) -> dict[str, Any]:
 
 
 def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
-    """Apply reference env vars and PGOLF_SECTION_FIELD vars; return warnings for unused ones."""
-    warnings = []
+    """Apply reference env vars and PGOLF_SECTION_FIELD vars; return one warning per variable
+    that is set but not used. A reference feature pgolf lacks, asked for, is a ConfigError."""
+    refused = env_refusals(env)
+    if refused:
+        raise ConfigError(refused[0])
+    warnings = env_name_warnings(env, [*ENV_MAP, *ENV_SPECIAL], ENV_KNOWN_UNUSED)
     for name, field_key in ENV_MAP.items():
         if name in env:
             set_value(cfg, field_key, env[name])
@@ -324,9 +344,6 @@ def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
         cfg.eval.slot_mode = "batch" if _coerce(env["SLOT_ENABLED"], "bool", "SLOT_ENABLED") else "off"
     if "LATE_QAT" in env and not _coerce(env["LATE_QAT"], "bool", "LATE_QAT"):
         cfg.quant.late_qat_threshold = 0.0
-    for name in ENV_KNOWN_UNUSED:
-        if name in env:
-            warnings.append(f"environment variable {name} is set but pgolf does not use it")
     sections = config_sections(cfg)
     for name, raw in env.items():
         if not name.startswith("PGOLF_"):
@@ -368,43 +385,43 @@ def apply_sets(cfg: Config, sets: list[str]) -> None:
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
     """'9,10' or '-2,-1' -> sorted absolute block indices, validated."""
-    out = set()
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        i = int(part)
-        j = i + num_layers if i < 0 else i
-        if not 0 <= j < num_layers:
-            raise ConfigError(f"layer index {i} out of range for {num_layers} layers")
-        out.add(j)
-    return sorted(out)
+    layers, problem = config_layer_list(spec, num_layers)
+    if problem:
+        raise ConfigError(problem)
+    return layers
+
+
+def _config_raise(problems: list[str]) -> None:
+    # One line: the first problems, so a user fixing a hand-written config sees several at once.
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError("; ".join(problems[:3]) + more)
+
+
+def validate_config(cfg: Config) -> None:
+    """Every rule of config_checks (types, enums, ranges, cross-field); ConfigError naming the field."""
+    _config_raise(config_problems(cfg))
+
+
+def check_world_size(cfg: Config, world_size: int) -> None:
+    """The rule only a launch can check: run.accum_world must divide by the world size."""
+    _config_raise([p for p in [config_world_size_problem(cfg, world_size)] if p])
 
 
 def finalize_config(cfg: Config) -> None:
-    """Fill arch defaults and check cross-field constraints."""
+    """Fill arch defaults and eval.seq_len, then validate_config: every entry point calls this
+    before any work, so a bad value fails first."""
+    _config_raise(config_field_problems(cfg))  # the fill below reads arch and divides by num_heads
     m = cfg.model
-    if m.arch not in ARCH_DEFAULTS:
-        raise ConfigError(f"model.arch must be one of {sorted(ARCH_DEFAULTS)}, got {m.arch!r}")
-    if m.model_dim % m.num_heads or m.num_heads % m.num_kv_heads:
-        raise ConfigError("model.model_dim must divide by num_heads and num_heads by num_kv_heads")
     head_dim = m.model_dim // m.num_heads
     for k, v in ARCH_DEFAULTS[m.arch].items():
         if getattr(m, k) is None:
             # An arch default never exceeds a small model: tiny presets keep working.
             setattr(m, k, min(v, head_dim) if k == "rope_dims" else v)
     m.xsa_last_n = min(m.xsa_last_n, m.num_layers)
-    if m.rope_dims > head_dim or m.rope_dims % 2:
-        raise ConfigError(f"model.rope_dims must be even and <= head dim {head_dim}")
-    if m.ve_enabled:
-        parse_layers(m.ve_layers, m.num_layers)
-    if cfg.eval.slot_mode not in ("off", "batch", "causal"):
-        raise ConfigError(f"eval.slot_mode must be off, batch or causal, got {cfg.eval.slot_mode!r}")
-    if cfg.schedule.export_weights not in ("auto", "raw", "ema", "swa", "ema_swa"):
-        raise ConfigError("schedule.export_weights must be auto, raw, ema, swa or ema_swa")
-    if cfg.quant.code_form not in ("plain", "minified"):
-        raise ConfigError(f"quant.code_form must be plain or minified, got {cfg.quant.code_form!r}")
     if cfg.eval.seq_len == 0:
         cfg.eval.seq_len = cfg.run.train_seq_len
+    validate_config(cfg)
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

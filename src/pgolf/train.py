@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pgolf.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
-from pgolf.config import (Config, apply_env, apply_mapping, config_from_toml, config_hash, config_to_dict,
+from pgolf.config import (Config, apply_env, check_world_size, apply_mapping, config_from_toml, config_hash, config_to_dict,
                           config_to_toml, finalize_config, shippable_config)
 from pgolf.data.corpus import corpus_cache_root
 from pgolf.data.loader import DistributedTokenLoader, check_token_range, load_validation_tokens
@@ -39,7 +39,7 @@ from pgolf.quant.artifact import budget_report, check_budget, pack_artifact, rea
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.runfolder import RunFolder
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
-from pgolf.wallclock import CapSchedule, TrainClock, device_sync
+from pgolf.wallclock import AutoCheckpoints, CapSchedule, TrainClock, device_sync
 
 
 class RunState:
@@ -244,6 +244,23 @@ def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, o
               train_time_s=round(st.train_ms / 1000, 1), eta_s=round(max(left, 0) / 1000, 1))
 
 
+def session_step_ms(st: RunState, session: tuple[int, float]) -> float:
+    return (st.train_ms - session[1]) / max(st.step - session[0], 1)
+
+
+def checkpoint_due(every: int, st: RunState, auto, clock: TrainClock, session: tuple[int, float]) -> bool:
+    """Whether this step writes a checkpoint (reads the clock exactly when it might)."""
+    if every > 0:
+        if st.step % every:
+            return False
+        st.train_ms = clock.elapsed_ms()
+        return True
+    if auto is None or not auto.due(st.step):
+        return False
+    st.train_ms = clock.elapsed_ms()
+    return auto.check(st.step, st.train_ms, session_step_ms(st, session))
+
+
 def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm: Comm, device,
              accum: int, val, log: RunLog, out_dir: str, qat=None) -> str:
     """Train until run.iterations or the wall-clock cap; returns why it stopped.
@@ -258,6 +275,10 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
     session = (st.step, st.train_ms)  # steps and time before this process started
     logged = session
     fault_step = int(os.environ.get("PGOLF_FAULT_AFTER_STEP", "-1"))
+    auto = AutoCheckpoints(comm, device, st.train_ms) if r.checkpoint_every < 0 else None
+    if auto is not None and comm.is_main:
+        log.event(event="checkpoints", mode="auto", min_interval_s=auto.min_interval_ms / 1000,
+                  max_share_of_training=auto.max_share)
     clock.start()
     mult = 1.0
     while True:
@@ -293,10 +314,13 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
             watch.check(st, out_dir)
             log_step(log, st, cfg, loss.item(), mult, opt, logged)
             logged = (st.step, st.train_ms)
-        if r.checkpoint_every and st.step % r.checkpoint_every == 0:
-            st.train_ms = clock.elapsed_ms()
+        if checkpoint_due(r.checkpoint_every, st, auto, clock, session):
             watch.check(st, out_dir)
+            t0 = time.perf_counter()
             save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st)
+            write_ms = (time.perf_counter() - t0) * 1000.0
+            if auto is not None:
+                auto.written(st.step, st.train_ms, write_ms, session_step_ms(st, session))
             if st.step == fault_step:
                 # Fault injection for resume tests: die like a preempted job, no cleanup.
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -428,6 +452,7 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
     """Train, export and evaluate one run; returns (and writes) its metrics."""
     comm = init_comm(cfg.run.device)
     try:
+        check_world_size(cfg, comm.world_size)
         # Bad data fails here, before a run folder exists that would block a retry with --out.
         val = load_val(cfg, comm.device)
         folder = claim_run_folder(cfg, out_dir, resume, comm)
@@ -472,9 +497,6 @@ def _train_run(cfg, folder, code_bytes, blob, warnings, comm, device, log, val) 
     opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
                                     vocab_size=cfg.model.vocab_size)
-    if cfg.run.accum_world % comm.world_size:
-        raise TrainingError(f"run.accum_world {cfg.run.accum_world} is not a multiple of world size "
-                            f"{comm.world_size}: set run.accum_world to a multiple of it")
     accum = cfg.run.accum_world // comm.world_size
     log.event(event="run", out_dir=out_dir, params=count_params(model), arch=cfg.model.arch,
               attn_backend=model.attn_backend, world_size=comm.world_size, grad_accum=accum,

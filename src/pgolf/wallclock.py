@@ -85,3 +85,43 @@ class CapSchedule:
         left_steps = math.floor((self.cap_ms - elapsed) / step_ms)
         self.next_step = step + max(1, min(int(self.slack_ms / step_ms), left_steps))
         return False
+
+
+class AutoCheckpoints:
+    """`run.checkpoint_every = -1`: checkpoint when both `min_interval_ms` of training and
+    `1 / max_share` times the last write's duration have passed since the last one, so
+    writes cost at most `max_share` of training time (the 2% the default promises).
+
+    Like CapSchedule, the decision is made at planned steps from all-reduced numbers, so
+    every rank writes its checkpoint at the same step; between those steps nothing syncs.
+    """
+
+    def __init__(self, comm: Comm, device: torch.device, start_ms: float,
+                 min_interval_ms: float = 60_000.0, max_share: float = 0.02) -> None:
+        self.comm, self.device = comm, device
+        self.min_interval_ms, self.max_share = min_interval_ms, max_share
+        self.last_ms, self.write_ms = start_ms, 0.0
+        self.next_step = 1
+
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def interval_ms(self) -> float:
+        return max(self.min_interval_ms, self.write_ms / self.max_share)
+
+    def check(self, step: int, elapsed_ms: float, step_ms: float) -> bool:
+        """True: write a checkpoint now (then call `written`). Else plans the next check."""
+        vals = torch.tensor([elapsed_ms, step_ms], device=self.device)
+        self.comm.all_reduce_max(vals)
+        elapsed, step_ms = (float(v) for v in vals.tolist())
+        wait = self.interval_ms() - (elapsed - self.last_ms)
+        if wait <= 0:
+            return True
+        self.next_step = step + max(1, math.floor(wait / max(step_ms, 1e-3)))
+        return False
+
+    def written(self, step: int, elapsed_ms: float, write_ms: float, step_ms: float) -> None:
+        vals = torch.tensor([elapsed_ms, write_ms], device=self.device)
+        self.comm.all_reduce_max(vals)
+        self.last_ms, self.write_ms = (float(v) for v in vals.tolist())
+        self.next_step = step + max(1, math.floor(self.interval_ms() / max(step_ms, 1e-3)))
