@@ -21,6 +21,7 @@ from typing import Any
 
 from pgolf.bundle import build_compressed_bundle, bundle_for_config
 from pgolf.config import Config, config_from_toml, shippable_config
+from pgolf.errors import PgolfError
 from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact
 
 RECORD_RUN_FILES = ("metrics.json", "config.toml", "model.ptz", "log.txt")
@@ -35,7 +36,7 @@ _RECORD_CF_EPS = 1e-15
 _RECORD_CF_TINY = 1e-300
 
 
-class RecordError(ValueError):
+class RecordError(PgolfError, ValueError):
     """A run folder that cannot be exported, or runs that cannot be compared (one line)."""
 
 

@@ -29,16 +29,17 @@ def parse_event(line: str) -> dict[str, str]:
 class RunLog:
     """Writes to stdout and to `path` (append); only the main rank writes."""
 
-    def __init__(self, path: str | None, enabled: bool = True, echo: bool = True) -> None:
+    def __init__(self, path: str | None, enabled: bool = True, echo: bool = True, stream=None) -> None:
         self.enabled = enabled
         self.echo = echo
+        self.stream = stream  # None = stdout; commands whose stdout is data pass sys.stderr
         self.fh = open(path, "a", encoding="utf-8") if (path and enabled) else None
 
     def line(self, text: str) -> None:
         if not self.enabled:
             return
         if self.echo:
-            print(text, flush=True)
+            print(text, flush=True, file=self.stream)
         if self.fh:
             self.fh.write(text + "\n")
             self.fh.flush()

@@ -22,6 +22,7 @@ import torch
 
 from pgolf.data.shards import load_shard, write_shard
 from pgolf.data.tokenizer import build_byte_tables, count_bytes, load_tokenizer
+from pgolf.errors import PgolfError
 
 CORPUS_FORMAT = 1
 CORPUS_MANIFEST = "embedded_manifest.json"
@@ -30,7 +31,7 @@ _CORPUS_ESCAPE = re.compile(r"\\([\[\]\-\\`#()!.])")
 _CORPUS_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 
 
-class CorpusError(ValueError):
+class CorpusError(PgolfError, ValueError):
     """The embedded corpus cannot be found or prepared."""
 
 

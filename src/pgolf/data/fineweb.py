@@ -8,13 +8,14 @@ import tempfile
 import numpy as np
 
 from pgolf.data.shards import ShardError, SHARD_HEADER_BYTES, load_shard, read_header
+from pgolf.errors import PgolfError
 
 FINEWEB_REPO_ID = "willdepueoai/parameter-golf"
 FINEWEB_REMOTE_ROOT = "datasets"
 FINEWEB_MANIFEST = "datasets/manifest.json"
 
 
-class FinewebError(ValueError):
+class FinewebError(PgolfError, ValueError):
     """The challenge dataset cannot be downloaded or verified."""
 
 

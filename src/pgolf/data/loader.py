@@ -7,9 +7,10 @@ import numpy as np
 import torch
 
 from pgolf.data.shards import load_shard, read_header
+from pgolf.errors import PgolfError
 
 
-class DataLoaderError(ValueError):
+class DataLoaderError(PgolfError, ValueError):
     """Bad data-loading input: missing shards, bad batch geometry, train/val overlap."""
 
 

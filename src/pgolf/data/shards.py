@@ -5,6 +5,8 @@ import tempfile
 
 import numpy as np
 
+from pgolf.errors import PgolfError
+
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 SHARD_HEADER_INTS = 256
@@ -12,7 +14,7 @@ SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 SHARD_REDOWNLOAD_HINT = "re-download it with `pgolf data fineweb` or regenerate it"
 
 
-class ShardError(ValueError):
+class ShardError(PgolfError, ValueError):
     """A token shard that is malformed or cannot be written."""
 
 

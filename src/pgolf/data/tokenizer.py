@@ -6,10 +6,12 @@ import numpy as np
 import sentencepiece
 import torch
 
+from pgolf.errors import PgolfError
+
 TOKENIZER_SPACE_MARK = "\u2581"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PgolfError, ValueError):
     """A tokenizer file that is missing, unreadable or does not match the model."""
 
 

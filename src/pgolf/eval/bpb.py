@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.dist import Comm
+from pgolf.errors import PgolfError
 from pgolf.model.gpt import compute_autocast
 
 
-class EvalInputError(ValueError):
+class EvalInputError(PgolfError, ValueError):
     """Validation tokens, tables or eval settings that cannot be evaluated as given."""
 
 

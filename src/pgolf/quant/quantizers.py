@@ -13,6 +13,8 @@ exactly. A 2-D+ tensor's rows are all dims but the last (banks [n, rows, cols] i
 import torch
 from torch import Tensor
 
+from pgolf.errors import PgolfError
+
 # Candidate clip quantiles of the reference GPTQ-lite search (1.0 = row max).
 GPTQ_CLIP_QUANTILES: tuple[float, ...] = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 # Clip quantile of the reference's naive int8 per-row quantizer (embeddings, "rowwise").
@@ -21,7 +23,7 @@ ROWWISE_CLIP_QUANTILE = 0.9999984
 _QUANT_FP16_MAX = 65504.0
 
 
-class QuantError(ValueError):
+class QuantError(PgolfError, ValueError):
     """Bad input to a quantizer (bit width, shape, non-finite values)."""
 
 
