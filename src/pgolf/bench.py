@@ -9,33 +9,45 @@ FLOPs per token (training, forward + backward = 3 x forward, one multiply-add = 
                              layer over the full window, halved by the causal mask, times 3.
 For record_1128 at T=2048: 6 x 25.95 M + 6 x 0.52 M + 6 x 0.10 M + 69.2 M = 228.5 M (DESIGN §7).
 Embedding lookups, norms, activations, softmax and the optimizer are not counted.
+MFU = achieved FLOP/s / the device's bf16 dense peak (BENCH_BF16_PEAK_TFLOPS).
+The eval-mode benchmark lives in pgolf.bench_eval.
 """
 
 import copy
 import math
 import os
+import re
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from pgolf.bundle import bundle_for_config
 from pgolf.config import Config, apply_sets, config_hash
 from pgolf.dist import Comm, pick_device
-from pgolf.eval.legality import audit
-from pgolf.eval.runner import evaluate, mode_to_eval_config
 from pgolf.eval.bpb import eval_plain
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import budget_report, build_artifact, pack_artifact, unpack_artifact
-from pgolf.train import (build_model, device_label, load_round_trip, load_val, model_from_state,
-                         shippable_config_toml, train_step)
+from pgolf.quant.fake_quant import attach_late_qat
+from pgolf.train import (build_model, device_label, load_val, model_from_state, shippable_config_toml,
+                         train_step)
 
 # The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
 BENCH_REF_TOKENS_PER_S_PER_GPU = 1.18e6
+# bf16 dense (no sparsity) tensor-core peaks from NVIDIA's data sheets, matched against
+# torch.cuda.get_device_name. The SXM H100 reports itself as "H100 80GB HBM3". Variants
+# not listed (NVL cards, GH200) have other clocks or power limits: no MFU rather than a
+# wrong one.
+BENCH_BF16_PEAK_TFLOPS: tuple[tuple[str, float, str], ...] = (
+    (r"\bH100\b.*\bPCIe\b", 756.0, "H100 PCIe"),
+    (r"\bH100\b.*\b(SXM\w*|HBM3)\b", 989.0, "H100 SXM"),
+    (r"\bH200\b(?!.*\bNVL\b)", 989.0, "H200"),
+)
+BENCH_QAT_CHOICES = ("off", "on")
 
 
 class BenchError(ValueError):
@@ -107,7 +119,35 @@ def bench_micro_batch(cfg: Config, micro_batch_seqs: int) -> None:
     cfg.run.train_batch_tokens = micro_batch_seqs * cfg.run.train_seq_len * cfg.run.accum_world
 
 
-def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 0) -> dict[str, Any]:
+def bench_peak_tflops(device_name: str, override: float = 0.0) -> tuple[float | None, str]:
+    """(bf16 dense peak TFLOP/s, its source) for a device name; (None, why) when unknown."""
+    if override > 0:
+        return override, "--peak-tflops"
+    for pattern, peak, label in BENCH_BF16_PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            return peak, label
+    return None, f"no bf16 peak known for {device_name!r} (pass --peak-tflops)"
+
+
+def bench_mfu(achieved_tflops: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilization as a fraction of the peak; None without a peak."""
+    return achieved_tflops / peak_tflops if peak_tflops else None
+
+
+def _bench_qat(model, cfg: Config, qat: str):
+    """Attach late QAT as training does (when the config has it, or --qat on asks for it);
+    `qat` picks which regime is timed: off (most of a run) or on (its last stretch)."""
+    if qat not in BENCH_QAT_CHOICES:
+        raise BenchError(f"--qat {qat!r}: use one of {', '.join(BENCH_QAT_CHOICES)}")
+    if cfg.quant.late_qat_threshold <= 0 and qat == "off":
+        return None
+    transform = attach_late_qat(model, cfg.quant.matrix_bits, cfg.quant.qat_scope)
+    transform.active = qat == "on"
+    return transform
+
+
+def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 0, qat: str = "off",
+                     peak_tflops: float = 0.0) -> dict[str, Any]:
     """Time `steps` training steps (after `warmup` untimed ones) of cfg's model on synthetic
     tokens, in one process that runs all run.accum_world micro-steps itself."""
     if steps < 1 or warmup < 0:
@@ -122,19 +162,27 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
         torch.cuda.set_device(device)
     torch.manual_seed(seed)
     model = build_model(cfg, device)
-    if cfg.quant.late_qat_threshold > 0:
-        model.enable_qat(cfg.quant.matrix_bits)  # as in training: the fake-quant path is traced
+    transform = _bench_qat(model, cfg, qat)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
     opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile)
     seqs = r.train_batch_tokens // (accum * r.train_seq_len)
     tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, device, seed)
     t0 = time.perf_counter()
-    _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
+    warm_times, _ = _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, steps)
-    return _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s)
+    out = _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s)
+    # The first step pays for tracing, compiling and autotuning (model and Newton-Schulz);
+    # its excess over a steady step is the compile cost a run's priming absorbs.
+    first_ms = (warm_times or times)[0]
+    peak, source = bench_peak_tflops(out["device"], peak_tflops)
+    out.update(first_step_s=first_ms / 1000.0,
+               compile_s=max(0.0, first_ms - out["median_ms"]) / 1000.0 if cfg.model.compile else None,
+               qat="none" if transform is None else qat, qat_scope=cfg.quant.qat_scope if transform else None,
+               peak_bf16_tflops=peak, peak_source=source, mfu=bench_mfu(out["achieved_tflops"], peak))
+    return out
 
 
 def _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s) -> dict[str, Any]:
@@ -161,18 +209,24 @@ def _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, war
 
 def format_throughput(res: dict[str, Any]) -> str:
     gpu = res["tokens_per_s_per_gpu"] is not None
+    mfu = res.get("mfu")
+    compile_s = res.get("compile_s")
     lines = [
         f"device: {res['device']} (torch {res['torch']}, {res['threads']} threads)  params: {res['params']:,}  "
-        f"compile: {res['compile']}",
+        f"compile: {res['compile']}  late QAT: {res.get('qat', 'none')}",
         f"batch: {res['tokens_per_step']:,} tokens/step = {res['grad_accum']} micro-steps x "
         f"{res['micro_batch_seqs']} x {res['seq_len']}",
-        f"steps: {res['steps']} timed after {res['warmup_steps']} warm-up ({res['warmup_s']:.1f} s)",
+        f"steps: {res['steps']} timed after {res['warmup_steps']} warm-up ({res['warmup_s']:.1f} s)"
+        + (f"  first step {res['first_step_s']:.1f} s" if "first_step_s" in res else "")
+        + (f" (compile ~{compile_s:.1f} s)" if compile_s is not None else ""),
         f"ms/step: median {res['median_ms']:.1f}  mean {res['mean_ms']:.1f}  min {res['min_ms']:.1f}  "
         f"max {res['max_ms']:.1f}",
         f"tokens/s: {res['tokens_per_s']:,.0f}" + (f"  per GPU: {res['tokens_per_s_per_gpu']:,.0f}  "
                                                   f"({res['ratio_to_ref']:.3f} x reference 1.18M)" if gpu else
                                                   "  per GPU: n/a (cpu)"),
-        f"model FLOPs/token: {res['flops_per_token'] / 1e6:.1f} M  achieved: {res['achieved_tflops']:.4f} TFLOP/s",
+        f"model FLOPs/token: {res['flops_per_token'] / 1e6:.1f} M  achieved: {res['achieved_tflops']:.4f} TFLOP/s"
+        + (f"  MFU: {100 * mfu:.1f}% of {res['peak_bf16_tflops']:.0f} ({res['peak_source']})" if mfu is not None
+           else "  MFU: n/a" + (f" ({res['peak_source']})" if res.get("peak_source") else "")),
         f"peak memory: {res['peak_mem_bytes'] / 2**30:.2f} GiB ({res['peak_mem_kind']})",
         f"loss: {res['loss_first']:.4f} -> {res['loss_last']:.4f}",
     ]
@@ -275,45 +329,6 @@ def format_artifact(res: dict[str, Any]) -> str:
     ])
 
 
-# ---------------------------------------------------------------- evaluation modes
-
-def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str], None] | None = None,
-               run_audit: bool = False) -> list[dict[str, Any]]:
-    """Evaluate the round-tripped artifact in each mode; one row per mode. With run_audit, each
-    mode also gets the legality audit (causality, scored once, score before update) on the
-    first eval.audit_tokens targets; legal = audit passed and the mode is causal."""
-    for mode in modes:
-        mode_to_eval_config(mode, cfg.eval)  # an unknown name fails before the model loads
-    device = pick_device(cfg.run.device)
-    comm = Comm(device)
-    val = load_val(cfg, device)
-    model = load_round_trip(artifact, cfg, device)
-    rows = []
-    for mode in modes:
-        ecfg = mode_to_eval_config(mode, cfg.eval)
-        res = evaluate(model, val["tokens"], val["tables"], ecfg, comm, device, log)
-        row = {"mode": mode, "runner_mode": res["mode"], "val_bpb": res["val_bpb"], "val_loss": res["val_loss"],
-               "tokens": res["tokens"], "stride": ecfg.stride, "seconds": res["eval_seconds"],
-               "causal": res["causal"], "legal": None}
-        if run_audit:
-            t0 = time.perf_counter()
-            report = audit(model, val["tokens"], mode, cfg.eval, val["tables"], device, normalization=False)
-            row.update(legal=bool(report.ok and res["causal"]), audit=report.summary(),
-                       audit_seconds=time.perf_counter() - t0)
-        rows.append(row)
-    return rows
-
-
-def format_eval(rows: list[dict[str, Any]]) -> str:
-    out = ["| mode | val_bpb | seconds | causal | legal (audit) | tokens | stride |",
-           "|---|---:|---:|---|---|---:|---:|"]
-    for r in rows:
-        legal = "not audited" if r["legal"] is None else ("PASS" if r["legal"] else "FAIL")
-        out.append(f"| {r['mode']} | {r['val_bpb']:.4f} | {r['seconds']:.1f} | "
-                   f"{'yes' if r['causal'] else 'NO'} | {legal} | {r['tokens']:,} | {r['stride']} |")
-    return "\n".join(out)
-
-
 # ---------------------------------------------------------------- quantization policies
 
 def parse_quant_variant(spec: str) -> tuple[str, list[str]]:
@@ -332,7 +347,11 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str
     state_path = os.path.join(run_dir, "final_state.pt")
     if not os.path.isfile(state_path):
         raise BenchError(f"{state_path} not found: bench quant needs a run folder trained by pgolf train")
-    flat = torch.load(state_path, map_location="cpu", weights_only=True)
+    try:
+        flat = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling refusals and torn files alike
+        raise BenchError(f"{state_path}: not a readable weights file ({type(e).__name__}); "
+                         "re-run pgolf train to write it again") from None
     device = pick_device(cfg.run.device)
     comm, val = Comm(device), load_val(cfg, device)
     ec = cfg.eval

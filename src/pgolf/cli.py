@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from pgolf.config import Config, ConfigError, config_to_dict, config_from_toml, resolve_config
+from pgolf.config import (Config, ConfigError, config_from_toml, config_hash, config_to_dict, read_config_file,
+                          resolve_config)
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -77,16 +78,22 @@ def cmd_train(args) -> int:
 
 def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
     """(config, artifact path) from a run folder or an artifact file."""
-    from pgolf.quant.artifact import read_artifact
+    from pgolf.quant.artifact import read_artifact_header
     p = Path(target)
     artifact = p / "model.ptz" if p.is_dir() else p
     if not artifact.is_file():
         raise ConfigError(f"{target}: no artifact found (expected a run folder with model.ptz or a .ptz file)")
     cfg_file = artifact.parent / "config.toml"
     if cfg_file.is_file():
-        cfg = config_from_toml(cfg_file.read_text())
+        cfg = read_config_file(cfg_file)
+        header = read_artifact_header(str(artifact))
+        theirs = header.get("config_hash")
+        if theirs and theirs != config_hash(cfg):
+            # Scoring an artifact with another run's config gives a meaningless number.
+            raise ConfigError(f"{artifact}: config hash {theirs} does not match {cfg_file} ({config_hash(cfg)}); "
+                              "the artifact comes from another run: keep each run folder together")
     else:
-        _, header = read_artifact(str(artifact))
+        header = read_artifact_header(str(artifact))
         text = (header.get("meta") or {}).get("config_toml")
         if not text:
             raise ConfigError(f"{artifact}: no config.toml beside it and none inside; keep the run folder together")
@@ -106,8 +113,9 @@ def cmd_eval(args) -> int:
     comm = init_comm(cfg.run.device)
     val = load_val(cfg, comm.device)
     model = load_round_trip(artifact, cfg, comm.device)
-    log = RunLog(None, enabled=comm.is_main)
-    res = evaluate(model, val["tokens"], val["tables"], cfg.eval, comm, comm.device, log.line)
+    log = RunLog(None, enabled=comm.is_main, stream=sys.stderr)  # stdout carries the JSON alone
+    res = evaluate(model, val["tokens"], val["tables"], cfg.eval, comm, comm.device, log.line,
+                   compile=cfg.model.compile)
     if comm.is_main:
         print(json.dumps({k: v for k, v in res.items() if isinstance(v, (int, float, str, bool))}, indent=2))
     return 0
@@ -182,14 +190,17 @@ def cmd_bundle(args) -> int:
 
 def cmd_bench(args) -> int:
     import torch
-    from pgolf.bench import (bench_artifact, bench_eval, bench_micro_batch, bench_quant, bench_throughput,
-                             format_artifact, format_eval, format_quant, format_throughput)
+    from pgolf.bench import (bench_artifact, bench_micro_batch, bench_quant, bench_throughput,
+                             format_artifact, format_quant, format_throughput)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.bench_cmd == "eval":
+        from pgolf.bench_eval import bench_eval, format_eval
         cfg, artifact = _load_run(args.target, args.set)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-        res = bench_eval(cfg, artifact, modes, log=print if args.verbose else None, run_audit=args.audit)
+        res = bench_eval(cfg, artifact, modes, log=print if args.verbose else None, run_audit=args.audit,
+                         project_tokens=args.project_tokens, project_gpus=args.project_gpus,
+                         warmup=None if args.warmup == "auto" else args.warmup == "on")
         text = format_eval(res)
     elif args.bench_cmd == "quant":
         cfg, _ = _load_run(args.target, args.set)
@@ -202,7 +213,8 @@ def cmd_bench(args) -> int:
         if args.bench_cmd == "throughput":
             if args.micro_batch_seqs:
                 bench_micro_batch(cfg, args.micro_batch_seqs)
-            res = bench_throughput(cfg, steps=args.steps, warmup=args.warmup, seed=args.seed)
+            res = bench_throughput(cfg, steps=args.steps, warmup=args.warmup, seed=args.seed, qat=args.qat,
+                                   peak_tflops=args.peak_tflops)
             text = format_throughput(res)
         else:
             res = bench_artifact(cfg, args.preset or "smoke", sigma=args.sigma, emb_std=args.emb_std,
@@ -283,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, caches)")
     b.add_argument("--micro-batch-seqs", type=int, default=0,
                    help="sequences per micro-step (sets run.train_batch_tokens); 0 = from the config")
+    b.add_argument("--qat", choices=("off", "on"), default="off",
+                   help="time steps with late QAT off (most of a run) or on (its last stretch)")
+    b.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="bf16 dense peak for MFU; 0 = from the device name (H100 SXM/PCIe, H200)")
     b = bsub.add_parser("artifact", help="artifact bytes of filled weights through the real export path")
     _add_config_args(b, default_preset="record_1128")
     b.add_argument("--sigma", type=float, default=0.3, help="std of the filled block matrices")
@@ -293,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.stride=64")
     b.add_argument("--verbose", action="store_true", help="print the evaluators' progress lines")
     b.add_argument("--audit", action="store_true", help="also run the legality audit of each mode")
+    b.add_argument("--project-tokens", type=int, default=0, metavar="N",
+                   help="also project each mode's seconds to N scored tokens (62021632 = the full val set)")
+    b.add_argument("--project-gpus", type=int, default=1, metavar="G", help="... split over G GPUs")
+    b.add_argument("--warmup", choices=("auto", "on", "off"), default="auto",
+                   help="run each mode untimed on the slice's start first (auto: on a GPU or with compile)")
     b = bsub.add_parser("quant", help="bytes and bpb penalty of quantization policies on a trained run")
     b.add_argument("target", help="run folder (needs final_state.pt)")
     b.add_argument("--variant", action="append", required=True, metavar="NAME:field=value[,field=value]",

@@ -325,9 +325,22 @@ def load_toml_file(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {path} not found; pass an existing TOML file to --config")
     try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the file or drop --config") from None
+
+
+def read_config_file(path: str | Path) -> Config:
+    """A saved run config (config.toml), as data, with one-line errors naming the file."""
+    p = Path(path)
+    try:
+        return config_from_toml(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not a readable TOML config ({e}); restore the run's config.toml") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
 
 
 def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.bundle import build_compressed_bundle, bundle_for_config
-from pgolf.config import Config, config_from_toml, shippable_config
+from pgolf.config import Config, read_config_file, shippable_config
 from pgolf.errors import PgolfError
-from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact
+from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact_header
 
 RECORD_RUN_FILES = ("metrics.json", "config.toml", "model.ptz", "log.txt")
 RECORD_RUN_COMMAND = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
@@ -57,8 +57,8 @@ def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
             raise RecordError(f"{run}: missing {name}; export only a finished run (pgolf train ends by writing it)")
     try:
         metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{run / 'metrics.json'}: not valid JSON ({e.msg}); re-run pgolf eval or the run") from None
+    except ValueError as e:  # bad JSON, or bytes that are not UTF-8
+        raise RecordError(f"{run / 'metrics.json'}: not valid JSON ({e}); re-run pgolf eval or the run") from None
     if metrics.get("failed"):
         raise RecordError(f"{run / 'metrics.json'}: the run failed ({metrics['failed']}); a failed run is "
                           "never exported")
@@ -66,7 +66,7 @@ def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
                or not math.isfinite(metrics[k])]
     if missing:
         raise RecordError(f"{run / 'metrics.json'}: no {', '.join(missing)}; the run did not finish its evaluation")
-    return metrics, config_from_toml((run / "config.toml").read_text(encoding="utf-8"))
+    return metrics, read_config_file(run / "config.toml")
 
 
 def _record_check_out(out: Path) -> None:
@@ -162,7 +162,7 @@ def _record_write(tmp: Path, run: Path, code: dict[str, str], sub: dict[str, Any
     (tmp / "README.md").write_text(readme, encoding="utf-8")
     if (tmp / "final_model.ptz").stat().st_size != sub["bytes_model"]:
         raise RecordError(f"{run / 'model.ptz'} changed while copying; export again")
-    _, header = read_artifact(tmp / "final_model.ptz")
+    header = read_artifact_header(tmp / "final_model.ptz")
     ours, theirs = sub.get("config_hash"), header.get("config_hash")
     if ours and theirs and ours != theirs:
         raise RecordError(f"{run / 'model.ptz'}: config hash {theirs} differs from metrics.json's {ours}; "
@@ -192,6 +192,10 @@ def export_record(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: 
         os.chmod(tmp, 0o755)
         # rename() replaces an empty folder atomically and fails on a non-empty one.
         os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RecordError(f"cannot write record {out}: {e.strerror}; free disk space or choose another --out "
+                          "(nothing was written)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -318,7 +322,7 @@ def compare_runs(new: list[float], old: list[float] | float, min_delta_nats: flo
 def _record_load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise RecordError(f"{path}: cannot read it as JSON ({e}); pass a run or record folder") from None
     if not isinstance(data, dict):
         raise RecordError(f"{path}: expected a JSON object; pass a run or record folder")

@@ -9,11 +9,11 @@ with the same `--out` just works.
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from pgolf.errors import TrainingError
+from pgolf.runlog import write_json_atomic
 
 MARKER = ".pgolf-run"
 # What a run writes before its first step; removed again when it fails that early.
@@ -85,14 +85,7 @@ class RunFolder:
         if not self.writer:
             self.state = state
             return
-        tmp = self.path / f"{MARKER}.tmp{os.getpid()}"
-        try:
-            tmp.write_text(json.dumps({"format": 1, "state": state}) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path / MARKER)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise TrainingError(f"cannot write {self.path / MARKER}: {e.strerror}; "
-                                "choose a writable --out with free space") from None
+        write_json_atomic(self.path / MARKER, {"format": 1, "state": state})
         self.state = state
 
     def discard_if_unstarted(self) -> bool:

@@ -3,8 +3,9 @@
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from pgolf.atomic import AtomicWriteError, atomic_write
 
 
 def format_event(fields: dict[str, Any]) -> str:
@@ -41,8 +42,13 @@ class RunLog:
         if self.echo:
             print(text, flush=True, file=self.stream)
         if self.fh:
-            self.fh.write(text + "\n")
-            self.fh.flush()
+            try:
+                self.fh.write(text + "\n")
+                self.fh.flush()
+            except OSError as e:
+                # The log is append-only, so it cannot be written atomically: say where it broke.
+                raise AtomicWriteError(f"cannot append to {self.fh.name}: {e.strerror}; free disk space or "
+                                       "write the run elsewhere", self.fh.name, e.errno) from None
 
     def event(self, **fields: Any) -> None:
         self.line(format_event(fields))
@@ -54,10 +60,7 @@ class RunLog:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from pgolf.atomic import atomic_write
 from pgolf.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
-from pgolf.config import (Config, apply_env, check_world_size, apply_mapping, config_from_toml, config_hash, config_to_dict,
-                          config_to_toml, finalize_config, shippable_config)
+from pgolf.config import (Config, apply_env, apply_mapping, check_world_size, config_hash, config_to_dict,
+                          config_to_toml, finalize_config, read_config_file, shippable_config)
 from pgolf.data.corpus import corpus_cache_root
 from pgolf.data.loader import DistributedTokenLoader, check_token_range, load_validation_tokens
 from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
@@ -35,7 +36,7 @@ from pgolf.model.gpt import GPT, compute_autocast, count_params
 from pgolf.optim.averaging import EMA, SWA, select_export_state
 from pgolf.optim.builder import build_optimizers
 from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
-from pgolf.quant.artifact import budget_report, check_budget, pack_artifact, read_artifact, write_artifact
+from pgolf.quant.artifact import artifact_body_cap, budget_report, check_budget, pack_artifact, read_artifact, write_artifact
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.runfolder import RunFolder
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
@@ -346,7 +347,7 @@ def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str,
     if comm.is_main:
         # Saved before anything can fail in quantization or compression: the trained
         # weights survive an export error or an over-budget refusal.
-        torch.save(flat, Path(out_dir) / "final_state.pt")
+        atomic_write(Path(out_dir) / "final_state.pt", lambda f: torch.save(flat, f))
     info = {"export_weights": label, "weights_sha256": weights_sha256(flat), "state": state}
     blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)})
     report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
@@ -362,7 +363,10 @@ def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str,
 
 def model_from_state(cfg: Config, sd: dict[str, torch.Tensor], device) -> GPT:
     """An eval-mode model holding `sd`, banked or per-layer names alike."""
-    model = build_model(cfg, device)
+    return _load_state(build_model(cfg, device), sd, device)
+
+
+def _load_state(model: GPT, sd: dict[str, torch.Tensor], device) -> GPT:
     if model.banked:
         sd = rebank_state_dict(sd, model.num_layers)
     model.load_state_dict({k: v.to(device) for k, v in sd.items()})
@@ -370,8 +374,14 @@ def model_from_state(cfg: Config, sd: dict[str, torch.Tensor], device) -> GPT:
 
 
 def load_round_trip(path: str, cfg: Config, device) -> GPT:
-    """The model evaluation always uses: de-quantized from the artifact on disk."""
-    return model_from_state(cfg, read_artifact(path)[0], device)
+    """The model evaluation always uses: de-quantized from the artifact on disk.
+
+    The artifact may decompress to no more than a model of this config can need, so a
+    crafted file cannot balloon memory before it is rejected.
+    """
+    model = build_model(cfg, device)
+    cap = artifact_body_cap(count_params(model))
+    return _load_state(model, read_artifact(path, max_body_bytes=cap)[0], device)
 
 
 def final_evaluation(cfg: Config, state: dict, artifact: str, val: dict, comm: Comm, device,
@@ -458,7 +468,7 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
         folder = claim_run_folder(cfg, out_dir, resume, comm)
         # A resume that cannot load its checkpoint fails before the log is opened: the
         # folder of a finished or broken run is then really left untouched.
-        blob = load_checkpoint(str(folder.path), comm.rank) if resume else None
+        blob = load_checkpoint(str(folder.path), comm.rank, comm) if resume else None
         return _train_in_folder(cfg, folder, code_bytes, blob, warnings or [], comm, val)
     finally:
         comm.close()
@@ -553,7 +563,7 @@ def resume_config(out_dir: str) -> Config:
     path = Path(out_dir) / "config.toml"
     if not path.is_file():
         raise TrainingError(f"{out_dir} has no config.toml: it is not a pgolf run folder")
-    return config_from_toml(path.read_text())
+    return read_config_file(path)
 
 
 def bundle_main(preset_text: str, code_path: str = "") -> dict[str, Any]:

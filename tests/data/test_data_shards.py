@@ -1,8 +1,11 @@
+import errno
 import os
 
 import numpy as np
 import pytest
 import torch
+
+from pgolf.atomic import AtomicWriteError
 
 from pgolf.data.shards import (SHARD_HEADER_BYTES, SHARD_MAGIC, ShardError, load_shard,
                                read_header, write_shard)
@@ -97,10 +100,11 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     write_shard(p, np.arange(10))
 
     def boom(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(AtomicWriteError, match="no space left") as e:
         write_shard(p, np.arange(30))
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
     monkeypatch.undo()
     assert read_header(p) == 10
     assert sorted(os.listdir(tmp_path)) == ["s.bin"]

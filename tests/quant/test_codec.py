@@ -43,3 +43,26 @@ def test_optional_compressors(name):
 def test_unknown_compressor():
     with pytest.raises(CodecError, match="unknown compressor 'gzip'"):
         compress_bytes(b"x", "gzip", 9)
+
+
+def _available(name):
+    pkg = {"zstd": "zstandard", "brotli": "brotli"}.get(name)
+    if pkg:
+        try:
+            __import__(pkg)
+        except ImportError:
+            pytest.skip(f"{name} needs the optional package {pkg} (pip install {pkg})")
+
+
+@pytest.mark.parametrize("name", ["zlib", "lzma", "zstd", "brotli"])
+def test_decompress_stops_at_max_size_and_spots_cut_or_padded_streams(name):
+    _available(name)
+    data = bytes(np.random.default_rng(1).integers(0, 4, 3_000_000).astype(np.uint8))
+    blob = compress_bytes(data, name, 6)
+    assert decompress_bytes(blob, name, 6, max_size=len(data)) == data
+    with pytest.raises(CodecError, match=f"{name} payload decompresses past the 2,999,999 bytes allowed"):
+        decompress_bytes(blob, name, 6, max_size=len(data) - 1)
+    with pytest.raises(CodecError, match="truncated|undecodable"):
+        decompress_bytes(blob[:len(blob) // 2], name, 6)
+    with pytest.raises(CodecError, match="after its end|undecodable"):
+        decompress_bytes(blob + b"\x00junk", name, 6)

@@ -109,11 +109,10 @@ def _fw_fetch_manifest(repo_id: str, manifest_path: str, common: dict, log) -> d
         return None
     except Exception as exc:
         raise _fw_hub_error(exc, manifest_path, repo_id) from None
-    with open(got, encoding="utf-8") as fh:
-        text = fh.read()
     try:
-        return _fw_manifest_sizes(text)
-    except ValueError:
+        with open(got, encoding="utf-8") as fh:
+            return _fw_manifest_sizes(fh.read())
+    except ValueError:  # bad JSON or bytes that are not UTF-8
         raise FinewebError(f"{manifest_path} on {repo_id} is not valid JSON; pass "
                            "manifest_path='' to use the standard file names") from None
 

@@ -1,10 +1,10 @@
 """The official token shard format: a 256 x int32 little-endian header, then uint16 tokens."""
 
 import os
-import tempfile
 
 import numpy as np
 
+from pgolf.atomic import atomic_write
 from pgolf.errors import PgolfError
 
 SHARD_MAGIC = 20240520
@@ -91,21 +91,10 @@ def _shard_as_uint16(path: str, tokens) -> np.ndarray:
 
 
 def write_shard(path: str, tokens: np.ndarray) -> None:
-    """Write tokens as an official shard, atomically (temp file + rename)."""
+    """Write tokens as an official shard, atomically (pgolf.atomic)."""
     path = os.fspath(path)
     data = _shard_as_uint16(path, tokens)
     header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, data.size
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header.tobytes())
-            fh.write(data.tobytes())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are shared read-only data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: (f.write(header.tobytes()), f.write(data.tobytes())))

@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pgolf.dist import Comm
 from pgolf.errors import PgolfError

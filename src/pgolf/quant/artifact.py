@@ -3,8 +3,12 @@
 Layout (little-endian):
   fixed prefix (56 bytes): magic b"PGOLF\\x00" | version u16 | header_len u32 |
                            header_crc32 u32 | payload_len u64 | payload_sha256 32s
-  header: compact JSON {compressor, level, config_hash, meta} (header_len bytes)
+  header: compact JSON {compressor, level, body_bytes, config_hash, meta} (header_len bytes)
   payload: compressed body (payload_len bytes)
+Version 2 declares body_bytes, the uncompressed size: decompression stops there, and the
+declared size itself must fit the reader's cap (artifact_body_cap of the model it expects,
+and ART_MAX_BODY_BYTES always), so a small file cannot expand to gigabytes. Version 1
+files, without it, are still read under the cap alone.
 Body (before compression): manifest_len u32 | manifest JSON | data. The manifest lists each
 tensor (name, shape, dtype, kind, method, bits, layout, byte ranges); the data groups all
 integer codes first, then per-row scales, then fp16 tensors, then raw tensors, because
@@ -13,9 +17,9 @@ similar bytes side by side compress better. Bytes are a pure function of the inp
 
 import hashlib
 import json
+import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -24,25 +28,32 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pgolf.atomic import atomic_write
 from pgolf.config import QuantConfig
+from pgolf.errors import PgolfError
 from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes,
                                decompress_bytes, pack_codes, unpack_codes)
 from pgolf.quant.policy import dequantize_state_dict, quantize_state_dict
 
 ARTIFACT_MAGIC = b"PGOLF\x00"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
+_ART_READABLE = (1, 2)
 _ART_PREFIX = struct.Struct("<6sHIIQ32s")
 # Byte-per-code beats 6-bit packing after LZMA (see /tmp/pg/quant_table.md): LZMA's
 # literal coder models whole bytes, and packing scatters each code over two of them.
 DEFAULT_INT_LAYOUT = "bytes"
 CHALLENGE_LIMIT_BYTES = 16_000_000
+# Sanity caps whatever the caller expects: a 16 MB submission holds well under 100 M
+# weights, i.e. well under 256 MiB of uncompressed body; the file can only be smaller.
+ART_MAX_BODY_BYTES = 256 << 20
+ART_MAX_FILE_BYTES = ART_MAX_BODY_BYTES + (1 << 20)
 
 
-class ArtifactError(ValueError):
+class ArtifactError(PgolfError, ValueError):
     """An artifact that cannot be read or written (one line, naming the file)."""
 
 
-class OverBudgetError(ValueError):
+class OverBudgetError(PgolfError, ValueError):
     """Model + code bytes exceed the challenge limit."""
 
 
@@ -95,17 +106,28 @@ def serialize_payload(payload: dict[str, dict[str, Any]], int_layout: str = DEFA
 
 
 def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Inverse of serialize_payload -> (payload, manifest)."""
+    """Inverse of serialize_payload -> (payload, manifest).
+
+    Every entry's byte ranges must match its shape exactly and lie inside the body, so what
+    a hostile manifest makes us allocate stays proportional to the bytes really there.
+    """
     (mlen,) = struct.unpack_from("<I", body, 0)
-    manifest = json.loads(body[4:4 + mlen].decode())["tensors"]
+    if 4 + mlen > len(body):
+        raise ValueError(f"manifest length {mlen} runs past the {len(body)}-byte body")
+    manifest = json.loads(bytes(body[4:4 + mlen]).decode())["tensors"]
     data = memoryview(body)[4 + mlen:]
+    if not isinstance(manifest, list):
+        raise ValueError("manifest tensors is not a list")
+    used = sum(_art_check_entry(m, len(data)) for m in manifest)
+    if used != len(data):
+        raise ValueError(f"the manifest accounts for {used} data bytes, the body holds {len(data)}")
     payload: dict[str, dict[str, Any]] = {}
     for m in manifest:
         e: dict[str, Any] = {"kind": m["kind"], "shape": m["shape"], "dtype": m["dtype"],
                              "bits": m["bits"], "method": m["method"]}
         if m["kind"] == "int":
             off, n = m["q"]
-            count = int(np.prod(m["shape"])) if m["shape"] else 1
+            count = math.prod(m["shape"])
             raw = bytes(data[off:off + n])
             q = (unpack_codes(raw, m["bits"], count) if m["layout"] == "packed"
                  else np.frombuffer(raw, dtype=np.int8))
@@ -117,6 +139,33 @@ def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[di
             e["data"] = _art_tensor_from(bytes(data[m["d"][0]:sum(m["d"])]), dt, m["shape"])
         payload[m["name"]] = e
     return payload, manifest
+
+
+def _art_check_entry(m: Any, data_len: int) -> int:
+    """Validate one manifest entry against the data section; return the bytes it uses."""
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+        raise ValueError("manifest entry without a name")
+    shape, kind, bits = m.get("shape"), m.get("kind"), m.get("bits")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"tensor {m['name']!r}: bad shape")
+    if not isinstance(getattr(torch, str(m.get("dtype")), None), torch.dtype):
+        raise ValueError(f"tensor {m['name']!r}: unknown dtype")
+    count = math.prod(shape)
+    if kind == "int":
+        if not shape or type(bits) is not int or not 1 <= bits <= 8 or m.get("layout") not in INT_LAYOUTS:
+            raise ValueError(f"tensor {m['name']!r}: bad int layout")
+        want = {"q": (count * bits + 7) // 8 if m["layout"] == "packed" else count,
+                "s": 2 * (count // shape[-1] if shape[-1] else 0)}
+    elif kind in ("fp16", "raw"):
+        want = {"d": count * (2 if kind == "fp16" else getattr(torch, m["dtype"]).itemsize)}
+    else:
+        raise ValueError(f"tensor {m['name']!r}: unknown kind {kind!r}")
+    for key, n in want.items():
+        r = m.get(key)
+        if not (isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r)
+                and r[1] == n and 0 <= r[0] <= data_len - n):
+            raise ValueError(f"tensor {m['name']!r}: its {key} bytes do not match its shape")
+    return sum(want.values())
 
 
 def _art_int_layout(qcfg: QuantConfig, int_layout: str | None) -> str:
@@ -132,7 +181,7 @@ def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash
     payload, stats = quantize_state_dict(state_dict, qcfg)
     body = serialize_payload(payload, _art_int_layout(qcfg, int_layout))
     comp = compress_bytes(body, qcfg.compressor, qcfg.level)
-    header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level,
+    header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level, "body_bytes": len(body),
                          "config_hash": config_hash, "meta": meta or {}},
                         sort_keys=True, separators=(",", ":")).encode()
     prefix = _ART_PREFIX.pack(ARTIFACT_MAGIC, ARTIFACT_VERSION, len(header), zlib.crc32(header),
@@ -155,7 +204,7 @@ def _art_check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
         raise ArtifactError(f"{source}: not a pgolf artifact (bad magic); pass a file written by pgolf export")
     if len(blob) >= 8:
         (version,) = struct.unpack_from("<H", blob, 6)
-        if version != ARTIFACT_VERSION:
+        if version not in _ART_READABLE:
             raise ArtifactError(f"{source}: unsupported artifact version {version} (expected "
                                 f"{ARTIFACT_VERSION}); re-export it with this pgolf version")
     if len(blob) < n:
@@ -167,7 +216,12 @@ def _art_check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     hbytes, comp = blob[n:n + hlen], blob[n + hlen:]
     if zlib.crc32(hbytes) != hcrc or hashlib.sha256(comp).digest() != sha:
         raise ArtifactError(f"{source}: checksum mismatch (corrupt file); re-copy or re-export it")
-    header = json.loads(hbytes.decode())
+    try:
+        header = json.loads(hbytes.decode())
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{source}: header is not a JSON object; re-export it with pgolf")
     header.update(version=version, payload_len=plen, payload_sha256=sha.hex(), total_bytes=len(blob))
     if header.get("compressor") not in COMPRESSORS:
         raise ArtifactError(f"{source}: unknown compressor {header.get('compressor')!r}; "
@@ -175,53 +229,91 @@ def _art_check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     return header, comp
 
 
-def unpack_artifact(blob: bytes, source: str = "<bytes>") -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Artifact bytes -> (float32 state dict, header incl. the tensor manifest)."""
+def artifact_body_cap(n_params: int) -> int:
+    """Largest body a model of n_params floating-point weights can need: at most 4 bytes a
+    weight (int code + row scale <= 3, fp16 2), plus room for the manifest."""
+    return 4 * int(n_params) + (1 << 20)
+
+
+def _art_body_limit(header: dict[str, Any], source: str, max_body_bytes: int | None) -> int:
+    """Bytes the body may decompress to: the declared size, checked against the caps."""
+    cap, why = ART_MAX_BODY_BYTES, "pgolf's sanity cap"
+    if max_body_bytes is not None and max_body_bytes < cap:
+        cap, why = int(max_body_bytes), "the model it is read for"
+    if header["version"] == 1:
+        return cap  # no declared size: the cap alone bounds it
+    declared = header.get("body_bytes")
+    if type(declared) is not int or declared < 4:
+        raise ArtifactError(f"{source}: header declares no valid body size ({declared!r}); re-export it with pgolf")
+    if declared > cap:
+        raise ArtifactError(f"{source}: header declares a {declared:,}-byte body, over the {cap:,} bytes {why} "
+                            "allows; pass the artifact of this run's model or re-export it")
+    return declared
+
+
+def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | None = None
+                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Artifact bytes -> (float32 state dict, header incl. the tensor manifest).
+
+    max_body_bytes: the most the body may hold for the model the caller expects
+    (artifact_body_cap(params)); ART_MAX_BODY_BYTES applies in any case.
+    """
     header, comp = _art_check_frame(bytes(blob), source)
+    limit = _art_body_limit(header, source, max_body_bytes)
     try:
-        body = decompress_bytes(comp, header["compressor"], int(header["level"]))
+        body = decompress_bytes(comp, header["compressor"], int(header["level"]), max_size=limit)
+        if header["version"] >= 2 and len(body) != limit:
+            raise ArtifactError(f"{source}: body is {len(body):,} bytes, the header declares {limit:,}; "
+                                "re-copy or re-export it")
         payload, manifest = deserialize_payload(body)
+    except ArtifactError:
+        raise
     except CodecError as e:
         raise ArtifactError(f"{source}: {e}") from None
-    except (ValueError, KeyError, struct.error, RuntimeError) as e:
-        raise ArtifactError(f"{source}: undecodable payload ({type(e).__name__}); re-export it") from None
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, RuntimeError) as e:
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        raise ArtifactError(f"{source}: undecodable payload ({detail}); re-export it") from None
+    header["body_bytes"] = len(body)
     header["manifest"] = [{k: m[k] for k in ("name", "shape", "dtype", "method", "bits")} for m in manifest]
     return dequantize_state_dict(payload), header
 
 
 def write_artifact(path: str | os.PathLike, blob: bytes, overwrite: bool = False) -> Path:
-    """Atomically write blob to path (temp file + rename); refuse an existing path unless overwrite."""
+    """Atomically write blob to path (pgolf.atomic); refuse an existing path unless overwrite."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise ArtifactError(f"{p}: already exists; pass overwrite=True or choose another path")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, p)
-        else:
-            try:
-                os.link(tmp, p)  # atomic no-clobber even if another writer raced us
-            except FileExistsError:
-                raise ArtifactError(f"{p}: already exists; pass overwrite=True or choose another path") from None
-            except OSError:
-                os.replace(tmp, p)  # filesystem without hard links
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+        return atomic_write(p, lambda f: f.write(blob), overwrite=overwrite)
+    except FileExistsError:
+        raise ArtifactError(f"{p}: already exists; pass overwrite=True or choose another path") from None
 
 
-def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read and decode an artifact file -> (float32 state dict, header)."""
+def _art_read_file(path: str | os.PathLike) -> tuple[Path, bytes]:
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: artifact not found; check the path (pgolf export writes it)")
-    return unpack_artifact(p.read_bytes(), source=str(p))
+    try:
+        size = p.stat().st_size
+        if size > ART_MAX_FILE_BYTES:
+            raise ArtifactError(f"{p}: {size:,} bytes, larger than any artifact pgolf reads "
+                                f"({ART_MAX_FILE_BYTES:,}); pass the model.ptz a pgolf run wrote")
+        return p, p.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{p}: cannot be read ({e.strerror or e}); check its permissions") from None
+
+
+def read_artifact(path: str | os.PathLike, max_body_bytes: int | None = None
+                  ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and decode an artifact file -> (float32 state dict, header); see unpack_artifact."""
+    p, blob = _art_read_file(path)
+    return unpack_artifact(blob, source=str(p), max_body_bytes=max_body_bytes)
+
+
+def read_artifact_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked header of an artifact file, without decompressing its payload."""
+    p, blob = _art_read_file(path)
+    return _art_check_frame(blob, str(p))[0]
 
 
 def budget_report(model_bytes: int, code_bytes: int, limit: int = CHALLENGE_LIMIT_BYTES) -> dict[str, Any]:

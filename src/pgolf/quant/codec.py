@@ -5,11 +5,14 @@ import zlib
 
 import numpy as np
 
+from pgolf.errors import PgolfError
+
 COMPRESSORS: tuple[str, ...] = ("zlib", "lzma", "zstd", "brotli")
 INT_LAYOUTS: tuple[str, ...] = ("bytes", "packed")
+CODEC_CHUNK = 1 << 20  # decompressed bytes per step: what a refused payload can cost beyond its limit
 
 
-class CodecError(ValueError):
+class CodecError(PgolfError, ValueError):
     """Unknown compressor/layout, missing optional library, or undecodable bytes."""
 
 
@@ -81,14 +84,69 @@ def compress_bytes(data: bytes, compressor: str, level: int) -> bytes:
     raise CodecError(f"unknown compressor {compressor!r}; use one of {', '.join(COMPRESSORS)}")
 
 
-def decompress_bytes(data: bytes, compressor: str, level: int) -> bytes:
-    """Inverse of compress_bytes (level is needed only by raw LZMA)."""
+def decompress_bytes(data: bytes, compressor: str, level: int, max_size: int | None = None) -> bytes:
+    """Inverse of compress_bytes (level is needed only by raw LZMA).
+
+    Streams in chunks of at most 1 MiB and stops once the output passes max_size, so a
+    small hostile payload cannot expand to gigabytes before it is refused.
+    """
+    if compressor not in COMPRESSORS:
+        raise CodecError(f"unknown compressor {compressor!r}; use one of {', '.join(COMPRESSORS)}")
+    out = bytearray()
+    try:
+        for chunk in _codec_chunks(data, compressor, level, max_size):
+            out += chunk
+            if max_size is not None and len(out) > max_size:
+                raise CodecError(f"{compressor} payload decompresses past the {max_size:,} bytes allowed "
+                                 "for it (a corrupt or hostile file); re-export it with pgolf")
+    except (CodecError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - each library has its own error type
+        raise CodecError(f"undecodable {compressor} payload ({type(e).__name__}); re-copy or re-export it") from None
+    return bytes(out)
+
+
+def _codec_chunks(data: bytes, compressor: str, level: int, max_size: int | None):
+    """Decompressed output in chunks of about CODEC_CHUNK bytes; raises on a truncated stream."""
     if compressor == "zlib":
-        return zlib.decompress(data)
-    if compressor == "lzma":
-        return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_codec_lzma_filters(level))
-    if compressor == "zstd":
-        return _codec_module("zstd").ZstdDecompressor().decompress(data)
-    if compressor == "brotli":
-        return _codec_module("brotli").decompress(data)
-    raise CodecError(f"unknown compressor {compressor!r}; use one of {', '.join(COMPRESSORS)}")
+        d = zlib.decompressobj()
+        buf = data
+        while not d.eof:
+            chunk = d.decompress(buf, CODEC_CHUNK)
+            if not chunk and len(d.unconsumed_tail) == len(buf):
+                break
+            buf = d.unconsumed_tail
+            yield chunk
+        done, extra = d.eof, d.unused_data
+    elif compressor == "lzma":
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_codec_lzma_filters(level))
+        yield d.decompress(data, CODEC_CHUNK)
+        while not d.eof and not d.needs_input:
+            yield d.decompress(b"", CODEC_CHUNK)
+        done, extra = d.eof, d.unused_data
+    elif compressor == "zstd":
+        zstd = _codec_module("zstd")
+        # A frame may claim a window of up to 2 GiB; none needs more than its output.
+        window = {} if max_size is None else {"max_window_size": 1 << min(max(10, max_size.bit_length()), 27)}
+        declared, total = zstd.get_frame_parameters(data).content_size, 0
+        with zstd.ZstdDecompressor(**window).stream_reader(data) as r:
+            while chunk := r.read(CODEC_CHUNK):
+                total += len(chunk)
+                yield chunk
+        # The reader ends quietly on a cut frame; the size compress_bytes writes tells.
+        done, extra = declared in (0, total), b""
+    else:
+        d = _codec_module("brotli").Decompressor()
+        try:
+            chunk = d.process(data, output_buffer_limit=CODEC_CHUNK)
+        except TypeError:
+            raise CodecError("reading brotli safely needs brotli >= 1.2 (bounded output): "
+                             "pip install -U brotli, or set quant.compressor=lzma") from None
+        yield chunk
+        while not d.is_finished() and (chunk := d.process(b"", output_buffer_limit=CODEC_CHUNK)):
+            yield chunk
+        done, extra = d.is_finished(), b""
+    if not done:
+        raise CodecError(f"{compressor} payload is truncated; re-copy or re-export it")
+    if extra:
+        raise CodecError(f"{compressor} payload has {len(extra)} bytes after its end; re-copy or re-export it")
