@@ -98,8 +98,12 @@ def resolve_attention_backend(requested: str, device: torch.device) -> str:
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D], causal."""
     if backend == "fa3":
-        out = _attn_fa3_func()(q, k, v, causal=True)
-        return out[0] if isinstance(out, tuple) else out
+        # FA3 takes bf16/fp16 only and autocast does not manage this custom op: under CUDA
+        # autocast the q/k RMS norm may hand it fp32 beside a bf16 v.
+        dt = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        out = _attn_fa3_func()(q.to(dt), k.to(dt), v.to(dt), causal=True)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.to(q.dtype)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if backend == "math":
         rep = q.size(2) // k.size(2)
