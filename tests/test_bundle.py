@@ -241,10 +241,10 @@ def test_bundle_preset_text_holds_exactly_the_non_default_fields() -> None:
 
 def _real_entry_or_skip() -> None:
     from pgolf.bundle import _BundleModules
-    tree = _BundleModules().get("pgolf.train")[1]
+    tree = _BundleModules().get("pgolf.run")[1]
     assert any(isinstance(n, ast.FunctionDef) and n.name == "bundle_main" for n in tree.body), \
-        "pgolf.train must define bundle_main: the bundle's entry point"
-    modules = module_graph(["pgolf.train"])
+        "pgolf.run must define bundle_main: the bundle's entry point"
+    modules = module_graph(["pgolf.run"])
     bad = check_rules(modules)
     if bad:
         pytest.fail("package breaks the bundle rules:\n" + "\n".join(bad))
@@ -253,7 +253,7 @@ def _real_entry_or_skip() -> None:
 @pytest.mark.parametrize("minify", [False, True])
 def test_real_bundle_compiles_and_defines_everything(minify: bool) -> None:
     _real_entry_or_skip()
-    text = build_bundle(["pgolf.train"], 'x = 1\n', "bundle_main(BUNDLED_PRESET, __file__)", minify,
+    text = build_bundle(["pgolf.run"], 'x = 1\n', "bundle_main(BUNDLED_PRESET, __file__)", minify,
                         preset_name="test")
     tree = ast.parse(text)
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pgolf")]

@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import pgolf.train as train_mod
+import pgolf.run as run_mod
 from pgolf.config import Config, finalize_config
 from pgolf.dist import Comm
 from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.model.build import build_model
 from pgolf.runlog import parse_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +29,7 @@ def test_compiled_record_training_has_no_graph_break_and_no_recompile_after_prim
     torch._dynamo.reset()
     counters.clear()
     seen = {}
-    real_loop = train_mod.run_loop
+    real_loop = run_mod.run_loop
 
     def watched_loop(*args, **kwargs):
         seen["before"] = counters["stats"]["unique_graphs"]
@@ -36,11 +37,11 @@ def test_compiled_record_training_has_no_graph_break_and_no_recompile_after_prim
         seen["after"] = counters["stats"]["unique_graphs"]
         return reason
 
-    monkeypatch.setattr(train_mod, "run_loop", watched_loop)
+    monkeypatch.setattr(run_mod, "run_loop", watched_loop)
     cfg = tiny(embedded_corpus, "model.arch=record", "model.compile=true", "run.iterations=8",
                "schedule.warmup_steps=1", "schedule.warmdown_mode=iters", "schedule.warmdown_iters=8",
                "quant.late_qat_threshold=0.5", "quant.matrix_bits=6", "eval.audit=false")
-    metrics = train_mod.train(cfg, str(tmp_path / "run"))
+    metrics = run_mod.train(cfg, str(tmp_path / "run"))
     assert dict(counters["graph_break"]) == {}  # fullgraph=True would have raised anyway
     assert seen["before"] > 0 and seen["after"] == seen["before"], seen
     events = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
@@ -57,7 +58,7 @@ def test_compiled_eval_forward_equals_eager():
     m.bigram_vocab_size, m.bigram_dim, m.ve_dim = 32, 8, 8
     cfg.run.train_seq_len = 32
     finalize_config(cfg)
-    model = train_mod.build_model(cfg, torch.device("cpu")).eval()
+    model = build_model(cfg, torch.device("cpu")).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -18,7 +18,7 @@ from pgolf.config import config_to_toml, resolve_config
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.gpt import GPT
 from pgolf.quant.artifact import pack_artifact, write_artifact
-from pgolf.train import shippable_config_toml
+from pgolf.quant.export import shippable_config_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"

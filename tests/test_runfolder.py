@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pgolf.train as train_mod
+import pgolf.eval.final as final_mod
+import pgolf.quant.export as export_mod
+import pgolf.run as run_mod
 from pgolf.errors import TrainingError
 from pgolf.runfolder import MARKER, RunFolder, read_state
 
@@ -79,27 +81,27 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path, files, message):
 def test_failure_before_the_first_step_leaves_no_folder(embedded_corpus, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise TrainingError("simulated failure while priming")
-    monkeypatch.setattr(train_mod, "prime", boom)
+    monkeypatch.setattr(run_mod, "prime", boom)
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match="simulated"):
-        train_mod.train(tiny(embedded_corpus), str(out))
+        run_mod.train(tiny(embedded_corpus), str(out))
     assert not out.exists()
     kept = tmp_path / "kept"  # a folder the user made: it stays, emptied of what pgolf wrote
     kept.mkdir()
     with pytest.raises(TrainingError, match="simulated"):
-        train_mod.train(tiny(embedded_corpus), str(kept))
+        run_mod.train(tiny(embedded_corpus), str(kept))
     assert kept.is_dir() and list(kept.iterdir()) == []
     monkeypatch.undo()
-    assert train_mod.train(tiny(embedded_corpus), str(out))["steps"] == 6  # the retry just works
+    assert run_mod.train(tiny(embedded_corpus), str(out))["steps"] == 6  # the retry just works
     assert read_state(out) == "done"
 
 
 def test_resume_of_a_finished_run_leaves_it_untouched(embedded_corpus, tmp_path):
     out = tmp_path / "run"
-    train_mod.train(tiny(embedded_corpus), str(out))
+    run_mod.train(tiny(embedded_corpus), str(out))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(TrainingError, match="already finished"):
-        train_mod.train(tiny(embedded_corpus), str(out), resume=True)
+        run_mod.train(tiny(embedded_corpus), str(out), resume=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
@@ -108,26 +110,26 @@ def test_export_error_after_training_keeps_the_trained_weights(embedded_corpus, 
 
     def broken(*a, **k):
         raise ArtifactError("simulated compressor failure")
-    monkeypatch.setattr(train_mod, "pack_artifact", broken)
+    monkeypatch.setattr(export_mod, "pack_artifact", broken)
     out = tmp_path / "run"
     with pytest.raises(ArtifactError):
-        train_mod.train(tiny(embedded_corpus), str(out))
+        run_mod.train(tiny(embedded_corpus), str(out))
     flat = torch.load(out / "final_state.pt", weights_only=True)
     assert "tok_emb.weight" in flat and all(torch.isfinite(v).all() for v in flat.values())
 
 
 def test_nan_after_quantization_is_a_failed_run(embedded_corpus, tmp_path, monkeypatch):
-    real = train_mod.load_round_trip
+    real = final_mod.load_round_trip
 
     def poisoned(path, cfg, device):
         model = real(path, cfg, device)
         with torch.no_grad():
             model.tok_emb.weight.fill_(float("nan"))
         return model
-    monkeypatch.setattr(train_mod, "load_round_trip", poisoned)
+    monkeypatch.setattr(final_mod, "load_round_trip", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match="not finite") as e:
-        train_mod.train(tiny(embedded_corpus), str(out))
+        run_mod.train(tiny(embedded_corpus), str(out))
     assert "\n" not in str(e.value)
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: no NaN literal
     assert metrics["legal"] is False and metrics["val_bpb"] is None and "val_bpb" in metrics["failed"]

@@ -116,7 +116,7 @@ def _read_config_file(tmp, blob, mp):
 
 
 def _read_run_config(tmp, blob, mp):
-    from pgolf.train import resume_config
+    from pgolf.run import resume_config
     (tmp / "config.toml").write_bytes(blob)
     return "config.toml", lambda: resume_config(str(tmp))
 

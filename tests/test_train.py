@@ -16,7 +16,10 @@ from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import OverBudgetError
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.runlog import RunLog, parse_event
-from pgolf.train import RunState, TrainingError, build_model, check_finite, prime, train
+from pgolf.errors import TrainingError
+from pgolf.model.build import build_model
+from pgolf.run import train
+from pgolf.train import RunState, check_finite, prime
 
 
 def test_priming_restores_weights_optimizer_and_data_exactly(embedded_corpus):
@@ -128,7 +131,7 @@ def test_info_reports_record_param_count(capsys):
 
 
 def test_bundle_default_data_path_finds_prepared_corpus(embedded_corpus, monkeypatch, tmp_path):
-    from pgolf.train import default_data_path
+    from pgolf.data.paths import default_data_path
     monkeypatch.chdir(tmp_path)
     cfg, _ = resolve_config("smoke", None, {}, [])
     cfg.data.cache_dir = str(__import__("pathlib").Path(embedded_corpus["data_path"]).parent)
@@ -138,10 +141,18 @@ def test_bundle_default_data_path_finds_prepared_corpus(embedded_corpus, monkeyp
 
 
 def test_quant_check_and_audit_show_progress_with_eta(embedded_corpus, tmp_path):
-    train(tiny(embedded_corpus), str(tmp_path / "run"))
+    from pgolf.eval.legality import audit
+    metrics = train(tiny(embedded_corpus), str(tmp_path / "run"), auditor=audit)
+    assert metrics["legal"] is True
     lines = (tmp_path / "run" / "log.txt").read_text().splitlines()
     plain = [ln for ln in lines if ln.startswith("eval:plain windows:")]
     audit = [ln for ln in lines if ln.startswith("audit:causality run:")]
     assert len(plain) >= 2 and all("eta:" in ln for ln in plain)  # before and after quantization
     assert audit and all("eta:" in ln for ln in audit) and audit[-1].split()[1].split(":")[1].split("/")[0] \
         == audit[-1].split()[1].split("/")[1]
+
+
+def test_without_an_auditor_legality_is_unknown_not_assumed(embedded_corpus, tmp_path):
+    """What a generated train_gpt.py does: it does not ship the audit, and says so."""
+    metrics = train(tiny(embedded_corpus), str(tmp_path / "run"))
+    assert metrics["legal"] is None and "pgolf audit" in metrics["audit"]

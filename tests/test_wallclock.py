@@ -9,7 +9,9 @@ import torch
 
 from pgolf.dist import Comm
 from pgolf.runlog import parse_event
-from pgolf.train import LossWatch, RunState, TrainingError, train
+from pgolf.errors import TrainingError
+from pgolf.run import train
+from pgolf.train import LossWatch, RunState
 from pgolf.wallclock import CapSchedule, TrainClock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

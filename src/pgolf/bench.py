@@ -33,8 +33,11 @@ from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import budget_report, build_artifact, pack_artifact, unpack_artifact
 from pgolf.quant.fake_quant import attach_late_qat
-from pgolf.train import (build_model, device_label, load_val, model_from_state, shippable_config_toml,
-                         train_step)
+from pgolf.data.paths import load_val
+from pgolf.hw import device_label
+from pgolf.model.build import build_model, model_from_state
+from pgolf.quant.export import shippable_config_toml
+from pgolf.train import train_step
 
 # The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
 BENCH_REF_TOKENS_PER_S_PER_GPU = 1.18e6
@@ -356,7 +359,7 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str
     comm, val = Comm(device), load_val(cfg, device)
     ec = cfg.eval
     ref = model_from_state(cfg, flat, device)
-    base = eval_plain(ref, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)["val_bpb"]
+    base = eval_plain(ref, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device)["val_bpb"]
     rows = []
     for spec in variants:
         name, sets = parse_quant_variant(spec)
@@ -367,7 +370,7 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str
         sd, _ = unpack_artifact(blob)
         pack_s = time.perf_counter() - t0
         model = model_from_state(vcfg, sd, device)
-        bpb = eval_plain(model, val["tokens"], ec.seq_len, ec.batch_tokens, val["tables"], comm, device)["val_bpb"]
+        bpb = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device)["val_bpb"]
         rows.append({"variant": name, "settings": ",".join(s[len("quant."):] for s in sets),
                      "model_bytes": len(blob), "val_bpb": bpb, "float_val_bpb": base,
                      "penalty_bpb": bpb - base, "pack_seconds": pack_s})

@@ -18,7 +18,8 @@ from pgolf.config import Config, EvalConfig
 from pgolf.dist import Comm, pick_device
 from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate, mode_to_eval_config
-from pgolf.train import load_round_trip, load_val
+from pgolf.data.paths import load_val
+from pgolf.quant.export import load_round_trip
 
 # The challenge's validation set: 62,021,632 scored tokens at 2048 (DESIGN §2).
 BENCH_FULL_VAL_TOKENS = 62_021_632
@@ -70,10 +71,10 @@ def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str]
         warm_s = None
         if warmup:
             t0 = time.perf_counter()
-            evaluate(model, val["tokens"], val["tables"], _bench_eval_warm_config(ecfg), comm, device,
+            evaluate(model, val.tokens, val.tables, _bench_eval_warm_config(ecfg), comm, device,
                      None, compile=cfg.model.compile)
             warm_s = time.perf_counter() - t0
-        res = evaluate(model, val["tokens"], val["tables"], ecfg, comm, device, log, compile=cfg.model.compile)
+        res = evaluate(model, val.tokens, val.tables, ecfg, comm, device, log, compile=cfg.model.compile)
         row = {"mode": mode, "runner_mode": res["mode"], "val_bpb": res["val_bpb"], "val_loss": res["val_loss"],
                "tokens": res["tokens"], "stride": ecfg.stride, "seconds": res["eval_seconds"],
                "causal": res["causal"], "legal": None, "warmup_seconds": warm_s}
@@ -84,7 +85,7 @@ def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str]
                                                                project_tokens, project_gpus))
         if run_audit:
             t0 = time.perf_counter()
-            report = audit(model, val["tokens"], mode, cfg.eval, val["tables"], device, normalization=False)
+            report = audit(model, val.tokens, mode, cfg.eval, val.tables, device, normalization=False)
             row.update(legal=bool(report.ok and res["causal"]), audit=report.summary(),
                        audit_seconds=time.perf_counter() - t0)
         rows.append(row)

@@ -57,7 +57,8 @@ def bundle_code_bytes(cfg: Config) -> int:
 
 
 def cmd_train(args) -> int:
-    from pgolf.train import resume_config, train
+    from pgolf.eval.legality import audit
+    from pgolf.run import resume_config, train
     if args.resume:
         if args.preset or args.config or args.set:
             raise ConfigError("--resume continues a run with its saved config.toml; drop --preset/--config/--set")
@@ -69,7 +70,7 @@ def cmd_train(args) -> int:
             out = os.path.join("runs", "torchrun-" + os.environ.get("TORCHELASTIC_RUN_ID", "run"))
     code_bytes = bundle_code_bytes(cfg)
     _use_embedded_corpus(cfg)
-    metrics = train(cfg, out, code_bytes=code_bytes, resume=bool(args.resume), warnings=warnings)
+    metrics = train(cfg, out, code_bytes=code_bytes, resume=bool(args.resume), warnings=warnings, auditor=audit)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"val_bpb:{metrics['val_bpb']:.6f} val_loss:{metrics['val_loss']:.6f} "
               f"artifact_bytes:{metrics['artifact_bytes']} legal:{metrics['legal']}")
@@ -108,13 +109,14 @@ def cmd_eval(args) -> int:
     from pgolf.dist import init_comm
     from pgolf.eval.runner import evaluate
     from pgolf.runlog import RunLog
-    from pgolf.train import load_round_trip, load_val
+    from pgolf.data.paths import load_val
+    from pgolf.quant.export import load_round_trip
     cfg, artifact = _load_run(args.target, args.set)
     comm = init_comm(cfg.run.device)
     val = load_val(cfg, comm.device)
     model = load_round_trip(artifact, cfg, comm.device)
     log = RunLog(None, enabled=comm.is_main, stream=sys.stderr)  # stdout carries the JSON alone
-    res = evaluate(model, val["tokens"], val["tables"], cfg.eval, comm, comm.device, log.line,
+    res = evaluate(model, val.tokens, val.tables, cfg.eval, comm, comm.device, log.line,
                    compile=cfg.model.compile)
     if comm.is_main:
         print(json.dumps({k: v for k, v in res.items() if isinstance(v, (int, float, str, bool))}, indent=2))
@@ -123,13 +125,14 @@ def cmd_eval(args) -> int:
 
 def cmd_audit(args) -> int:
     from pgolf.eval.legality import audit
-    from pgolf.train import load_round_trip, load_val
+    from pgolf.data.paths import load_val
+    from pgolf.quant.export import load_round_trip
     cfg, artifact = _load_run(args.target, args.set)
     from pgolf.dist import pick_device
     device = pick_device(cfg.run.device)
     val = load_val(cfg, device)
     model = load_round_trip(artifact, cfg, device)
-    report = audit(model, val["tokens"], args.mode, cfg.eval, val["tables"], device,
+    report = audit(model, val.tokens, args.mode, cfg.eval, val.tables, device,
                    normalization=args.normalization)
     print(report.summary())
     return 0 if report.ok else 1

@@ -16,12 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from pgolf.dist import Comm
-
-
-def device_sync(device: torch.device) -> None:
-    """Wait for the device's queued work (no-op on CPU, where work is synchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from pgolf.hw import device_sync
 
 
 class TrainClock:

@@ -10,7 +10,7 @@ import pytest
 from pgolf.data.loader import DataLoaderError
 from pgolf.data.shards import load_shard, write_shard
 from pgolf.errors import TrainingError
-from pgolf.train import train
+from pgolf.run import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _train_helpers import tiny  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 
 from pgolf.bench import bench_fill_weights
 from pgolf.config import resolve_config
-from pgolf.train import build_model
+from pgolf.model.build import build_model
 
 ON_CPU = os.environ.get("PGOLF_GPU_TESTS_ON_CPU") == "1"
 REPORT_FILE = "gpu_tests_report.json"

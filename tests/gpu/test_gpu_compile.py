@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 
 from _gpu_helpers import SMALL_RECORD, SyntheticTokens, filled_model, record_cfg
 from pgolf.dist import Comm
-from pgolf.model.gpt import compute_autocast
+from pgolf.hw import compute_autocast
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.train import train_step

@@ -41,8 +41,8 @@ def _run_modes(cfg, model, tokens, tables, device) -> dict:
 @pytest.fixture
 def fp32_autocast(monkeypatch):
     """Turn the eval's bf16 autocast off on CUDA, wherever a module imported compute_autocast."""
-    from pgolf.model import gpt
-    original = gpt.compute_autocast
+    from pgolf import hw
+    original = hw.compute_autocast
     for name, mod in list(sys.modules.items()):
         if name.startswith("pgolf.") and getattr(mod, "compute_autocast", None) is original:
             monkeypatch.setattr(mod, "compute_autocast", lambda device: torch.autocast(device.type, enabled=False))

@@ -9,7 +9,7 @@ from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import write_shard
 from pgolf.model.banks import unbank_state_dict
 from pgolf.quant.artifact import pack_artifact, read_artifact, unpack_artifact, write_artifact
-from pgolf.train import model_from_state
+from pgolf.model.build import model_from_state
 
 pytestmark = pytest.mark.gpu
 

@@ -8,8 +8,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from _gpu_helpers import SMALL_RECORD, cosine, filled_model, record_cfg, rel_err
-from pgolf.model.attention import causal_attention, resolve_attention_backend
-from pgolf.model.gpt import compute_autocast
+from pgolf.hw import compute_autocast, resolve_attention_backend
+from pgolf.model.attention import causal_attention
 
 pytestmark = pytest.mark.gpu
 

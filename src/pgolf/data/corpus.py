@@ -20,6 +20,7 @@ import numpy as np
 import sentencepiece
 import torch
 
+from pgolf.data.paths import corpus_cache_root
 from pgolf.data.shards import load_shard, write_shard
 from pgolf.data.tokenizer import build_byte_tables, count_bytes, load_tokenizer
 from pgolf.errors import PgolfError
@@ -117,11 +118,6 @@ def train_corpus_tokenizer(documents: list[str], vocab_size: int = 1024) -> byte
     sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
                                              **_corpus_trainer_options(vocab_size))
     return buf.getvalue()
-
-
-def corpus_cache_root(cache_dir: str = "") -> str:
-    """cache_dir, else $PGOLF_CACHE, else ~/.cache/pgolf."""
-    return os.path.expanduser(cache_dir or os.environ.get("PGOLF_CACHE") or "~/.cache/pgolf")
 
 
 def _corpus_result(folder: str, manifest: dict) -> dict:

@@ -8,6 +8,7 @@ import torch
 
 from pgolf.data.shards import load_shard, read_header
 from pgolf.errors import PgolfError
+from pgolf.hw import pinned_staging
 
 
 class DataLoaderError(PgolfError, ValueError):
@@ -139,7 +140,7 @@ class DistributedTokenLoader:
         # batch as it is taken (~0.1 ms per 100k tokens).
         self.vocab_size = vocab_size
         check_token_range(self.stream._tokens, vocab_size, files[0])
-        self.staging = PinnedStaging(self.device) if self.device.type == "cuda" else None
+        self.staging = PinnedStaging(self.device) if pinned_staging(self.device) else None
 
     def local_tokens(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> int:
         parts = self.world_size * grad_accum_steps

@@ -15,7 +15,7 @@ import torch
 
 from pgolf.dist import Comm
 from pgolf.errors import PgolfError
-from pgolf.model.gpt import compute_autocast
+from pgolf.hw import compute_autocast
 
 
 class EvalInputError(PgolfError, ValueError):

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from pgolf.hw import maybe_compile
+
 
 class Forwards:
     """`get(model, "token_nll" | "forward_hidden", x)` -> the callable to use for input x."""
@@ -32,7 +34,7 @@ class Forwards:
             batches.add(x.shape[0])
         fns = self._compiled.setdefault(model, {})
         if name not in fns:
-            fns[name] = torch.compile(eager, dynamic=False, fullgraph=True)
+            fns[name] = maybe_compile(eager, True)
         return fns[name]
 
 

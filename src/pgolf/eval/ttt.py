@@ -20,7 +20,7 @@ from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreR
                             as_byte_tables, eval_emit_event, eval_rank_span, score_windows,
                             val_tokens_tensor)
 from pgolf.eval.sliding import plan_windows
-from pgolf.model.gpt import compute_autocast
+from pgolf.hw import compute_autocast
 
 
 def ttt_chunk_bounds(n_targets: int, chunk_tokens: int) -> list[tuple[int, int]]:

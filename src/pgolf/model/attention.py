@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.hw import fa3_function
+
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
@@ -75,33 +77,13 @@ def xsa_remove_self_value(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return yg.view(b, t, h, d)
 
 
-def _attn_fa3_func():
-    try:
-        from flash_attn_interface import flash_attn_func  # optional Hopper kernel
-    except ImportError:
-        return None
-    return flash_attn_func
-
-
-def resolve_attention_backend(requested: str, device: torch.device) -> str:
-    """Pick the backend actually used: fa3 only when importable on a Hopper GPU."""
-    if requested not in ("auto", "fa3", "sdpa", "math"):
-        raise ValueError(f"model.attn_backend must be auto, fa3, sdpa or math, got {requested!r}")
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
-    if requested in ("auto", "fa3") and hopper and _attn_fa3_func() is not None:
-        return "fa3"
-    if requested == "fa3":
-        return "sdpa"
-    return "sdpa" if requested == "auto" else requested
-
-
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D], causal."""
     if backend == "fa3":
         # FA3 takes bf16/fp16 only and autocast does not manage this custom op: under CUDA
         # autocast the q/k RMS norm may hand it fp32 beside a bf16 v.
         dt = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        out = _attn_fa3_func()(q.to(dt), k.to(dt), v.to(dt), causal=True)
+        out = fa3_function()(q.to(dt), k.to(dt), v.to(dt), causal=True)
         out = out[0] if isinstance(out, tuple) else out
         return out.to(q.dtype)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

@@ -201,13 +201,5 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def compute_autocast(device: torch.device):
-    """The dtype recipe: bf16 compute over fp32 weights on GPUs; plain fp32 on CPU, where bf16
-    matmuls are slow and tests want exactness."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,76 @@
+"""Where a run's data is: the shard globs, the tokenizer, and the validation set it scores."""
+
+import glob
+import os
+from dataclasses import dataclass
+
+import torch
+
+from pgolf.config import Config
+from pgolf.data.loader import check_token_range, load_validation_tokens
+from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
+from pgolf.errors import TrainingError
+
+
+@dataclass
+class ValData:
+    """The validation tokens a run scores and the byte tables that turn NLL into bpb."""
+
+    tokens: torch.Tensor
+    tables: tuple
+    tokenizer: str
+
+
+def corpus_cache_root(cache_dir: str = "") -> str:
+    """cache_dir, else $PGOLF_CACHE, else ~/.cache/pgolf."""
+    return os.path.expanduser(cache_dir or os.environ.get("PGOLF_CACHE") or "~/.cache/pgolf")
+
+
+def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
+    """(train glob, val glob, tokenizer path) from data.path, failing with a fix."""
+    d = cfg.data
+    if not d.path:
+        d.path = default_data_path(cfg)
+    if not d.path:
+        raise TrainingError("data.path is empty and neither ./data/datasets/fineweb10B_sp1024 nor a prepared "
+                            "embedded corpus exists: set DATA_PATH (or --set data.path=DIR) to a folder of "
+                            "fineweb_train_*.bin / fineweb_val_*.bin shards, or run `pgolf data prepare`")
+    if not os.path.isdir(d.path):
+        raise TrainingError(f"data.path {d.path} is not a folder: set DATA_PATH (or --set data.path=DIR) to the "
+                            "folder holding fineweb_train_*.bin / fineweb_val_*.bin")
+    train_glob = os.path.join(d.path, d.train_pattern)
+    val_glob = os.path.join(d.path, d.val_pattern)
+    tok = d.tokenizer_path
+    if not tok:
+        candidates = sorted(glob.glob(os.path.join(d.path, "*.model")))
+        candidates += sorted(glob.glob(os.path.join(d.path, "..", "..", "tokenizers",
+                                                    f"*_{cfg.model.vocab_size}_bpe.model")))
+        if not candidates:
+            raise TrainingError(f"no tokenizer found beside {d.path}: set TOKENIZER_PATH "
+                                "(or --set data.tokenizer_path=FILE)")
+        tok = candidates[0]
+    return train_glob, val_glob, tok
+
+
+def default_data_path(cfg: Config) -> str:
+    """Where a run with no data.path looks (a bundled train_gpt.py relies on this): the
+    reference's ./data layout, then an embedded corpus already prepared by pgolf."""
+    v = cfg.model.vocab_size
+    candidates = (os.path.join("data", "datasets", f"fineweb10B_sp{v}"),
+                  os.path.join(corpus_cache_root(cfg.data.cache_dir), f"embedded_sp{v}"))
+    for folder in candidates:
+        if glob.glob(os.path.join(folder, cfg.data.val_pattern)):
+            print(f"data.path not set: using {folder}", flush=True)
+            return folder
+    return ""
+
+
+def load_val(cfg: Config, device) -> ValData:
+    _, val_glob, tok_path = resolve_data_paths(cfg)
+    sp = load_tokenizer(tok_path, cfg.model.vocab_size)
+    tokens = load_validation_tokens(val_glob, cfg.eval.seq_len)
+    check_token_range(tokens.numpy(), cfg.model.vocab_size, f"validation shards {val_glob}")
+    if cfg.eval.max_tokens and tokens.numel() - 1 > cfg.eval.max_tokens:
+        n = (cfg.eval.max_tokens // cfg.eval.seq_len) * cfg.eval.seq_len
+        tokens = tokens[:n + 1]
+    return ValData(tokens, build_byte_tables(sp, cfg.model.vocab_size), tok_path)

@@ -1,0 +1,61 @@
+"""The final evaluation of a run: plain bpb before and after quantization, the configured
+eval mode on the round trip, and (when the caller supplies one) its legality audit."""
+
+import time
+from typing import Any, Callable
+
+from pgolf.config import Config
+from pgolf.data.paths import ValData
+from pgolf.dist import Comm
+from pgolf.eval.bpb import eval_plain
+from pgolf.eval.runner import evaluate
+from pgolf.model.build import model_from_state
+from pgolf.quant.export import load_round_trip
+from pgolf.runlog import RunLog
+
+
+def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm: Comm, device,
+                     log: RunLog, auditor: Callable | None = None) -> dict[str, Any]:
+    """Plain bpb before/after quantization, then the configured eval mode and its audit.
+
+    `auditor` is pgolf.eval.legality.audit when the caller has it: the package's `pgolf
+    train` passes it, a generated train_gpt.py does not ship it (the audit is a check of
+    pgolf's, not part of a record run) and reports legal as unknown.
+    """
+    pre = model_from_state(cfg, state, device)
+    ec = cfg.eval
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line)
+    del pre
+    model = load_round_trip(artifact, cfg, device)
+    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line)
+    phases["quant_check_s"] = time.perf_counter() - t0
+    log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
+              post_quant_val_bpb=round(after["val_bpb"], 5),
+              quant_penalty_bpb=round(after["val_bpb"] - before["val_bpb"], 5))
+    res = evaluate(model, val.tokens, val.tables, ec, comm, device, log.line, compile=cfg.model.compile)
+    phases["final_eval_s"] = res["eval_seconds"]
+    phases.update({f"ttt_{k}": res[k] for k in ("score_seconds", "train_seconds") if k in res})
+    out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
+           "eval_causal": res["causal"], "eval_seconds": res["eval_seconds"],
+           "pre_quant_val_bpb": before["val_bpb"], "post_quant_plain_val_bpb": after["val_bpb"],
+           "quant_penalty_bpb": after["val_bpb"] - before["val_bpb"]}
+    if ec.audit and auditor is not None:
+        t0 = time.perf_counter()
+        # The normalization check costs one eval per vocabulary id: on demand (`pgolf audit`).
+        report = auditor(model, val.tokens, res["mode"], ec, val.tables, device, normalization=False,
+                       progress=log.line)
+        phases["audit_s"] = time.perf_counter() - t0
+        log.line(report.summary())
+        out.update(legal=bool(report.ok and res["causal"]),
+                   audit={"causality": report.causality, "once": report.once,
+                          "score_before_update": report.score_before_update})
+    else:
+        why = "eval.audit=false" if not ec.audit else "not shipped in train_gpt.py: run pgolf audit on the run"
+        out.update(legal=None, audit=f"skipped ({why})")
+    out["eval_phase_seconds"] = phases
+    log.event(event="eval_time", **{k: round(v, 2) for k, v in phases.items()}, budget_s=ec.budget_seconds)
+    log.event(event="final", val_loss=round(res["val_loss"], 5), val_bpb=round(res["val_bpb"], 5),
+              mode=res["mode"], legal=out["legal"])
+    return out

@@ -1,0 +1,30 @@
+"""Building the model a config asks for on a device: from scratch, or holding given weights."""
+
+import torch
+
+from pgolf.config import Config
+from pgolf.hw import resolve_attention_backend
+from pgolf.model.banks import rebank_state_dict
+from pgolf.model.gpt import GPT
+
+
+def build_model(cfg: Config, device: torch.device) -> GPT:
+    model = GPT(cfg.model).to(device)
+    model.attn_backend = resolve_attention_backend(cfg.model.attn_backend, device)
+    for dtype in (torch.float32, torch.bfloat16):
+        # Filled before any torch.compile trace, so compiled graphs only read the cache.
+        for n in {cfg.run.train_seq_len, cfg.eval.seq_len}:
+            model.rotary(n, device, dtype)
+    return model
+
+
+def model_from_state(cfg: Config, sd: dict[str, torch.Tensor], device) -> GPT:
+    """An eval-mode model holding `sd`, banked or per-layer names alike."""
+    return load_state_into(build_model(cfg, device), sd, device)
+
+
+def load_state_into(model: GPT, sd: dict[str, torch.Tensor], device) -> GPT:
+    if model.banked:
+        sd = rebank_state_dict(sd, model.num_layers)
+    model.load_state_dict({k: v.to(device) for k, v in sd.items()})
+    return model.eval()

@@ -1,0 +1,84 @@
+"""Export: the weights a run ships -> quantized, compressed, budget-checked model.ptz; and
+the round trip every evaluation scores (the model de-quantized from that file)."""
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgolf.atomic import atomic_write
+from pgolf.config import Config, config_hash, config_to_toml, shippable_config
+from pgolf.dist import Comm
+from pgolf.model.banks import unbank_state_dict
+from pgolf.model.build import build_model, load_state_into
+from pgolf.model.gpt import GPT, count_params
+from pgolf.optim.averaging import select_export_state
+from pgolf.quant.artifact import (artifact_body_cap, budget_report, check_budget, pack_artifact, read_artifact,
+                                  write_artifact)
+from pgolf.runlog import RunLog
+
+
+@dataclass
+class ExportResult:
+    """What export produced: the exported (banked) state for evaluation, and its figures."""
+
+    state: dict = field(repr=False)
+    export_weights: str
+    weights_sha256: str
+    model_bytes: int
+    code_bytes: int
+    artifact_bytes: int
+    budget_margin: int
+
+    def metrics(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "state"}
+
+
+def shippable_config_toml(cfg: Config) -> str:
+    """The config without this machine's paths: what travels inside an artifact."""
+    return config_to_toml(shippable_config(cfg))
+
+
+def weights_sha256(sd: dict[str, torch.Tensor]) -> str:
+    """Order-independent digest of a state dict's names, shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str, log: RunLog,
+                    comm: Comm) -> ExportResult:
+    """Pick the exported weights, quantize + compress them, check the budget, write model.ptz."""
+    state, label, warning = select_export_state(cfg.schedule.export_weights, model, ema, swa)
+    if warning:
+        log.event(event="warning", message=warning.replace(" ", "_"))
+    flat = unbank_state_dict(state, model.num_layers)
+    if comm.is_main:
+        # Saved before anything can fail in quantization or compression: the trained
+        # weights survive an export error or an over-budget refusal.
+        atomic_write(Path(out_dir) / "final_state.pt", lambda f: torch.save(flat, f))
+    blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)})
+    report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
+    check_budget(report, str(Path(out_dir) / "model.ptz"))
+    if comm.is_main:
+        write_artifact(Path(out_dir) / "model.ptz", blob, overwrite=True)
+    log.event(event="artifact", export_weights=label, model_bytes=report["model_bytes"],
+              code_bytes=code_bytes, artifact_bytes=report["artifact_bytes"], margin=report["margin"])
+    return ExportResult(state, label, weights_sha256(flat), report["model_bytes"], report["code_bytes"],
+                        report["artifact_bytes"], report["margin"])
+
+
+def load_round_trip(path: str, cfg: Config, device) -> GPT:
+    """The model evaluation always uses: de-quantized from the artifact on disk.
+
+    The artifact may decompress to no more than a model of this config can need, so a
+    crafted file cannot balloon memory before it is rejected.
+    """
+    model = build_model(cfg, device)
+    cap = artifact_body_cap(count_params(model))
+    return load_state_into(model, read_artifact(path, max_body_bytes=cap)[0], device)

@@ -1,0 +1,207 @@
+"""One run, start to finish: claim the folder, build, train, export, evaluate, write
+metrics. The entry point of `pgolf train` and of a generated train_gpt.py (bundle_main)."""
+
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from pgolf.checkpoint import load_checkpoint, restore_checkpoint
+from pgolf.config import (Config, apply_env, apply_mapping, check_world_size, config_hash, config_to_dict,
+                          config_to_toml, finalize_config, read_config_file)
+from pgolf.data.loader import DistributedTokenLoader
+from pgolf.data.paths import ValData, load_val, resolve_data_paths
+from pgolf.dist import Comm, init_comm
+from pgolf.errors import TrainingError
+from pgolf.eval.final import final_evaluation
+from pgolf.hw import device_label, maybe_compile
+from pgolf.interrupts import RunInterrupted, stop_on_signals
+from pgolf.model.build import build_model
+from pgolf.model.gpt import count_params
+from pgolf.optim.averaging import EMA, SWA
+from pgolf.optim.builder import build_optimizers
+from pgolf.quant.export import export_artifact
+from pgolf.quant.fake_quant import attach_late_qat
+from pgolf.runfolder import RunFolder
+from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
+from pgolf.train import RunState, prime, run_loop
+
+
+def _train_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def claim_run_folder(cfg: Config, out_dir: str, resume: bool, comm: Comm) -> RunFolder:
+    """Rank 0 claims the folder (or checks it for --resume); every rank learns the verdict,
+    so a refusal never leaves the other ranks waiting in a collective."""
+    path = out_dir or cfg.run.out_dir or os.path.join("runs", cfg.run.run_id or now_run_id())
+    folder, error = None, None
+    if comm.is_main:
+        try:
+            folder = RunFolder.open_existing(path) if resume else RunFolder.claim_new(path)
+        except TrainingError as e:
+            error = e
+    failed = torch.tensor(float(error is not None), device=comm.device)
+    comm.all_reduce_max(failed)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise TrainingError(f"rank 0 could not set up run folder {path}; see its error")
+    return folder or RunFolder(Path(path), created=False, writer=False)
+
+
+@dataclass
+class RunSpec:
+    """What one run is given: its config, folder, world, data and optional extras."""
+
+    cfg: Config
+    folder: RunFolder
+    comm: Comm
+    val: ValData
+    code_bytes: int = 0
+    checkpoint: dict | None = None  # set when resuming
+    warnings: list[str] = field(default_factory=list)
+    auditor: Callable | None = None  # pgolf.eval.legality.audit, when the caller has it
+
+    @property
+    def out_dir(self) -> str:
+        return str(self.folder.path)
+
+
+def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = False,
+          warnings: list[str] | None = None, auditor: Callable | None = None) -> dict[str, Any]:
+    """Train, export and evaluate one run; returns (and writes) its metrics."""
+    comm = init_comm(cfg.run.device)
+    try:
+        check_world_size(cfg, comm.world_size)
+        # Bad data fails here, before a run folder exists that would block a retry with --out.
+        val = load_val(cfg, comm.device)
+        folder = claim_run_folder(cfg, out_dir, resume, comm)
+        # A resume that cannot load its checkpoint fails before the log is opened: the
+        # folder of a finished or broken run is then really left untouched.
+        blob = load_checkpoint(str(folder.path), comm.rank, comm) if resume else None
+        spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings or [], auditor)
+        return _train_in_folder(spec)
+    finally:
+        comm.close()
+
+
+def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
+    log = RunLog(os.path.join(spec.out_dir, "log.txt"), enabled=spec.comm.is_main)
+    try:
+        with stop_on_signals(spec.out_dir):
+            metrics = _run(spec, log)
+    except BaseException:
+        log.close()
+        spec.folder.discard_if_unstarted()
+        raise
+    log.close()
+    spec.folder.mark("done")
+    return metrics
+
+
+def _log_setup(spec: RunSpec, log: RunLog) -> None:
+    if spec.comm.is_main and spec.checkpoint is None:
+        write_text_atomic(os.path.join(spec.out_dir, "config.toml"), config_to_toml(spec.cfg))
+    for w in spec.warnings:
+        log.event(event="warning", message=w.replace(" ", "_"))
+    for section, values in config_to_dict(spec.cfg).items():
+        log.event(event="config", section=section, **{k: str(v).replace(" ", "_") for k, v in values.items()})
+
+
+def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    cfg, comm, device = spec.cfg, spec.comm, spec.comm.device
+    _log_setup(spec, log)
+    _train_seed(cfg.run.seed)
+    train_glob, val_glob, _ = resolve_data_paths(cfg)
+    model = build_model(cfg, device)
+    qat = None
+    if cfg.quant.late_qat_threshold > 0:
+        qat = attach_late_qat(model, cfg.quant.matrix_bits, cfg.quant.qat_scope)
+    fwd = maybe_compile(model, cfg.model.compile)
+    opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
+    loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
+                                    vocab_size=cfg.model.vocab_size)
+    accum = cfg.run.accum_world // comm.world_size
+    log.event(event="run", out_dir=spec.out_dir, params=count_params(model), arch=cfg.model.arch,
+              attn_backend=model.attn_backend, world_size=comm.world_size, grad_accum=accum,
+              device=device_label(device).replace(" ", "_"), val_tokens=spec.val.tokens.numel() - 1,
+              config_hash=config_hash(cfg))
+    st = RunState()
+    ema = EMA(model, cfg.schedule.ema_decay) if cfg.schedule.ema_enabled else None
+    swa = SWA("ema" if cfg.schedule.export_weights == "ema_swa" else "raw") if cfg.schedule.swa_enabled else None
+    if spec.checkpoint is not None:
+        restore_checkpoint(spec.checkpoint, model, opt, loader, ema, swa, st, qat)
+        log.event(event="resumed", step=st.step, train_time_s=round(st.train_ms / 1000, 1))
+    else:
+        prime(model, fwd, opt, loader, cfg, accum, device, log, qat)
+    spec.folder.mark("training")
+    try:
+        reason = run_loop(model, fwd, opt, loader, ema, swa, st, cfg, comm, device, accum, spec.val, log,
+                          spec.out_dir, qat)
+    except TrainingError as e:
+        why = "signal" if isinstance(e, RunInterrupted) else "error"
+        log.event(event="train_stopped", reason=why, step=st.step, message=str(e).replace(" ", "_"))
+        raise
+    log.event(event="train_done", reason=reason, steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
+              swa_snapshots=swa.count if swa else 0)
+    exported = export_artifact(model, ema, swa, cfg, spec.code_bytes, spec.out_dir, log, comm)
+    if comm.world_size > 1:
+        comm.barrier()
+    ev = final_evaluation(cfg, exported.state, os.path.join(spec.out_dir, "model.ptz"), spec.val, comm,
+                          device, log, spec.auditor)
+    avg_ms = st.train_ms / max(st.step, 1)
+    metrics = {
+        **ev, **exported.metrics(), "steps": st.step, "stop_reason": reason, "train_time_s": st.train_ms / 1000.0,
+        "step_avg_ms": avg_ms, "tokens_per_s": cfg.run.train_batch_tokens / max(avg_ms, 1e-9) * 1000.0,
+        "world_size": comm.world_size, "device": device_label(device), "params": count_params(model),
+        "config_hash": config_hash(cfg), "seed": cfg.run.seed, "data_path": cfg.data.path,
+        "tokenizer_path": spec.val.tokenizer, "wall_time_s": time.perf_counter() - t_start,
+    }
+    return _write_metrics(metrics, spec, log)
+
+
+def _write_metrics(metrics: dict[str, Any], spec: RunSpec, log: RunLog) -> dict[str, Any]:
+    bad = [k for k in ("val_bpb", "val_loss", "pre_quant_val_bpb", "post_quant_plain_val_bpb")
+           if not math.isfinite(metrics[k])]
+    if bad:
+        # A non-finite score is a failed run: never legal, never exportable, and JSON has
+        # no NaN, so such values are written as null.
+        metrics.update(legal=False, failed=f"non-finite {', '.join(bad)}")
+        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    if spec.comm.is_main:
+        write_json_atomic(os.path.join(spec.out_dir, "metrics.json"), metrics)
+    if bad:
+        log.event(event="run_failed", reason="non_finite_metric", fields=",".join(bad))
+        raise TrainingError(f"{', '.join(bad)} is not finite after quantization/evaluation; the run failed "
+                            f"(metrics.json marks it, final_state.pt keeps the float weights in {spec.out_dir}): "
+                            "check quant.* settings or the training loss")
+    return metrics
+
+
+def resume_config(out_dir: str) -> Config:
+    path = Path(out_dir) / "config.toml"
+    if not path.is_file():
+        raise TrainingError(f"{out_dir} has no config.toml: it is not a pgolf run folder")
+    return read_config_file(path)
+
+
+def bundle_main(preset_text: str, code_path: str = "") -> dict[str, Any]:
+    """Entry point of a generated train_gpt.py: preset defaults, reference env vars on top."""
+    cfg = Config()
+    apply_mapping(cfg, tomllib.loads(preset_text), "bundled preset")
+    warnings = apply_env(cfg, dict(os.environ))
+    finalize_config(cfg)
+    code_bytes = os.path.getsize(code_path) if code_path else 0
+    metrics = train(cfg, code_bytes=code_bytes, warnings=warnings)
+    print(f"val_bpb:{metrics['val_bpb']:.8f} val_loss:{metrics['val_loss']:.8f} "
+          f"artifact_bytes:{metrics['artifact_bytes']}", flush=True)
+    return metrics
