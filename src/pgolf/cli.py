@@ -238,7 +238,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from pgolf.record import stats_for_runs, stats_report_text
+    from pgolf.stats import stats_for_runs, stats_report_text
     res = stats_for_runs(args.new_runs, args.against, args.against_value, metric=args.metric,
                          min_delta_nats=args.min_delta, alpha=args.alpha)
     print(json.dumps(res, indent=2) if args.json else stats_report_text(res))
