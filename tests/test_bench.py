@@ -92,9 +92,20 @@ def test_cli_bench_throughput_json(capsys) -> None:
     assert res["tokens_per_step"] == 1 * 32 * 2 and res["steps"] == 1
 
 
-def test_cli_bench_eval_rejects_unknown_mode(tmp_path, capsys) -> None:
+def test_cli_bench_eval_without_an_artifact_is_one_line(tmp_path, capsys) -> None:
     assert main(["bench", "eval", str(tmp_path), "--modes", "plain"]) == 2
-    assert "no artifact found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no artifact found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_eval_rejects_an_unknown_mode_before_loading_anything(tmp_path) -> None:
+    from pgolf.bench_eval import bench_eval
+    from pgolf.config import resolve_config
+    from pgolf.eval.bpb import EvalInputError
+    cfg, _ = resolve_config("smoke", env={})
+    # The artifact path does not exist: only the mode check can be what fails.
+    with pytest.raises(EvalInputError, match="unknown eval mode 'sliding-window'"):
+        bench_eval(cfg, str(tmp_path / "missing.ptz"), ["plain", "sliding-window"])
 
 
 def test_quant_variant_parsing():

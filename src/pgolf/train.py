@@ -53,14 +53,8 @@ def train_step(model, fwd, opt, loader, cfg: Config, accum: int, device) -> torc
 def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> float:
     """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
     r, o = cfg.run, cfg.optim
-    args = (st.step, elapsed_ms, r.iterations, cfg.schedule.warmdown_iters, r.max_wallclock_seconds * 1000.0)
-    mode = cfg.schedule.warmdown_mode
-    if mode == "auto" and r.max_wallclock_seconds > 0:
-        # Whichever budget ends first drives the warmdown: a short run that stops on
-        # run.iterations long before the wall-clock cap still anneals.
-        mult = min(lr_multiplier(*args, "time"), lr_multiplier(*args, "iters"))
-    else:
-        mult = lr_multiplier(*args, mode)
+    mult = lr_multiplier(st.step, elapsed_ms, r.iterations, cfg.schedule.warmdown_iters,
+                         r.max_wallclock_seconds * 1000.0, cfg.schedule.warmdown_mode)
     opt.set_lr_multiplier(mult)
     opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
                                            o.muon_momentum_warmup_steps))

@@ -47,10 +47,20 @@ def test_time_warmdown_uses_running_average_and_step_zero():
     assert lr_multiplier(10, 9_000.0, 100, 0, 10_000.0, "time") == 1.0  # no warmdown
 
 
-def test_auto_mode_picks_time_when_capped():
-    capped = lr_multiplier(100, 10_000.0, 100, 50, 12_000.0, "auto")
-    assert capped == pytest.approx(0.4)  # time mode (iters mode would give 0.0 at step 100)
-    assert lr_multiplier(90, 10_000.0, 100, 20, 0.0, "auto") == pytest.approx(0.5)
+@pytest.mark.parametrize("step,elapsed,iters,cap,expected", [
+    # The run's rule: with a cap, whichever budget ends first drives the warmdown.
+    (60, 6_000.0, 100, 600_000.0, 0.8),     # iterations end long before the cap: iters (0.8 < 1.0)
+    (50, 10_000.0, 10**6, 14_000.0, 0.4),   # the cap ends first: time (0.4 < 1.0)
+    (90, 10_000.0, 100, 11_000.0, 0.18),    # both in warmdown: the lower, time (1000 / 5556 < 0.2)
+    (90, 10_000.0, 100, 0.0, 0.2),          # no cap: iters only
+])
+def test_auto_mode_takes_whichever_budget_ends_first(step, elapsed, iters, cap, expected):
+    got = lr_multiplier(step, elapsed, iters, 50, cap, "auto")
+    assert got == pytest.approx(expected)
+    parts = [lr_multiplier(step, elapsed, iters, 50, cap, "iters")]
+    if cap > 0:
+        parts.append(lr_multiplier(step, elapsed, iters, 50, cap, "time"))
+    assert got == pytest.approx(min(parts))
 
 
 def test_bad_modes_raise():

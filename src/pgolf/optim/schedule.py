@@ -46,13 +46,17 @@ def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters:
       remaining_ms = max(max_wallclock_ms - elapsed_ms, 0), the multiplier is
       remaining_ms / warmdown_ms once remaining_ms < warmdown_ms, else 1.0; 1.0 at step 0.
       It reaches 0 exactly when the wall-clock budget is spent.
-    - "auto": "time" when max_wallclock_ms > 0, else "iters".
+    - "auto": whichever of "time" and "iters" is lower when max_wallclock_ms > 0 (a run
+      that stops on `iterations` long before the cap still anneals), else "iters".
     warmdown_iters <= 0 disables the warmdown (always 1.0).
     """
     if mode not in _SCHED_MODES:
         raise OptimError(f"warmdown_mode={mode!r} is unknown; use one of {_SCHED_MODES}")
     if mode == "auto":
-        mode = "time" if max_wallclock_ms > 0 else "iters"
+        if max_wallclock_ms <= 0:
+            return _sched_iters(step, iterations, warmdown_iters)
+        return min(_sched_time(step, elapsed_ms, warmdown_iters, max_wallclock_ms),
+                   _sched_iters(step, iterations, warmdown_iters))
     if mode == "time":
         if max_wallclock_ms <= 0:
             raise OptimError(f"warmdown_mode='time' needs max_wallclock_ms > 0 (got {max_wallclock_ms}); "
