@@ -79,22 +79,16 @@ class ProcessGroupComm(Comm):
     def all_reduce_max(self, t: torch.Tensor) -> None:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
 
+    # reduce_scatter_tensor / all_gather_into_tensor (NCCL and gloo alike) warn as deprecated
+    # from torch 2.12 on, but their *_single successors are missing from the GPU's torch 2.11.
+
     def reduce_scatter_avg_async(self, out: torch.Tensor, inp: torch.Tensor):
-        # gloo lacks reduce_scatter and ReduceOp.AVG: emulate with an all-reduce there.
-        if tdist.get_backend() == "gloo":
-            buf = inp.clone()
-            tdist.all_reduce(buf, op=tdist.ReduceOp.SUM)
-            k = out.shape[0]
-            out.copy_(buf[self.rank * k:(self.rank + 1) * k]).div_(self.world_size)
-            return DoneHandle()
+        # SUM, then divide: NCCL's AVG would scale each input by 1/world before summing,
+        # which rounds differently.
         return _AvgHandle(tdist.reduce_scatter_tensor(out, inp, op=tdist.ReduceOp.SUM,
                                                       async_op=True), out, self.world_size)
 
     def all_gather_async(self, out: torch.Tensor, inp: torch.Tensor):
-        if tdist.get_backend() == "gloo":
-            parts = list(out.chunk(self.world_size, dim=0))
-            tdist.all_gather(parts, inp.contiguous())
-            return DoneHandle()
         return tdist.all_gather_into_tensor(out, inp, async_op=True)
 
     def broadcast(self, t: torch.Tensor, src: int = 0) -> None:

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -21,6 +22,7 @@ CFG = dict(seq_len=16, stride=8, batch_seqs=3, ttt_chunk_tokens=48, ttt_lr=0.05,
            ttt_batch_seqs=2, ttt_momentum=0.9, ttt_grad_clip=0.5)
 
 
+@pytest.mark.multiproc
 def test_two_process_ttt_matches_single_process(tmp_path):
     mp.spawn(ttt_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path), CFG, N), nprocs=2, join=True)
     rec = ScoreRecorder(N)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from pgolf.dist import Comm, DoneHandle
 from pgolf.optim.muon import Muon
 
 VOCAB, DIM = 16, 8
@@ -50,6 +51,37 @@ class FakeModel(torch.nn.Module):
         return [self.gain]
 
 
+class TwinComm(Comm):
+    """Rank 0 of 2 in one process: the absent twin sends what this rank sends, plus 2 in all-reduces.
+
+    Keeps every tensor a collective got (so no new buffer can reuse a freed one's address)
+    and a copy of each reduce-scatter input.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world_size = 2
+        self.calls: list[tuple] = []
+
+    def all_reduce_avg(self, t: torch.Tensor) -> None:
+        self.calls.append(("all_reduce", t))
+        t.add_(1.0)  # mean of t and t + 2
+
+    def reduce_scatter_avg_async(self, out: torch.Tensor, inp: torch.Tensor) -> DoneHandle:
+        self.calls.append(("reduce_scatter", out, inp, inp.clone()))
+        out.copy_(inp[:out.shape[0]])
+        return DoneHandle()
+
+    def all_gather_async(self, out: torch.Tensor, inp: torch.Tensor) -> DoneHandle:
+        self.calls.append(("all_gather", out))
+        out.copy_(torch.cat([inp, inp]))
+        return DoneHandle()
+
+    def storage(self) -> list[tuple]:
+        """(kind, data_ptr of each buffer) per call so far."""
+        return [(c[0], *(t.data_ptr() for t in c[1:3])) for c in self.calls]
+
+
 def batch_for_step(step: int, rows: int = 8, seq: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + step)
     ids = torch.randint(0, VOCAB, (rows, seq + 1), generator=g)
@@ -83,6 +115,29 @@ def run_muon_steps(params: list, comm, grads_for_step) -> None:
         opt.zero_grad(set_to_none=True)
 
 
+COMM_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def rank_bank(rank: int, dtype: torch.dtype) -> torch.Tensor:
+    """[8, 3, 5] of multiples of 1/8 in [-1, 1]: bf16-exact, as are sums and means over <= 4 ranks."""
+    g = torch.Generator().manual_seed(77 + rank)
+    return (torch.randint(-8, 9, (8, 3, 5), generator=g).float() / 8).to(dtype)
+
+
+def collective_results(comm) -> dict:
+    """ProcessGroupComm's reduce-scatter (mean) and all-gather on 3-D banks, both in flight at once."""
+    out = {}
+    for dtype in COMM_DTYPES:
+        inp = rank_bank(comm.rank, dtype)
+        k = inp.shape[0] // comm.world_size
+        shard, gathered = torch.empty(k, 3, 5, dtype=dtype), torch.empty_like(inp)
+        handles = [comm.reduce_scatter_avg_async(shard, inp), comm.all_gather_async(gathered, inp[:k])]
+        for h in handles:
+            h.wait()
+        out[f"reduce_scatter_{dtype}"], out[f"all_gather_{dtype}"] = shard, gathered
+    return out
+
+
 def _init_group(rank: int, world: int, store: str):
     import torch.distributed as tdist
     from pgolf.dist import ProcessGroupComm
@@ -102,6 +157,7 @@ def parallel_worker(rank: int, store_dir: str, out_dir: str) -> None:
         if rank >= world:
             return
         comm = _init_group(rank, world, os.path.join(store_dir, f"store{world}"))
+        torch.save(collective_results(comm), os.path.join(out_dir, f"comm_w{world}_r{rank}.pt"))
         params = make_muon_params()
         run_muon_steps(params, comm, lambda step: rank_grads(step, rank))
         torch.save([p.detach() for p in params], os.path.join(out_dir, f"muon_w{world}_r{rank}.pt"))

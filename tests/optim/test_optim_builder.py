@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _optim_helpers import FakeModel, batch_for_step  # noqa: E402
+from _optim_helpers import FakeModel, TwinComm, batch_for_step  # noqa: E402
 
 from pgolf.config import OptimConfig  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
@@ -119,3 +119,28 @@ def test_resume_is_bit_identical():
     cold.load_state_dict(ckpt["model"])
     _train(cold, build_optimizers(cold, _OCFG, Comm()), range(3, 6))
     assert not torch.equal(cold.bank, straight.bank)
+
+
+def test_flat_all_reduce_reuses_one_buffer_and_copies_back():
+    """World 2: non-Muon grads are averaged through one persistent flat buffer per dtype."""
+    model = FakeModel()
+    comm = TwinComm()
+    opts = build_optimizers(model, _OCFG, comm)
+    seen, adam_step = [], opts.adam.step
+
+    def spy_adam(*a, **k):
+        seen.append([p.grad.clone() for p in opts.other_params])
+        return adam_step(*a, **k)
+
+    opts.adam.step = spy_adam
+    for step in range(3):
+        ids, tgt = batch_for_step(step)
+        model(ids, tgt).backward()
+        if step == 1:
+            model.gain.grad = None  # travels as zeros
+        raw = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in opts.other_params]
+        opts.reduce_and_step(model, 0.0)
+        # The twin sent grad + 2, so the mean is grad + 1.
+        assert all(torch.equal(got, r + 1) for got, r in zip(seen[-1], raw))
+    flat = [c for c in comm.storage() if c[0] == "all_reduce"]
+    assert len(flat) == 3 and flat[0] == flat[1] == flat[2]

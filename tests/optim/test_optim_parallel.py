@@ -8,10 +8,13 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _optim_helpers import (MUON_SHAPES, make_muon_params, optimizer_set_run,  # noqa: E402
-                            parallel_worker, rank_grads, run_muon_steps)
+from _optim_helpers import (COMM_DTYPES, MUON_SHAPES, make_muon_params,  # noqa: E402
+                            optimizer_set_run, parallel_worker, rank_bank, rank_grads,
+                            run_muon_steps)
 
 from pgolf.dist import Comm  # noqa: E402
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +22,21 @@ def parallel_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("optim_parallel")
     mp.spawn(parallel_worker, args=(str(out), str(out)), nprocs=4, join=True)
     return out
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_gloo_runs_the_nccl_collectives_exactly(parallel_out, world):
+    """reduce_scatter_tensor / all_gather_into_tensor on gloo, fp32 and bf16 3-D banks."""
+    for dtype in COMM_DTYPES:
+        banks = [rank_bank(r, dtype) for r in range(world)]
+        mean = torch.stack([b.float() for b in banks]).mean(0)
+        k = banks[0].shape[0] // world
+        for rank in range(world):
+            got = torch.load(parallel_out / f"comm_w{world}_r{rank}.pt")
+            shard, gathered = got[f"reduce_scatter_{dtype}"], got[f"all_gather_{dtype}"]
+            assert shard.dtype == gathered.dtype == dtype
+            assert torch.equal(shard.float(), mean[rank * k:(rank + 1) * k]), (dtype, rank)
+            assert torch.equal(gathered, torch.cat([b[:k] for b in banks])), (dtype, rank)
 
 
 def _single_process_reference(world: int) -> list:

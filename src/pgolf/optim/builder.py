@@ -33,6 +33,7 @@ class OptimizerSet:
         self.muon_params = [p for g in muon.param_groups for p in g["params"]]
         self.other_params = [p for g in adam.param_groups for p in g["params"]
                              if id(p) not in muon_ids]
+        self._flat: dict[torch.dtype, torch.Tensor] = {}  # reused all-reduce buffer per grad dtype
 
     def set_lr_multiplier(self, mult: float) -> None:
         for opt in self.optimizers:
@@ -56,14 +57,17 @@ class OptimizerSet:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             by_dtype.setdefault(p.grad.dtype, []).append(p)
-        for params in by_dtype.values():
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
+        for dtype, params in by_dtype.items():
+            sizes = [p.numel() for p in params]
+            flat = self._flat.get(dtype)
+            if flat is None or flat.numel() != sum(sizes) or flat.device != params[0].grad.device:
+                flat = self._flat[dtype] = params[0].grad.new_empty(sum(sizes))
+            grads = [p.grad for p in params]
+            torch.cat([g.reshape(-1) for g in grads], out=flat)
             self.comm.all_reduce_avg(flat)
-            offset = 0
-            for p in params:
-                k = p.grad.numel()
-                p.grad.copy_(flat[offset:offset + k].view_as(p.grad))
-                offset += k
+            # Copied back rather than left as views of `flat`: a grad kept alive into the next
+            # step (zero_grad without set_to_none) would otherwise alias the next cat's output.
+            torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split(sizes), grads)])
 
     def reduce_and_step(self, model: Any, grad_clip_norm: float, clip_mode: str = "local") -> None:
         """Clip, reduce and step both optimizers, then drop the grads (see module doc)."""

@@ -7,6 +7,7 @@ The same code path serves one process (no-op `Comm`) and many ("Parallel Muon"):
    param's grad, viewed as a bank [n, r, c], is cast to bf16, zero-padded to n_pad (a
    multiple of world_size) and reduce-scattered (average) asynchronously, biggest param
    first, so rank k receives the mean grads of matrices [k*s, (k+1)*s), s = n_pad/world.
+   On one process both collectives are identities and are skipped.
 2. `step()`: per param in the same order, wait, Nesterov momentum on the local shard
    (fp32 buffer of the shard only), batched Newton–Schulz, scale by sqrt(max(1, r/c)),
    async all-gather of the update; the previous param's gathered update is applied while
@@ -16,17 +17,19 @@ Checkpoints: momentum buffers are shard-local, so `state_dict()` holds only this
 shards and records (world_size, rank); `load_state_dict()` refuses a state saved under a
 different world size or rank. Save one optimizer state per rank (gathering would need a
 collective inside state_dict, which every rank would then have to call in lockstep).
+The collective buffers (padded grads, shard, gathered update) are allocated once per param
+and reused every step; they are scratch space, not state, and never enter a checkpoint.
 """
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from pgolf.dist import Comm
+from pgolf.dist import Comm, DoneHandle
 from pgolf.optim.errors import OptimError
 
-_MUON_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
@@ -38,7 +41,7 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     """
     if G.ndim < 2:
         raise OptimError(f"newton_schulz: got shape {tuple(G.shape)}; pass a [..., m, n] tensor")
-    a, b, c = _MUON_NS_COEFFS
+    a, b, c = NS_COEFFS
     X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:
@@ -54,7 +57,18 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     return X.mT if tall else X
 
 
-def _muon_bank_shape(p: torch.Tensor) -> tuple[int, int, int]:
+def compile_newton_schulz(shapes: int) -> Callable[..., torch.Tensor]:
+    """torch.compile'd newton_schulz with one static graph per input shape, room for `shapes`."""
+    # Automatic dynamic shapes would turn the second distinct shape into a symbolic-size
+    # graph (generic kernels for every bank); past the recompile limit dynamo silently
+    # falls back to eager, so the limit must cover every shape.
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, shapes)
+    return torch.compile(newton_schulz, dynamic=False)
+
+
+def bank_shape(p: torch.Tensor) -> tuple[int, int, int]:
+    """(n, rows, cols) of a 2-D matrix (n = 1) or a 3-D bank."""
     if p.ndim == 2:
         return 1, p.shape[0], p.shape[1]
     if p.ndim == 3:
@@ -63,7 +77,7 @@ def _muon_bank_shape(p: torch.Tensor) -> tuple[int, int, int]:
                      "give it to AdamW instead")
 
 
-class _MuonPending:
+class _Pending:
     """A launched reduce-scatter: handle plus the shard buffer it fills."""
 
     def __init__(self, p: torch.Tensor, group: dict, handle: Any, shard: torch.Tensor) -> None:
@@ -92,37 +106,62 @@ class Muon(torch.optim.Optimizer):
         self.reduce_dtype = reduce_dtype
         self.compile_ns = compile_ns
         self._ns_fn: Any = None
-        self._pending: list[_MuonPending] | None = None
-        self._muon_build_order()  # validates shapes up front
+        self._pending: list[_Pending] | None = None
+        # Outside self.state on purpose: state_dict() must not carry scratch buffers.
+        self._buffers: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        self._order()  # validates shapes up front
 
-    def _muon_build_order(self) -> list[tuple[torch.Tensor, dict]]:
+    def _order(self) -> list[tuple[torch.Tensor, dict]]:
         pairs = [(p, g) for g in self.param_groups for p in g["params"]]
         for p, _ in pairs:
-            _muon_bank_shape(p)
+            bank_shape(p)
         # Biggest first: its collective has the most time to finish behind the others.
         return sorted(pairs, key=lambda pg: -pg[0].numel())
 
-    def _muon_layout(self, p: torch.Tensor) -> tuple[int, int, int, int, int]:
-        n, r, c = _muon_bank_shape(p)
+    def _layout(self, p: torch.Tensor) -> tuple[int, int, int, int, int]:
+        n, r, c = bank_shape(p)
         world = self.comm.world_size
         n_pad = -(-n // world) * world
         return n, r, c, n_pad, n_pad // world
 
+    def _buffer(self, p: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+        """p's persistent buffer `name`, (re)allocated zeroed when first used or its dtype changed."""
+        bufs = self._buffers.setdefault(p, {})
+        buf = bufs.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != device:
+            # Zeros: the pad rows of the reduce-scatter input are never written again.
+            buf = bufs[name] = torch.zeros(shape, dtype=dtype, device=device)
+        return buf
+
+    def _drop_pending(self) -> None:
+        """Finish and forget a launch that was never stepped."""
+        # Its collectives may still read or write the buffers that the next launch reuses.
+        for item in self._pending or ():
+            item.handle.wait()
+        self._pending = None
+
     @torch.no_grad()
     def launch_reduce_scatter(self) -> None:
         """Start the async averaged reduce-scatter of every param's grad (call after backward)."""
+        self._drop_pending()
         pending = []
-        for p, group in self._muon_build_order():
-            n, r, c, n_pad, s = self._muon_layout(p)
-            full = torch.zeros(n_pad, r, c, dtype=self.reduce_dtype, device=p.device)
-            if p.grad is not None:
-                full[:n].copy_(p.grad.reshape(n, r, c))
-            shard = torch.empty(s, r, c, dtype=self.reduce_dtype, device=p.device)
-            handle = self.comm.reduce_scatter_avg_async(shard, full)
-            pending.append(_MuonPending(p, group, handle, shard))
+        for p, group in self._order():
+            n, r, c, n_pad, s = self._layout(p)
+            padded = self._buffer(p, "padded", (n_pad, r, c), self.reduce_dtype, p.device)
+            if p.grad is None:
+                padded[:n].zero_()
+            else:
+                padded[:n].copy_(p.grad.reshape(n, r, c))  # casts and pads in one pass
+            if self.comm.world_size == 1:
+                shard, handle = padded, DoneHandle()
+            else:
+                shard = self._buffer(p, "shard", (s, r, c), self.reduce_dtype, p.device)
+                handle = self.comm.reduce_scatter_avg_async(shard, padded)
+            pending.append(_Pending(p, group, handle, shard))
         self._pending = pending
 
-    def _muon_shard_update(self, p: torch.Tensor, group: dict, shard: torch.Tensor) -> torch.Tensor:
+    def _shard_update(self, p: torch.Tensor, group: dict, shard: torch.Tensor) -> torch.Tensor:
         g = shard.float()
         state = self.state[p]
         if "momentum_buffer" not in state:
@@ -131,23 +170,32 @@ class Muon(torch.optim.Optimizer):
         mom = group["momentum"]
         buf.mul_(mom).add_(g)
         g = g.add(buf, alpha=mom) if group["nesterov"] else buf
-        update = self._muon_ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype)
-        _, r, c = _muon_bank_shape(p)
+        update = self._ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype)
+        _, r, c = bank_shape(p)
         return update.mul_(math.sqrt(max(1.0, r / c)))
 
-    def _muon_ns(self) -> Any:
+    def _ns(self) -> Callable[..., torch.Tensor]:
         if self._ns_fn is None:
-            # Compiled lazily: CPU tests never pay for it; on GPU it fuses the NS chain.
-            self._ns_fn = torch.compile(newton_schulz) if self.compile_ns else newton_schulz
+            if self.compile_ns:
+                # Compiled lazily: CPU tests never pay for it; on GPU it fuses the NS chain.
+                graphs = {(self._layout(p)[4], *bank_shape(p)[1:], g["backend_steps"])
+                          for p, g in self._order()}
+                self._ns_fn = compile_newton_schulz(len(graphs))
+            else:
+                self._ns_fn = newton_schulz
         return self._ns_fn
 
     @staticmethod
-    def _muon_apply(p: torch.Tensor, lr: float, wd: float, handle: Any, full: torch.Tensor) -> None:
+    def _apply(p: torch.Tensor, lr: float, wd: float, handle: Any, full: torch.Tensor) -> None:
         handle.wait()
-        n = _muon_bank_shape(p)[0]
+        n = bank_shape(p)[0]
         if wd != 0.0:
             p.mul_(1.0 - lr * wd)
-        p.add_(full[:n].reshape(p.shape).to(p.dtype), alpha=-lr)
+        update = full[:n].reshape(p.shape)
+        if torch.promote_types(p.dtype, update.dtype) != p.dtype:
+            update = update.to(p.dtype)  # rounded to p's dtype before the add, as always
+        # Otherwise add_ upcasts exactly on the fly: no cast copy of the whole bank.
+        p.add_(update, alpha=-lr)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -162,16 +210,19 @@ class Muon(torch.optim.Optimizer):
         for item in pending:
             p, group = item.p, item.group
             item.handle.wait()
-            update = self._muon_shard_update(p, group, item.shard)
-            n_pad = self._muon_layout(p)[3]
-            full = torch.empty((n_pad,) + tuple(update.shape[1:]), dtype=update.dtype,
-                               device=update.device)
-            handle = self.comm.all_gather_async(full, update.contiguous())
+            update = self._shard_update(p, group, item.shard)
+            if self.comm.world_size == 1:
+                full, handle = update, DoneHandle()
+            else:
+                n_pad = self._layout(p)[3]
+                full = self._buffer(p, "gathered", (n_pad,) + tuple(update.shape[1:]),
+                                    update.dtype, update.device)
+                handle = self.comm.all_gather_async(full, update.contiguous())
             if prev is not None:
-                self._muon_apply(*prev)
+                self._apply(*prev)
             prev = (p, group["lr"], group["weight_decay"], handle, full)
         if prev is not None:
-            self._muon_apply(*prev)
+            self._apply(*prev)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -185,6 +236,7 @@ class Muon(torch.optim.Optimizer):
         if (world, rank) != (self.comm.world_size, self.comm.rank):
             raise OptimError(f"Muon.load_state_dict: state saved by rank {rank} of {world}, loading on "
                              f"rank {self.comm.rank} of {self.comm.world_size}; load each rank's own file")
+        self._drop_pending()
         base = {k: v for k, v in state_dict.items() if k not in ("muon_world_size", "muon_rank")}
         super().load_state_dict(base)
         # torch casts loaded state to the param dtype; keep the buffers fp32 as saved.
@@ -194,4 +246,3 @@ class Muon(torch.optim.Optimizer):
             if buf is not None:
                 p = params[idx]
                 self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=torch.float32).clone()
-        self._pending = None
