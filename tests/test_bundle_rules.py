@@ -53,7 +53,7 @@ NOT_BUNDLED = ("pgolf.cli", "pgolf.__main__")
 
 def test_package_obeys_bundle_rules() -> None:
     modules = [m for m in bundle_package_modules() if m not in NOT_BUNDLED]
-    assert "pgolf.config" in modules and "pgolf.bundle" in modules
+    assert "pgolf.config" in modules and "pgolf.bundle.rules" in modules
     violations = check_rules(modules)
     assert not violations, "bundle rule violations:\n" + "\n".join(violations)
 
@@ -111,7 +111,7 @@ def test_each_violation_is_reported(kind: str) -> None:
 
 def test_duplicate_names_across_modules_name_both_files() -> None:
     found = _violations("def base_scale(x):\n    return x\n\n\nBaseCfg = 3\n")
-    dups = [v for v in found if v.startswith("duplicate top-level name")]
+    dups = [v for v in found if v.startswith("duplicate public top-level name")]
     assert len(dups) == 2, found
     assert any("`base_scale`" in v and "pgolf/zz_base.py:" in v and "pgolf/zz_user.py:1" in v for v in dups)
     assert any("`BaseCfg`" in v and "pgolf/zz_user.py:5" in v for v in dups)

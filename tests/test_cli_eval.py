@@ -38,3 +38,21 @@ def test_eval_refuses_an_artifact_of_another_run(finished_run, tmp_path, capsys)
     assert main(["eval", str(other)]) == 2
     err = capsys.readouterr().err
     assert "does not match" in err and "config hash" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_accepts_a_run_written_before_fields_were_added(finished_run, tmp_path, capsys):
+    """An older pgolf wrote a config.toml without today's newest fields, and hashed that text."""
+    import hashlib
+
+    from pgolf.config import read_config_file
+    from pgolf.quant.artifact import pack_artifact, read_artifact, write_artifact
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = (finished_run / "config.toml").read_text().splitlines()
+    text = "\n".join(ln for ln in lines if not ln.startswith("trackers")) + "\n"  # a field it lacked
+    (old / "config.toml").write_text(text)
+    state, _ = read_artifact(finished_run / "model.ptz")
+    cfg = read_config_file(old / "config.toml")
+    write_artifact(old / "model.ptz", pack_artifact(state, cfg.quant, hashlib.sha256(text.encode()).hexdigest()[:16]))
+    assert main(["eval", str(old)]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] > 0

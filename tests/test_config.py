@@ -2,8 +2,7 @@
 
 import pytest
 
-from pgolf.config import (ConfigError, config_from_toml, config_to_toml, preset_names,
-                          resolve_config)
+from pgolf.config import ConfigError, config_from_toml, config_to_toml, preset_names, resolve_config
 
 
 def test_presets_present():

@@ -33,8 +33,11 @@ def literal_fields() -> dict[str, tuple]:
 BAD_ENUMS = {
     "model.arch": "huge", "model.attn_backend": "flash", "model.embed_dtype": "fp16",
     "optim.grad_clip_mode": "both", "schedule.warmdown_mode": "cosine", "schedule.export_weights": "best",
-    "quant.matrix_method": "gptq", "quant.clip_search": "column", "quant.compressor": "gzip",
+    "quant.matrix_method": "awq", "quant.clip_search": "column", "quant.compressor": "gzip",
     "quant.qat_scope": "all", "quant.code_form": "tiny", "eval.slot_mode": "on", "run.device": "mps",
+    "eval.ttt_kind": "chunky", "model.parallel_final": "both", "model.attn_gate": "on", "model.smear_kind": "token",
+    "quant.calib_source": "val", "quant.clip_rule": "mse", "quant.clip_weighting": "fisher",
+    "quant.code_order": "zigzag", "quant.fp16_layout": "packed",
 }
 
 
@@ -59,9 +62,13 @@ def test_bad_enum_set_directly_is_caught_by_finalize(key, bad):
         finalize_config(cfg)
 
 
+# Values that are only valid together with another setting (checked by a cross-field rule).
+ENUM_COMPANIONS = {("quant.clip_weighting", "hessian"): ["quant.matrix_method=gptq"]}
+
+
 @pytest.mark.parametrize("key, value", [(k, v) for k, vs in sorted(literal_fields().items()) for v in vs])
 def test_every_allowed_enum_value_validates(key, value):
-    cfg, _ = resolve_config("smoke", None, {}, [f"{key}={value}"])
+    cfg, _ = resolve_config("smoke", None, {}, [f"{key}={value}"] + ENUM_COMPANIONS.get((key, value), []))
     sec, name = key.split(".")
     assert getattr(getattr(cfg, sec), name) == value
 

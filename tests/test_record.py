@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pgolf.bundle.build import bundle_for_config
 from pgolf.cli import main
-from pgolf.config import config_to_toml, resolve_config
+from pgolf.config import config_to_toml, read_config_file, resolve_config, shippable_config
 from pgolf.quant.artifact import OverBudgetError, pack_artifact, read_artifact, write_artifact
 from pgolf.record import RecordError, export_record, record_slot_noncausal, scrub_local_paths
 
@@ -26,9 +27,12 @@ def _state_dict() -> dict[str, torch.Tensor]:
 
 
 def make_run(root: Path, name: str = "run", limit: int = 16_000_000, eval_mode: str = "sliding",
-             val_loss: float = 1.9, seed: int = 1337, legal: bool | None = True) -> Path:
-    """A finished run folder as pgolf train leaves it, without training."""
+             val_loss: float = 1.9, seed: int = 1337, legal: bool | None = True,
+             code_form: str = "plain") -> Path:
+    """A finished run folder as pgolf train leaves it, without training (plain code unless asked:
+    the readable file is what most checks below read)."""
     cfg, _ = resolve_config("smoke", env={})
+    cfg.quant.code_form = code_form
     cfg.data.path = f"{MACHINE}/fineweb10B_sp1024"
     cfg.data.tokenizer_path = f"{MACHINE}/tok.model"
     cfg.data.cache_dir = f"{MACHINE}/cache"
@@ -188,8 +192,18 @@ def test_compressed_export_ships_readable_source(tmp_path: Path) -> None:
     assert sub["bytes_code"] == len(packed.encode()) < len(readable.encode()) // 2
     blob = re.search(r'b85decode\("([^"]+)"\)', packed).group(1)
     raw = lzma.decompress(base64.b85decode(blob), lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
-    assert raw.decode() == readable
+    # The packed code is the minified bundle; the readable one beside it is the same program.
+    assert raw.decode() == bundle_for_config(shippable_config(read_config_file(tmp_path / "run" / "config.toml")),
+                                             "run", minify=True)
+    assert "def bundle_main" in readable
     assert "train_gpt_readable.py" in (out / "README.md").read_text()
+
+
+def test_default_export_counts_the_compressed_file_and_ships_the_readable_one(tmp_path: Path) -> None:
+    out = tmp_path / "rec"
+    sub = export_record(make_run(tmp_path, code_form="compressed"), out)
+    assert (out / "train_gpt_readable.py").is_file()
+    assert sub["bytes_code"] == (out / "train_gpt.py").stat().st_size < (out / "train_gpt_readable.py").stat().st_size // 2
 
 
 def test_minified_export_is_smaller(tmp_path: Path) -> None:

@@ -193,6 +193,7 @@ def test_no_common_step_names_every_rank(tmp_path):
 def _agree_worker(rank: int, store: str, root: str) -> None:
     """Spawned twice: each rank resumes two prepared run folders over gloo."""
     import torch.distributed as tdist
+
     from pgolf.dist import ProcessGroupComm
     torch.set_num_threads(1)
     # A disagreement must fail the test in a minute, not hang it for the default 30.

@@ -96,6 +96,7 @@ def _read_shard(tmp, blob, mp):
 
 def _read_fineweb_manifest(tmp, blob, mp):
     import huggingface_hub
+
     from pgolf.data.fineweb import _fw_fetch_manifest
     (tmp / "manifest.json").write_bytes(blob)
     mp.setattr(huggingface_hub, "hf_hub_download", lambda **kw: str(tmp / "manifest.json"))
@@ -176,6 +177,7 @@ def test_reader_never_runs_a_pickle(tmp_path, monkeypatch, reader, payload):
 def test_checkpoint_reader_needs_no_extra_safe_globals(tmp_path):
     """A real checkpoint loads with weights_only=True and no allow-listed classes."""
     from types import SimpleNamespace
+
     from pgolf.checkpoint import load_checkpoint, save_checkpoint
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(model.parameters())
@@ -198,6 +200,7 @@ def test_package_has_no_unsafe_loader():
     modules, no np.load(allow_pickle=True), no eval/exec (the bundle's exec is in a string)."""
     import ast
     from pathlib import Path
+
     import pgolf
     bad = []
     for path in sorted(Path(pgolf.__file__).parent.rglob("*.py")):

@@ -12,13 +12,13 @@ from _train_helpers import tiny  # noqa: E402
 
 from pgolf.config import Config, finalize_config, resolve_config
 from pgolf.data.loader import DistributedTokenLoader
+from pgolf.errors import TrainingError
+from pgolf.model.build import build_model
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.artifact import OverBudgetError
 from pgolf.quant.fake_quant import attach_late_qat
-from pgolf.runlog import RunLog, parse_event
-from pgolf.errors import TrainingError
-from pgolf.model.build import build_model
 from pgolf.run import train
+from pgolf.runlog import RunLog, parse_event
 from pgolf.train import RunState, check_finite, prime
 
 
@@ -125,6 +125,7 @@ def test_corrupt_checkpoint_falls_back_then_fails_clearly(embedded_corpus, tmp_p
 
 def test_info_reports_record_param_count(capsys):
     import json
+
     from pgolf.cli import main
     assert main(["info", "--preset", "record_1128", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == 26_928_220
@@ -156,3 +157,12 @@ def test_without_an_auditor_legality_is_unknown_not_assumed(embedded_corpus, tmp
     """What a generated train_gpt.py does: it does not ship the audit, and says so."""
     metrics = train(tiny(embedded_corpus), str(tmp_path / "run"))
     assert metrics["legal"] is None and "pgolf audit" in metrics["audit"]
+
+
+def test_progressive_recurrence_switches_the_loop_on_mid_run(embedded_corpus, tmp_path):
+    cfg = tiny(embedded_corpus, "model.arch=record", "model.num_loops=1", "model.loop_start=0",
+               "model.loop_end=1", "model.loop_enable_at=0.5", "run.iterations=6", "run.train_log_every=1")
+    train(cfg, str(tmp_path / "run"))
+    events = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
+    on = [ev for ev in events if ev.get("event") == "looping_on"]
+    assert len(on) == 1 and on[0]["step"] == "3"  # 3 of 6 steps = the configured half

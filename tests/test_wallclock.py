@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pgolf.dist import Comm
-from pgolf.runlog import parse_event
 from pgolf.errors import TrainingError
 from pgolf.run import train
+from pgolf.runlog import parse_event
 from pgolf.train import LossWatch, RunState
 from pgolf.wallclock import CapSchedule, TrainClock
 

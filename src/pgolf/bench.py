@@ -14,29 +14,34 @@ The eval-mode benchmark lives in pgolf.bench_eval.
 """
 
 import copy
+import json
 import math
 import os
 import re
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from pgolf.bundle import bundle_for_config
-from pgolf.config import Config, apply_sets, config_hash
-from pgolf.dist import Comm, pick_device
+from pgolf.atomic import atomic_write
+from pgolf.bundle.build import bundle_for_config
+from pgolf.config import Config, apply_sets, config_hash, finalize_config, read_config_file
+from pgolf.data.paths import load_val
+from pgolf.dist import Comm
+from pgolf.errors import PgolfError
 from pgolf.eval.bpb import eval_plain
+from pgolf.hw import device_label, pick_device
 from pgolf.model.banks import unbank_state_dict
+from pgolf.model.build import build_model, model_from_state
 from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.builder import build_optimizers
-from pgolf.quant.artifact import budget_report, build_artifact, pack_artifact, unpack_artifact
-from pgolf.quant.fake_quant import attach_late_qat
-from pgolf.data.paths import load_val
-from pgolf.hw import device_label
-from pgolf.model.build import build_model, model_from_state
+from pgolf.quant.artifact import budget_report, build_artifact, group_byte_report, unpack_artifact
+from pgolf.quant.calibration import calibrate, collect_hessians, per_layer_model
 from pgolf.quant.export import shippable_config_toml
+from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.train import train_step
 
 # The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
@@ -53,7 +58,7 @@ BENCH_BF16_PEAK_TFLOPS: tuple[tuple[str, float, str], ...] = (
 BENCH_QAT_CHOICES = ("off", "on")
 
 
-class BenchError(ValueError):
+class BenchError(PgolfError, ValueError):
     """A benchmark request that cannot run as given; the message names the fix."""
 
 
@@ -268,6 +273,14 @@ def bench_fill_weights(model: GPT, sigma: float = 0.3, emb_std: float = 0.05, se
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+def bench_synthetic_hessians(cfg: Config, flat: dict, seed: int, seqs: int = 4, seq_len: int = 256) -> dict:
+    """GPTQ Hessians of filled weights on uniform random tokens: the bytes GPTQ produces, not its
+    quality (that needs trained weights and real calibration: `pgolf bench quant`)."""
+    model = per_layer_model(cfg, flat, torch.device("cpu"))
+    toks = torch.randint(0, cfg.model.vocab_size, (seqs, seq_len), generator=torch.Generator().manual_seed(seed))
+    return collect_hessians(model, toks, seqs, "cpu", with_head=cfg.quant.gptq_embed)
+
+
 def bench_artifact(cfg: Config, preset: str, sigma: float = 0.3, emb_std: float = 0.05,
                    seed: int = 0) -> dict[str, Any]:
     """Bytes of cfg's artifact for filled weights via the real export path, plus code bytes."""
@@ -285,8 +298,12 @@ def bench_artifact(cfg: Config, preset: str, sigma: float = 0.3, emb_std: float 
     lap("build_fill_s")
     flat = unbank_state_dict({k: v.detach() for k, v in model.state_dict().items()}, model.num_layers)
     lap("unbank_s")
+    hessians = None
+    if cfg.quant.matrix_method == "gptq":
+        hessians = bench_synthetic_hessians(cfg, flat, seed)
+        lap("calibrate_s")
     meta = {"config_toml": shippable_config_toml(cfg)}  # as export_artifact writes it
-    blob, stats = build_artifact(flat, cfg.quant, config_hash(cfg), meta=meta)
+    blob, stats = build_artifact(flat, cfg.quant, config_hash(cfg), meta=meta, hessians=hessians)
     lap("quantize_compress_s")
     unpack_artifact(blob)
     lap("unpack_verify_s")
@@ -304,8 +321,9 @@ def _bench_artifact_report(cfg, preset, model, flat, blob, stats, code, phases, 
     cats = stats.get("categories", {})
     return {
         "preset": preset, "params": count_params(model), "tensors": len(flat), "sigma": sigma,
-        "emb_std": emb_std, "quant": f"int{q.matrix_bits} {q.matrix_method}/{q.clip_search}, embed int{q.embed_bits}, "
-                                     f"{q.compressor}-{q.level}",
+        "emb_std": emb_std, "quant": f"int{q.matrix_bits} {q.matrix_method}/{q.clip_search}/{q.clip_rule}, "
+                                     f"embed int{q.embed_bits}, {q.compressor}-{q.level}"
+                                     + (f", lqer r{q.lqer_rank} top{q.lqer_top_k}" if q.lqer_rank else ""),
         "model_bytes": rep["model_bytes"], "code_form": q.code_form, "code_bytes": rep["code_bytes"],
         "total_bytes": rep["artifact_bytes"], "limit": rep["limit"], "margin": rep["margin"], "ok": rep["ok"],
         "code_bytes_plain": code["plain"], "code_bytes_minified": code["minified"],
@@ -344,9 +362,45 @@ def parse_quant_variant(spec: str) -> tuple[str, list[str]]:
     return name, sets
 
 
-def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str, Any]]:
+# The methods `pgolf bench quant` compares when no --variant is given: each a set of
+# QuantConfig overrides on top of the run's own quant section (record_1128: int6/int8, lzma 6).
+QUANT_BENCH_METHODS: tuple[str, ...] = (
+    "gptq_lite:matrix_method=gptq_lite,clip_rule=quantile,clip_search=matrix",
+    "gptq_lite_row:matrix_method=gptq_lite,clip_rule=quantile,clip_search=row",
+    "rtn_sdclip:matrix_method=gptq_lite,clip_rule=sdclip",
+    "gptq_quantile:matrix_method=gptq,clip_rule=quantile,clip_search=row",
+    "gptq_quantile_h:matrix_method=gptq,clip_rule=quantile,clip_search=row,clip_weighting=hessian",
+    "gptq_sdclip:matrix_method=gptq,clip_rule=sdclip",
+    "gptq_sdclip_h:matrix_method=gptq,clip_rule=sdclip,clip_weighting=hessian",
+    "gptq_sdclip_embed:matrix_method=gptq,clip_rule=sdclip,gptq_embed=true",
+    "gptq_sdclip_lqer:matrix_method=gptq,clip_rule=sdclip,lqer_rank=4,lqer_top_k=3",
+    "gptq_sdclip_mlp5:matrix_method=gptq,clip_rule=sdclip,mlp_bits=5",
+    "gptq_sdclip_layout:matrix_method=gptq,clip_rule=sdclip,code_order=columns,fp16_layout=shuffled",
+    "gptq_sdclip_self:matrix_method=gptq,clip_rule=sdclip,calib_source=self,calib_seqs=16,calib_seq_len=256",
+)
+
+
+def bench_quant_config(run_dir: str, sets: list[str]) -> Config:
+    """The run's saved config (its artifact is not needed: bench quant re-exports the float weights)."""
+    path = os.path.join(run_dir, "config.toml")
+    if not os.path.isfile(path):
+        raise BenchError(f"{path} not found: bench quant needs a run folder written by pgolf train")
+    cfg = read_config_file(path)
+    apply_sets(cfg, sets)
+    finalize_config(cfg)
+    return cfg
+
+
+def _bench_calib_key(q) -> tuple:
+    return (q.calib_source, q.calib_seqs, q.calib_seq_len, q.calib_temperature, q.gptq_embed)
+
+
+def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, out: str = "",
+                log=None) -> list[dict[str, Any]]:
     """Re-export a trained run's float weights (final_state.pt) under several QuantConfigs and
-    evaluate each round trip (plain bpb): bytes vs. quantization penalty on real weights."""
+    evaluate each round trip (plain bpb): bytes per tensor group, total, penalty vs the float
+    model, and the seconds of calibration and quantize+compress. Hessians are computed once per
+    calibration setting and shared by the variants that use it."""
     state_path = os.path.join(run_dir, "final_state.pt")
     if not os.path.isfile(state_path):
         raise BenchError(f"{state_path} not found: bench quant needs a run folder trained by pgolf train")
@@ -358,29 +412,52 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str]) -> list[dict[str
     device = pick_device(cfg.run.device)
     comm, val = Comm(device), load_val(cfg, device)
     ec = cfg.eval
-    ref = model_from_state(cfg, flat, device)
-    base = eval_plain(ref, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device)["val_bpb"]
-    rows = []
-    for spec in variants:
+    score = lambda c, sd: eval_plain(model_from_state(c, sd, device), val.tokens, ec.seq_len, ec.batch_tokens,
+                                     val.tables, comm, device)["val_bpb"]
+    base = score(cfg, flat)
+    rows, calib_cache = [], {}
+    for spec in variants or QUANT_BENCH_METHODS:
         name, sets = parse_quant_variant(spec)
         vcfg = copy.deepcopy(cfg)
         apply_sets(vcfg, sets)
+        q, hessians, calib_s = vcfg.quant, None, 0.0
+        if q.matrix_method == "gptq":
+            key = _bench_calib_key(q)
+            if key not in calib_cache:
+                t0 = time.perf_counter()
+                calib_cache[key] = (calibrate(vcfg, flat, device)[0], time.perf_counter() - t0)
+            hessians, calib_s = calib_cache[key]
         t0 = time.perf_counter()
-        blob = pack_artifact(flat, vcfg.quant)
-        sd, _ = unpack_artifact(blob)
+        payload: dict = {}
+        blob, stats = build_artifact(flat, q, hessians=hessians, payload_out=payload)
         pack_s = time.perf_counter() - t0
-        model = model_from_state(vcfg, sd, device)
-        bpb = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device)["val_bpb"]
+        sd, _ = unpack_artifact(blob)
+        bpb = score(vcfg, sd)
         rows.append({"variant": name, "settings": ",".join(s[len("quant."):] for s in sets),
                      "model_bytes": len(blob), "val_bpb": bpb, "float_val_bpb": base,
-                     "penalty_bpb": bpb - base, "pack_seconds": pack_s})
+                     "penalty_bpb": bpb - base, "calib_seconds": round(calib_s, 3),
+                     "pack_seconds": round(pack_s, 3), "groups": group_byte_report(payload, q),
+                     "lqer_tensors": sorted(n for n, e in payload.items() if e.get("method") == "lqer")})
+        if log:
+            log(format_quant(rows[-1:]).splitlines()[-1])
+    if out:
+        _bench_write_json(out, {"run_dir": run_dir, "device": device_label(device), "torch": torch.__version__,
+                                "eval_tokens": int(val.tokens.numel() - 1), "float_val_bpb": base, "rows": rows})
     return rows
 
 
+def _bench_write_json(path: str, obj: Any) -> None:
+    atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=2).encode()), overwrite=True)
+
+
 def format_quant(rows: list[dict[str, Any]]) -> str:
+    groups = sorted({g for r in rows for g in r.get("groups", {})} - {"raw"})
     out = [f"float (unquantized) val_bpb: {rows[0]['float_val_bpb']:.5f}" if rows else "no variants",
-           "| variant | settings | model bytes | val_bpb | penalty | pack+compress s |",
-           "|---|---|---:|---:|---:|---:|"]
-    out += [f"| {r['variant']} | {r['settings']} | {r['model_bytes']:,} | {r['val_bpb']:.5f} | "
-            f"{r['penalty_bpb']:+.5f} | {r['pack_seconds']:.1f} |" for r in rows]
+           "| variant | model bytes | " + " | ".join(f"{g} B" for g in groups) + " | val_bpb | penalty | calib s | "
+           "pack s |", "|---|---:|" + "---:|" * len(groups) + "---:|---:|---:|---:|"]
+    for r in rows:
+        gb = " | ".join(f"{r['groups'][g]['compressed_bytes']:,}" if g in r.get("groups", {}) else "-"
+                        for g in groups)
+        out.append(f"| {r['variant']} | {r['model_bytes']:,} | {gb} | {r['val_bpb']:.5f} | "
+                   f"{r['penalty_bpb']:+.5f} | {r.get('calib_seconds', 0.0):.1f} | {r['pack_seconds']:.1f} |")
     return "\n".join(out)

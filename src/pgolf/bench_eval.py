@@ -15,10 +15,11 @@ from typing import Any, Callable
 
 from pgolf.bench import BenchError
 from pgolf.config import Config, EvalConfig
-from pgolf.dist import Comm, pick_device
+from pgolf.data.paths import load_val
+from pgolf.dist import Comm
 from pgolf.eval.legality import audit
 from pgolf.eval.runner import evaluate, mode_to_eval_config
-from pgolf.data.paths import load_val
+from pgolf.hw import pick_device
 from pgolf.quant.export import load_round_trip
 
 # The challenge's validation set: 62,021,632 scored tokens at 2048 (DESIGN §2).

@@ -1,10 +1,11 @@
-"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats`: the command line.
+"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats | plot | compare`: the command line.
 
 Every command resolves one Config (preset < --config < env vars < --set), and every user
 error ends as one line on stderr with exit status 2.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -48,15 +49,14 @@ def _use_embedded_corpus(cfg: Config, log=print) -> None:
 
 
 def bundle_code_bytes(cfg: Config) -> int:
-    """Bytes of the single-file train_gpt.py this run would ship (the challenge's code bytes):
+    """Bytes of the counted train_gpt.py this run would ship (the challenge's code bytes):
     the file `pgolf export` writes, so without this machine's paths."""
-    from pgolf.bundle import bundle_for_config
-    from pgolf.config import shippable_config
-    text = bundle_for_config(shippable_config(cfg), "run", minify=cfg.quant.code_form == "minified")
-    return len(text.encode("utf-8"))
+    from pgolf.bundle import shipped_files
+    return len(shipped_files(cfg)["train_gpt.py"].encode("utf-8"))
 
 
 def cmd_train(args) -> int:
+    from pgolf.bundle import shipped_files
     from pgolf.eval.legality import audit
     from pgolf.run import resume_config, train
     if args.resume:
@@ -68,10 +68,16 @@ def cmd_train(args) -> int:
         out = args.out or ""
         if not out and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             out = os.path.join("runs", "torchrun-" + os.environ.get("TORCHELASTIC_RUN_ID", "run"))
-    code_bytes = bundle_code_bytes(cfg)
+    from pgolf.trackers import check_trackers, open_trackers
+    check_trackers(cfg.run.trackers)  # a missing package fails now, not mid-run
+    sinks = (lambda d: open_trackers(cfg.run.trackers, d, config_to_dict(cfg))) if cfg.run.trackers else None
+    code_files = shipped_files(cfg)
     _use_embedded_corpus(cfg)
-    metrics = train(cfg, out, code_bytes=code_bytes, resume=bool(args.resume), warnings=warnings, auditor=audit)
+    metrics = train(cfg, out, code_bytes=len(code_files["train_gpt.py"].encode("utf-8")), resume=bool(args.resume),
+                    warnings=warnings, auditor=audit, code_files=code_files, sinks=sinks)
     if int(os.environ.get("RANK", "0")) == 0:
+        from pgolf.plot import write_run_plots
+        write_run_plots(metrics["out_dir"], warn=lambda m: print(m, file=sys.stderr))
         print(f"val_bpb:{metrics['val_bpb']:.6f} val_loss:{metrics['val_loss']:.6f} "
               f"artifact_bytes:{metrics['artifact_bytes']} legal:{metrics['legal']}")
     return 0
@@ -89,7 +95,10 @@ def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
         cfg = read_config_file(cfg_file)
         header = read_artifact_header(str(artifact))
         theirs = header.get("config_hash")
-        if theirs and theirs != config_hash(cfg):
+        # The artifact's hash is of the config text at export: the file as written, or (for a
+        # run resumed under newer code that added fields) the file as re-read.
+        written = hashlib.sha256(cfg_file.read_bytes()).hexdigest()[:16]
+        if theirs and theirs not in (config_hash(cfg), written):
             # Scoring an artifact with another run's config gives a meaningless number.
             raise ConfigError(f"{artifact}: config hash {theirs} does not match {cfg_file} ({config_hash(cfg)}); "
                               "the artifact comes from another run: keep each run folder together")
@@ -106,11 +115,11 @@ def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
 
 
 def cmd_eval(args) -> int:
+    from pgolf.data.paths import load_val
     from pgolf.dist import init_comm
     from pgolf.eval.runner import evaluate
-    from pgolf.runlog import RunLog
-    from pgolf.data.paths import load_val
     from pgolf.quant.export import load_round_trip
+    from pgolf.runlog import RunLog
     cfg, artifact = _load_run(args.target, args.set)
     comm = init_comm(cfg.run.device)
     val = load_val(cfg, comm.device)
@@ -124,11 +133,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from pgolf.eval.legality import audit
     from pgolf.data.paths import load_val
+    from pgolf.eval.legality import audit
     from pgolf.quant.export import load_round_trip
     cfg, artifact = _load_run(args.target, args.set)
-    from pgolf.dist import pick_device
+    from pgolf.hw import pick_device
     device = pick_device(cfg.run.device)
     val = load_val(cfg, device)
     model = load_round_trip(artifact, cfg, device)
@@ -140,16 +149,17 @@ def cmd_audit(args) -> int:
 
 def cmd_info(args) -> int:
     import torch
+
     from pgolf.model.gpt import GPT, count_params
     cfg, warnings = _config_from_args(args)
     with torch.device("meta"):
         params = count_params(GPT(cfg.model))
-    info = {"preset": args.preset or "smoke", "params": params, "config": config_to_dict(cfg),
-            "warnings": warnings}
+    info = {"preset": args.preset or "smoke", "params": params, "code_form": cfg.quant.code_form,
+            "code_bytes": bundle_code_bytes(cfg), "config": config_to_dict(cfg), "warnings": warnings}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"preset: {info['preset']}\nparams: {params:,}")
+        print(f"preset: {info['preset']}\nparams: {params:,}\ncode bytes: {info['code_bytes']:,} ({cfg.quant.code_form})")
         for sec, values in info["config"].items():
             print(f"[{sec}] " + " ".join(f"{k}={v}" for k, v in values.items()))
         for w in warnings:
@@ -173,28 +183,43 @@ def cmd_data(args) -> int:
         from pgolf.data.corpus import prepare_embedded_corpus
         info = prepare_embedded_corpus(args.cache_dir, tokenizer_path=args.tokenizer or "")
         print(json.dumps(info, indent=2))
+    elif args.data_cmd == "tokenizer":
+        from pgolf.data.tokenizer_train import resolve_text_source, train_tokenizer
+        source = resolve_text_source(args.source, args.source_tokenizer or "", val_docs=args.val_docs)
+        fallback = {"auto": None, "on": True, "off": False}[args.byte_fallback]
+        info = train_tokenizer((d for split, d in source() if split == "train"), args.vocab_size, args.out,
+                               byte_fallback=fallback, caseops=args.caseops, threads=args.threads,
+                               max_docs=args.max_docs)
+        print(json.dumps(info, indent=2))
+    elif args.data_cmd == "retokenize":
+        from pgolf.data.tokenizer_train import resolve_text_source, retokenize
+        source = resolve_text_source(args.source, args.source_tokenizer or "", val_docs=args.val_docs)
+        sidecar = {"auto": None, "on": True, "off": False}[args.sidecar]
+        info = retokenize(source, args.tokenizer, args.out, caseops=args.caseops, sidecar=sidecar,
+                          shard_tokens=args.shard_tokens)
+        print(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_bundle(args) -> int:
-    from pgolf.bundle import build_compressed_bundle, bundle_for_config, write_bundle
+    from pgolf.bundle import bundle_for_config, shipped_files, write_bundle
     cfg, _ = _config_from_args(args)
-    minify = args.minify or cfg.quant.code_form == "minified"
-    text = bundle_for_config(cfg, args.preset or "smoke", minify=minify)
-    write_bundle(args.out, text)
-    print(f"wrote {args.out} ({len(text.encode('utf-8')):,} bytes{', minified' if minify else ''})")
-    if args.compressed:
-        out = Path(args.out)
-        packed = build_compressed_bundle(text, out.name)
-        cpath = out.with_name(f"{out.stem}_compressed.py")
-        write_bundle(cpath, packed)
-        print(f"wrote {cpath} ({len(packed.encode('utf-8')):,} bytes, self-extracting; ship it beside {out.name})")
+    form = "compressed" if args.compressed else "minified" if args.minify else cfg.quant.code_form
+    files = shipped_files(cfg, form) if form != "plain" else {"train_gpt.py": bundle_for_config(cfg, args.preset or "smoke")}
+    out = Path(args.out)
+    for name, text in files.items():
+        path = out if name == "train_gpt.py" else out.with_name(name)
+        write_bundle(path, text)
+        what = f"counted, {form}" if path == out else "readable source, ship it beside"
+        print(f"wrote {path} ({len(text.encode('utf-8')):,} bytes, {what})")
     return 0
+
 
 def cmd_bench(args) -> int:
     import torch
-    from pgolf.bench import (bench_artifact, bench_micro_batch, bench_quant, bench_throughput,
-                             format_artifact, format_quant, format_throughput)
+
+    from pgolf.bench import (bench_artifact, bench_micro_batch, bench_quant, bench_throughput, format_artifact,
+                             format_quant, format_throughput)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.bench_cmd == "eval":
@@ -206,8 +231,10 @@ def cmd_bench(args) -> int:
                          warmup=None if args.warmup == "auto" else args.warmup == "on")
         text = format_eval(res)
     elif args.bench_cmd == "quant":
-        cfg, _ = _load_run(args.target, args.set)
-        res = bench_quant(cfg, args.target, args.variant)
+        from pgolf.bench import bench_quant_config
+        cfg = bench_quant_config(args.target, args.set)
+        res = bench_quant(cfg, args.target, args.variant or None, out=args.out,
+                          log=(lambda line: print(line, file=sys.stderr)) if args.verbose else None)
         text = format_quant(res)
     else:
         cfg, warnings = _config_from_args(args)
@@ -245,6 +272,20 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from pgolf.plot import plot_runs
+    for path in plot_runs(args.runs, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pgolf.compare import compare_rows, compare_text
+    res = compare_rows(args.runs)
+    print(json.dumps(res, indent=2) if args.json else compare_text(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pgolf", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -260,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="legality audit of an eval mode on a run folder or artifact")
     p.add_argument("target")
     p.add_argument("--mode", default="sliding",
-                   help="plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot")
+                   help="plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot|lora-ttt|phased-ttt")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--normalization", action="store_true",
                    help="also check every position's distribution sums to 1 (one eval per vocabulary id)")
@@ -269,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_info)
-    p = sub.add_parser("data", help="datasets: download, inspect, prepare the embedded corpus")
+    p = sub.add_parser("data", help="datasets: download, inspect, prepare the embedded corpus, train tokenizers, re-tokenize")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     d = dsub.add_parser("fineweb", help="download the challenge's FineWeb shards")
     d.add_argument("--variant", default="sp1024")
@@ -282,13 +323,38 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("prepare", help="prepare the embedded corpus")
     d.add_argument("--cache-dir", default="")
     d.add_argument("--tokenizer", help="tokenize with this SentencePiece model instead of training one")
+    source_help = ("text sources: .txt files (one document each), .jsonl files (one {\"text\": ...} per "
+                   "line), a folder of fineweb_{train,val}_*.bin shards (needs --source-tokenizer), or embedded")
+    d = dsub.add_parser("tokenizer", help="train a SentencePiece BPE with the challenge's settings")
+    d.add_argument("source", nargs="+", help=source_help + "; trains on the train split only")
+    d.add_argument("--vocab-size", type=int, required=True, help="e.g. 1024, 4096, 8192")
+    d.add_argument("--out", required=True, help="the .model file to write")
+    d.add_argument("--caseops", action="store_true",
+                   help="CaseOps-encode the text and reserve its 4 control symbols as ids 4-7")
+    d.add_argument("--byte-fallback", choices=("auto", "on", "off"), default="auto",
+                   help="auto: off for vocabulary 1024 (the challenge's model), on above")
+    d.add_argument("--max-docs", type=int, default=0, help="train on at most this many documents (0 = all)")
+    d.add_argument("--threads", type=int, default=2)
+    d = dsub.add_parser("retokenize", help="tokenize documents into official shards (+ byte sidecars)")
+    d.add_argument("source", nargs="+", help=source_help + "; splits are kept")
+    d.add_argument("--tokenizer", required=True, help="the SentencePiece .model to tokenize with")
+    d.add_argument("--out", required=True, help="an empty folder for the shards")
+    d.add_argument("--caseops", action="store_true", help="CaseOps-encode each document first")
+    d.add_argument("--sidecar", choices=("auto", "on", "off"), default="auto",
+                   help="per-token original-byte files beside the val shards (auto: with --caseops)")
+    d.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per train shard")
+    for d, val_docs in ((dsub.choices["tokenizer"], 0), (dsub.choices["retokenize"], 50_000)):
+        d.add_argument("--source-tokenizer", help="the .model that wrote a shard-folder source")
+        d.add_argument("--val-docs", type=int, default=val_docs,
+                       help=f"for text files: the first N documents are val (default {val_docs:,}; the "
+                            "challenge's val set is its first 50,000)")
     p.set_defaults(fn=cmd_data)
     p = sub.add_parser("bundle", help="generate the single-file train_gpt.py")
     _add_config_args(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--minify", action="store_true", help="strip comments and docstrings")
+    p.add_argument("--minify", action="store_true", help="write the minified form (quant.code_form=minified)")
     p.add_argument("--compressed", action="store_true",
-                   help="also write a self-extracting LZMA form beside the readable file")
+                   help="write the self-extracting form, the readable file beside it (quant.code_form=compressed)")
     p.set_defaults(fn=cmd_bundle)
     p = sub.add_parser("bench", help="benchmarks: training throughput, artifact budget, eval modes")
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
@@ -319,9 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each mode untimed on the slice's start first (auto: on a GPU or with compile)")
     b = bsub.add_parser("quant", help="bytes and bpb penalty of quantization policies on a trained run")
     b.add_argument("target", help="run folder (needs final_state.pt)")
-    b.add_argument("--variant", action="append", required=True, metavar="NAME:field=value[,field=value]",
-                   help="a QuantConfig variant, e.g. row:matrix_bits=6,matrix_method=gptq_lite,clip_search=row")
+    b.add_argument("--variant", action="append", default=[], metavar="NAME:field=value[,field=value]",
+                   help="a QuantConfig variant, e.g. row:matrix_bits=6,matrix_method=gptq_lite,clip_search=row; "
+                        "none = every method (GPTQ-lite, SDClip, full GPTQ, LQER, mixed widths, layouts)")
     b.add_argument("--set", action="append", default=[], help="override eval settings, e.g. eval.max_tokens=65536")
+    b.add_argument("--out", default="", help="also write the rows as JSON here (e.g. bench/results/quant_RUN.json)")
+    b.add_argument("--verbose", action="store_true", help="print each variant's row as it finishes")
     for b in bsub.choices.values():
         b.add_argument("--seed", type=int, default=0)
         b.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
@@ -345,6 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_stats)
+    p = sub.add_parser("plot", help="draw runs from their logs: curves.png and budget.png (needs pgolf[plot])")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders; several share one figure")
+    p.add_argument("--out", help="curves PNG (budget PNG beside it as <stem>_budget.png); default: "
+                                 "RUN/plots/ for one run, runs_curves.png for several")
+    p.set_defaults(fn=cmd_plot)
+    p = sub.add_parser("compare", help="one table of runs: differing config fields, bpb, bytes, times")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_compare)
     return ap
 
 

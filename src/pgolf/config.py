@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pgolf.config_checks import (config_field_problems, config_layer_list, config_problems,
-                                 config_world_size_problem, env_name_warnings, env_refusals)
+from pgolf.config_checks import (config_field_problems, config_layer_list, config_problems, config_world_size_problem,
+                                 env_name_warnings, env_refusals)
 from pgolf.errors import PgolfError
 
 
@@ -66,6 +66,38 @@ class ModelConfig:
     embed_dtype: Literal["fp32", "bf16"] = _f(
         "fp32", "storage of tok_emb / bigram / VE tables in training; bf16 is what records "
                 "#549/#1128 ran (their model is cast to bf16), fp32 keeps small updates")
+    # ---- frontier switches (issue 13); each is off by default ----
+    bos_id: int = _f(1, "BOS token id (the challenge tokenizers' 1): where documents start, for the "
+                        "SmearGate BOS fix and document-masked attention")
+    num_loops: int = _f(0, "depth recurrence: extra passes over blocks loop_start..loop_end (#1344; #1855 "
+                           "runs 2, i.e. three passes); 0 = off")
+    loop_start: int = _f(3, "first looped block (#1855: 3)")
+    loop_end: int = _f(5, "last looped block, inclusive (#1855: 5)")
+    loop_enable_at: float = _f(0.0, "fraction of training after which the loop runs (#1855: 0.35; the "
+                                    "cheap plain stack trains first); 0 = from the start")
+    loop_untied_mlp: bool = _f(False, "repeated passes use MLP weights of their own instead of sharing the "
+                                      "looped block's (more parameters, same attention)")
+    parallel_start: int = _f(0, "parallel residual lanes from this block on: attention and MLP read separate "
+                                "lanes, written back by a learned 2x2 routing (#1530; #1855: 8); 0 = off")
+    parallel_final: Literal["mean", "attn", "mlp"] = _f(
+        "mean", "hidden state after the parallel blocks: mean of the lanes (#1855), or one lane")
+    skip_gates: bool = _f(False, "sigmoid-gated U-Net skips x <- lerp(w*skip, x, sigmoid(g)), g from 0 "
+                                 "(in #1855's stack)")
+    attn_gate: Literal["off", "out", "dense", "sparse"] = _f(
+        "off", "per-head gate on the attention output: out = 2*sigmoid(W x[:gate_window]), neutral at "
+               "init (#1667); dense = sigmoid(W x) over the full width (#1736); sparse = sigmoid(scale * "
+               "W x[:gate_window]) (#1787, in #1855)")
+    gate_window: int = _f(12, "leading residual dims read by the out/sparse attention gates and the input "
+                              "SmearGate (#1855: 12, a 96-parameter gate per layer)")
+    attn_gate_scale: float = _f(1.0, "logit scale of the sparse attention gate (#1855: 0.5, a softer gate)")
+    attn_gate_init_std: float = _f(0.0, "normal init std of the attention gate weights; 0 = zeros")
+    smear_kind: Literal["channel", "input"] = _f(
+        "channel", "channel: per-channel gate after the embedding norm (#549/#1128); input: x_t += lam * "
+                   "sigmoid(W x_t[:gate_window]) * x_{t-1} before the norm, lam from 0 (#1667)")
+    smear_bos_fix: bool = _f(False, "no smear into a BOS position, so a document never sees the previous "
+                                    "one's last token (#1855's fix)")
+    doc_mask: bool = _f(False, "attention never crosses a BOS (document start): FA3 varlen where present, "
+                               "a masked SDPA elsewhere; training and evaluation alike")
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -116,8 +148,9 @@ class ScheduleConfig:
 @dataclass
 class QuantConfig:
     matrix_bits: int = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16); records fit with 6")
-    matrix_method: Literal["rowwise", "gptq_lite"] = _f(
-        "rowwise", "rowwise (fixed clip quantile) or gptq_lite (clip search per tensor)")
+    matrix_method: Literal["rowwise", "gptq_lite", "gptq"] = _f(
+        "rowwise", "rowwise (fixed clip quantile), gptq_lite (round to nearest, clip by clip_rule) or "
+                   "gptq (full GPTQ on calibration Hessians, #1019)")
     clip_search: Literal["matrix", "row"] = _f("matrix", "gptq_lite clip: one per matrix (reference) or per row")
     embed_bits: int = _f(8, "bits for embedding tables (16 = keep fp16)")
     small_numel: int = _f(65536, "tensors with at most this many elements stay fp16 (the baseline's cut)")
@@ -129,8 +162,45 @@ class QuantConfig:
         "matrices", "what late QAT fake-quantizes: matrices = every block matrix on the artifact's "
                     "grid; reference = only bigram.proj / ve.proj, as records #549/#1128 ran")
     max_artifact_bytes: int = _f(16_000_000, "challenge limit on model + code bytes (decimal)")
-    code_form: Literal["plain", "minified"] = _f(
-        "plain", "counted train_gpt.py: plain (readable) or minified (no comments/docstrings)")
+    code_form: Literal["plain", "minified", "compressed"] = _f(
+        "compressed", "counted train_gpt.py: compressed = minified + LZMA + base85 self-extracting, readable "
+                      "file beside it (records #1394 on; ~4x fewer code bytes); plain = readable; minified = "
+                      "no comments, docstrings, annotations")
+    # ---- frontier compression (issue 12): full GPTQ, SDClip, mixed widths, LQER, layouts ----
+    clip_rule: Literal["quantile", "sdclip"] = _f(
+        "quantile", "per-row clip of gptq_lite/gptq: quantile = search among |w| quantiles (GPTQ-lite); "
+                    "sdclip = k x row std (#1394), which narrows the codes LZMA sees")
+    clip_weighting: Literal["plain", "hessian"] = _f(
+        "plain", "hessian: score quantile candidates / weight the SDClip std by the input Hessian's "
+                 "diagonal (needs matrix_method=gptq); plain: unweighted")
+    sdclip_k_matrix: float = _f(12.85, "SDClip k for block matrices (#1394's value)")
+    sdclip_k_embed: float = _f(20.0, "SDClip k for embedding tables (#1394's value)")
+    attn_bits: int = _f(0, "bits for attention matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
+    mlp_bits: int = _f(0, "bits for MLP matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
+    bigram_bits: int = _f(0, "bits for the BigramHash table (4..8, 16 = fp16); 0 = quant.embed_bits")
+    ve_bits: int = _f(0, "bits for the value-embedding table (4..8, 16 = fp16); 0 = quant.embed_bits")
+    gptq_embed: bool = _f(False, "also GPTQ the tied token embedding against its output-head Hessian")
+    gptq_block_size: int = _f(128, "GPTQ columns per lazy-update block (speed only, same result in exact math)")
+    gptq_damp: float = _f(0.01, "GPTQ damping: fraction of the mean Hessian diagonal added to it")
+    gptq_act_order: bool = _f(True, "GPTQ quantizes columns by decreasing Hessian diagonal (act order)")
+    gptq_reserve_seconds: float = _f(
+        0.0, "training wall-clock seconds held back for calibration + GPTQ, which the challenge "
+             "counts as training (the cap stops training this much earlier)")
+    calib_source: Literal["train", "self"] = _f(
+        "train", "GPTQ calibration tokens: train shards, or sequences the model samples itself (#1019); "
+                 "validation tokens are never allowed")
+    calib_seqs: int = _f(64, "calibration sequences (#1019: 64 x 2048)")
+    calib_seq_len: int = _f(0, "calibration sequence length; 0 = run.train_seq_len")
+    calib_temperature: float = _f(0.8, "sampling temperature of self-generated calibration (#1019)")
+    calib_batch_seqs: int = _f(8, "calibration sequences per forward (memory only)")
+    lqer_rank: int = _f(0, "LQER: rank of the int-factor correction of the quantization error; 0 = off "
+                           "(#1855: 4)")
+    lqer_top_k: int = _f(3, "LQER corrects this many tensors, those with the largest error (#1855: 3)")
+    lqer_bits: int = _f(4, "bits of the LQER factors (4..8)")
+    code_order: Literal["rows", "columns"] = _f(
+        "rows", "integer codes stored row-major or transposed (columns) before compression")
+    fp16_layout: Literal["plain", "shuffled"] = _f(
+        "plain", "fp16 scales/tensors stored as is or byte-shuffled (all low bytes, then all high)")
 
 
 @dataclass
@@ -148,11 +218,38 @@ class EvalConfig:
     ttt_momentum: float = _f(0.9, "TTT SGD momentum")
     ttt_batch_seqs: int = _f(32, "sequences per TTT training step")
     ttt_grad_clip: float = _f(1.0, "TTT gradient clip norm")
+    ttt_kind: Literal["global", "lora", "phased"] = _f(
+        "global", "what ttt_enabled runs: global = score-first SGD of all weights per chunk (#549); lora = "
+                  "per-document LoRA, reset at each BOS (#1530); phased = lora plus global SGD pauses on the "
+                  "scored prefix, with the ttt_* SGD fields above (#1626; #1855: ttt_lr 0.001, ttt_epochs 1)")
+    ttt_lora_rank: int = _f(80, "LoRA TTT adapter rank (#1855: 80, which beat 96 on all 3 seeds); 0 = no adapters")
+    ttt_lora_alpha: float = _f(0.0, "adapter output scale alpha/rank, so the step size does not grow with the "
+                                    "rank (#1767: 144); 0 = unscaled B@A (#1855)")
+    ttt_lora_lr: float = _f(1e-4, "LoRA TTT Adam learning rate (#1530..#1855)")
+    ttt_lora_beta1: float = _f(0.0, "LoRA TTT Adam beta1 (#1855: 0, each chunk's gradient alone)")
+    ttt_lora_beta2: float = _f(0.99, "LoRA TTT Adam beta2 (#1855: 0.99, faster than 0.999)")
+    ttt_lora_wd: float = _f(0.5, "LoRA TTT decoupled weight decay (#1855: 0.5)")
+    ttt_lora_chunk: int = _f(48, "tokens scored between two adapter updates (#1855: 48); at most seq_len")
+    ttt_lora_steps: int = _f(1, "Adam steps on each scored chunk (#1855: 1)")
+    ttt_lora_targets: str = _f("q,k,v,o,up,down", "comma list of adapted matrices: q k v o up down (block "
+                                                  "matrices) and head (needs the model's head seam)")
+    ttt_phased_prefix_docs: int = _f(2500, "phased TTT: documents after which the global phases end (#1855: "
+                                           "2500, ~460 s of the 600 s eval budget)")
+    ttt_phased_phases: int = _f(3, "phased TTT: global SGD pauses, evenly spread over the prefix documents "
+                                   "(#1855: 3, after documents 833, 1666, 2500)")
     slot_mode: Literal["off", "batch", "causal"] = _f("off", "off, batch (published, NON-CAUSAL) or causal")
     slot_lr: float = _f(0.003, "SLOT AdamW learning rate (#1128's SLOT, as the fields below)")
     slot_steps: int = _f(5, "SLOT AdamW steps per batch")
     slot_wd: float = _f(1e-8, "SLOT AdamW weight decay")
     slot_eps: float = _f(1e-5, "SLOT AdamW epsilon")
+    slot_bias: bool = _f(False, "causal SLOT also fits a per-window logit bias (a learned unigram cache "
+                                "of the document so far; issue 15)")
+    slot_bias_lr: float = _f(0.01, "AdamW learning rate of the causal SLOT logit bias")
+    slot_carry: bool = _f(False, "causal SLOT state persists across windows of a document, refitted "
+                                 "only on scored targets and reset at BOS (issue 15)")
+    slot_carry_steps: int = _f(2, "AdamW steps refitting the carried state on each batch's newly scored targets")
+    slot_bos_id: int = _f(1, "token id starting a document (the challenge tokenizer's BOS): causal SLOT "
+                             "fits and carries state within one document; -1 = ignore documents")
     audit: bool = _f(True, "run the legality audit on a small slice before the final number")
     audit_tokens: int = _f(2048, "validation tokens used by the audit")
     budget_seconds: float = _f(600.0, "evaluation time budget (the challenge's 10 min); warn when over")
@@ -176,6 +273,8 @@ class RunConfig:
         -1, "write a resumable checkpoint every N steps; 0 = never; -1 = auto: every minute of "
             "training at most, and never more often than keeps checkpoint writes under 2% of it")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available, else cpu")
+    trackers: str = _f("", "comma-separated trackers fed the log's scalars (tensorboard, wandb), for "
+                           "dashboards beside log.txt; empty = none; never part of a bundled run")
 
 
 @dataclass

@@ -23,6 +23,8 @@ _CHECKS_KINDS: dict[str, tuple[Any, str]] = {
     "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "bits": (lambda v: v in QUANT_BITS_ALLOWED, "5..8 (or 16 to keep fp16)"),
+    "group_bits": (lambda v: v in (0, 4, 5, 6, 7, 8, 16), "4..8 (16 = fp16, 0 = the category's default)"),
+    "factor_bits": (lambda v: 4 <= v <= 8, "4..8"),
 }
 
 # Single-field ranges; a field not listed only has its type (and finiteness) checked.
@@ -32,7 +34,9 @@ CONFIG_RANGES: dict[str, str] = {
     "model.tied_embed_init_std": ">=0", "model.logit_softcap": ">=0", "model.rope_base": ">0",
     "model.leaky_slope": ">=0", "model.rope_dims": ">=0", "model.rope_train_len": ">=0",
     "model.bigram_vocab_size": ">=0", "model.bigram_dim": ">=1", "model.xsa_last_n": ">=0",
-    "model.ve_dim": ">=1",
+    "model.ve_dim": ">=1", "model.bos_id": ">=0", "model.num_loops": ">=0", "model.loop_start": ">=0",
+    "model.loop_end": ">=0", "model.loop_enable_at": "[0,1)", "model.parallel_start": ">=0",
+    "model.gate_window": ">=1", "model.attn_gate_init_std": ">=0", "model.attn_gate_scale": ">0",
     "optim.matrix_lr": ">=0", "optim.scalar_lr": ">=0", "optim.tied_embed_lr": ">=0",
     "optim.embed_lr": ">=0", "optim.head_lr": ">=0", "optim.muon_momentum": "[0,1)",
     "optim.muon_momentum_warmup_start": "[0,1)", "optim.muon_momentum_warmup_steps": ">=0",
@@ -43,17 +47,30 @@ CONFIG_RANGES: dict[str, str] = {
     "schedule.swa_every": ">=1", "schedule.swa_threshold": "[0,1]",
     "quant.matrix_bits": "bits", "quant.embed_bits": "bits", "quant.small_numel": ">=0",
     "quant.late_qat_threshold": "[0,1]", "quant.max_artifact_bytes": ">=1",
+    "quant.sdclip_k_matrix": ">0", "quant.sdclip_k_embed": ">0", "quant.attn_bits": "group_bits",
+    "quant.mlp_bits": "group_bits", "quant.bigram_bits": "group_bits", "quant.ve_bits": "group_bits",
+    "quant.gptq_block_size": ">=1", "quant.gptq_damp": ">0", "quant.gptq_reserve_seconds": ">=0",
+    "quant.calib_seqs": ">=1", "quant.calib_seq_len": ">=0", "quant.calib_temperature": ">0",
+    "quant.calib_batch_seqs": ">=1", "quant.lqer_rank": ">=0", "quant.lqer_top_k": ">=0",
+    "quant.lqer_bits": "factor_bits",
     "eval.seq_len": ">=0", "eval.batch_tokens": ">=1", "eval.stride": ">=0", "eval.batch_seqs": ">=1",
     "eval.max_tokens": ">=0", "eval.ttt_lr": ">=0", "eval.ttt_epochs": ">=0",
     "eval.ttt_chunk_tokens": ">=1", "eval.ttt_freeze_blocks": ">=0", "eval.ttt_momentum": "[0,1)",
     "eval.ttt_batch_seqs": ">=1", "eval.ttt_grad_clip": ">=0", "eval.slot_lr": ">=0",
     "eval.slot_steps": ">=0", "eval.slot_wd": ">=0", "eval.slot_eps": ">0",
+    "eval.slot_bias_lr": ">=0", "eval.slot_carry_steps": ">=0", "eval.slot_bos_id": ">=-1",
     "eval.audit_tokens": ">=0", "eval.budget_seconds": ">=0",
+    "eval.ttt_lora_rank": ">=0", "eval.ttt_lora_alpha": ">=0", "eval.ttt_lora_lr": ">=0",
+    "eval.ttt_lora_beta1": "[0,1)", "eval.ttt_lora_beta2": "[0,1)", "eval.ttt_lora_wd": ">=0",
+    "eval.ttt_lora_chunk": ">=1", "eval.ttt_lora_steps": ">=1", "eval.ttt_phased_prefix_docs": ">=0",
+    "eval.ttt_phased_phases": ">=1",
     "run.iterations": ">=1", "run.max_wallclock_seconds": ">=0", "run.train_batch_tokens": ">=1",
     "run.train_seq_len": ">=1", "run.accum_world": ">=1", "run.val_loss_every": ">=0",
     "run.train_log_every": ">=0", "run.checkpoint_every": ">=-1",
 }
 
+# Matrices per-document LoRA TTT can adapt (eval.ttt_lora_targets).
+LORA_TARGET_NAMES = ("q", "k", "v", "o", "up", "down", "head")
 # The grids pgolf's quantizers and artifact format implement; 16 keeps the tensor in fp16.
 QUANT_BITS_ALLOWED = (5, 6, 7, 8, 16)
 # The level range each compressor accepts (compress_bytes would clamp anything else silently).
@@ -139,6 +156,30 @@ def _checks_model(m: Any) -> list[str]:
         out.append("model.bigram_vocab_size: 1 is not allowed; use 0 (off) or >= 2 (hashes go mod buckets - 1)")
     if m.ve_enabled:
         out += [p for p in [config_layer_list(m.ve_layers, m.num_layers)[1]] if p]
+    return out + _checks_frontier(m)
+
+
+def _checks_frontier(m: Any) -> list[str]:
+    out = []
+    if m.bos_id >= m.vocab_size:
+        out.append(f"model.bos_id: {m.bos_id} is not a token of a {m.vocab_size}-token vocabulary; "
+                   f"use the tokenizer's BOS id (1 for the challenge tokenizers)")
+    if m.num_loops and not m.loop_start <= m.loop_end < m.num_layers:
+        out.append(f"model.loop_end: blocks {m.loop_start}..{m.loop_end} are not a range of the "
+                   f"{m.num_layers} blocks; use 0 <= loop_start <= loop_end <= {m.num_layers - 1}")
+    if m.parallel_start >= m.num_layers:
+        out.append(f"model.parallel_start: {m.parallel_start} is past the last block; use 1..{m.num_layers - 1} "
+                   f"(0 = off)")
+    if m.num_loops and m.parallel_start and m.loop_end >= m.parallel_start:
+        out.append(f"model.loop_end: {m.loop_end} loops a block at or past model.parallel_start="
+                   f"{m.parallel_start}; once the lanes split the stack stays parallel, so loop "
+                   f"earlier blocks or start the lanes later")
+    if m.attn_gate in ("out", "sparse") and m.gate_window > m.model_dim:
+        out.append(f"model.gate_window: {m.gate_window} is wider than model.model_dim={m.model_dim}; "
+                   f"use 1..{m.model_dim}")
+    if m.smear and m.smear_kind == "input" and m.gate_window > m.model_dim:
+        out.append(f"model.gate_window: {m.gate_window} is wider than model.model_dim={m.model_dim}; "
+                   f"use 1..{m.model_dim}")
     return out
 
 
@@ -159,6 +200,20 @@ def _checks_train(cfg: Any) -> list[str]:
     if q.late_qat_threshold > 0 and q.matrix_bits == 16:
         out.append(f"quant.late_qat_threshold: {q.late_qat_threshold} fake-quantizes to quant.matrix_bits, "
                    f"which is 16 (no grid); set matrix_bits 5..8 or late_qat_threshold 0")
+    return out + _checks_quant(cfg)
+
+
+def _checks_quant(cfg: Any) -> list[str]:
+    q, out = cfg.quant, []
+    if q.clip_weighting == "hessian" and q.matrix_method != "gptq":
+        out.append("quant.clip_weighting: 'hessian' needs the calibration Hessians of quant.matrix_method=gptq; "
+                   "set matrix_method gptq or clip_weighting plain")
+    if q.gptq_embed and q.matrix_method != "gptq":
+        out.append("quant.gptq_embed: true needs quant.matrix_method=gptq (calibration); set it or gptq_embed false")
+    wall = cfg.run.max_wallclock_seconds
+    if wall > 0 and q.gptq_reserve_seconds >= wall:
+        out.append(f"quant.gptq_reserve_seconds: {q.gptq_reserve_seconds} leaves no training time under "
+                   f"run.max_wallclock_seconds={wall}; use less than {wall}")
     return out
 
 
@@ -171,16 +226,57 @@ def _checks_eval(cfg: Any) -> list[str]:
     if 0 < e.max_tokens < seq:
         out.append(f"eval.max_tokens: {e.max_tokens} is shorter than one eval window ({seq} tokens); "
                    f"use 0 (all) or >= {seq}")
+    if e.slot_mode == "batch" and (e.slot_bias or e.slot_carry):
+        out.append("eval.slot_mode: 'batch' with slot_bias/slot_carry, which only the causal SLOT has; "
+                   "set eval.slot_mode causal or turn them off")
+    if e.slot_bos_id >= cfg.model.vocab_size:
+        out.append(f"eval.slot_bos_id: {e.slot_bos_id} is not a token id (model.vocab_size="
+                   f"{cfg.model.vocab_size}); use 0..{cfg.model.vocab_size - 1} or -1")
+    out += _checks_lora_ttt(e, seq)
     if e.ttt_freeze_blocks > cfg.model.num_layers:
         out.append(f"eval.ttt_freeze_blocks: {e.ttt_freeze_blocks} is more than model.num_layers="
                    f"{cfg.model.num_layers}; use 0..{cfg.model.num_layers}")
     return out
 
 
+# The experiment trackers pgolf.trackers can feed (run.trackers) and the extra each needs.
+TRACKERS_KNOWN = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def tracker_names(spec: str) -> list[str]:
+    """run.trackers as a list of names (comma-separated, blanks ignored)."""
+    return [n.strip() for n in spec.split(",") if n.strip()]
+
+
+def _checks_trackers(cfg: Any) -> list[str]:
+    bad = [n for n in tracker_names(cfg.run.trackers) if n not in TRACKERS_KNOWN]
+    if bad:
+        return [f"run.trackers: unknown tracker {', '.join(map(repr, bad))}; use a comma-separated subset of "
+                f"{', '.join(TRACKERS_KNOWN)} or leave it empty"]
+    return []
+
+
+def _checks_lora_ttt(e: Any, seq: int) -> list[str]:
+    out = []
+    names = [p.strip() for p in e.ttt_lora_targets.split(",") if p.strip()]
+    bad = [p for p in names if p not in LORA_TARGET_NAMES]
+    if bad or not names:
+        out.append(f"eval.ttt_lora_targets: {e.ttt_lora_targets!r} is not a comma list of "
+                   f"{', '.join(LORA_TARGET_NAMES)}; e.g. q,k,v,o,up,down")
+    if e.ttt_enabled and e.ttt_kind != "global" and e.ttt_lora_chunk > seq:
+        out.append(f"eval.ttt_lora_chunk: {e.ttt_lora_chunk} is longer than the eval window ({seq} tokens); "
+                   f"use 1..{seq}")
+    if e.ttt_enabled and e.ttt_kind != "global" and e.slot_mode != "off":
+        out.append(f"eval.slot_mode: {e.slot_mode!r} does not combine with eval.ttt_kind={e.ttt_kind} "
+                   f"(per-document TTT scores with its own adapters); set slot_mode off or ttt_kind global")
+    return out
+
+
 def config_problems(cfg: Any) -> list[str]:
     """Every problem of the config; cross-field rules run only once each field is valid alone,
     so one bad value is reported once, by its own name."""
-    return config_field_problems(cfg) or _checks_model(cfg.model) + _checks_train(cfg) + _checks_eval(cfg)
+    return config_field_problems(cfg) or (_checks_model(cfg.model) + _checks_train(cfg) + _checks_eval(cfg)
+                                          + _checks_trackers(cfg))
 
 
 def config_world_size_problem(cfg: Any, world_size: int) -> str | None:

@@ -10,6 +10,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
+from pgolf.hw import pick_device
+
 
 class DoneHandle:
     """Handle of an operation that already completed (single process)."""
@@ -114,17 +116,12 @@ class _AvgHandle:
         self.out.div_(self.world)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device("cuda", local)
-    return torch.device(requested)
+def init_comm(requested_device: str = "auto", timeout_s: float = 600.0) -> Comm:
+    """Comm for this process: a process group when launched by torchrun, else single.
 
-
-def init_comm(requested_device: str = "auto") -> Comm:
-    """Comm for this process: a process group when launched by torchrun, else single."""
+    timeout_s bounds every collective: a rank whose peer died fails with an error instead
+    of waiting forever (NCCL's watchdog and gloo both honour it).
+    """
     device = pick_device(requested_device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -133,5 +130,5 @@ def init_comm(requested_device: str = "auto") -> Comm:
         return Comm(device)
     if not tdist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+        tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return ProcessGroupComm(device)

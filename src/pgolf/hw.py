@@ -6,9 +6,25 @@ Everything else asks this module instead of probing for itself, so switching a p
 with a fallback (the bundled train_gpt.py must run where they are absent).
 """
 
+import os
+
 import torch
 
+from pgolf.errors import PgolfError
+
 ATTENTION_BACKENDS = ("auto", "fa3", "sdpa", "math")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """run.device -> the torch device (under torchrun, this rank's GPU)."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise PgolfError("run.device=cuda but this torch build sees no CUDA device "
+                             f"(torch {torch.__version__}): use run.device=cpu or auto, or a CUDA build of torch")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(requested)
 
 
 def compute_autocast(device: torch.device):
@@ -26,6 +42,22 @@ def fa3_function():
     except ImportError:
         return None
     return flash_attn_func
+
+
+def fa3_varlen_function():
+    """FlashAttention-3's `flash_attn_varlen_func` (packed documents, cu_seqlens) when installed."""
+    try:
+        from flash_attn_interface import flash_attn_varlen_func  # optional Hopper kernel
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def doc_attention_kernel(backend: str) -> str:
+    """How document-masked attention runs: `varlen` (FA3 over cu_seqlens, no T x T mask) where
+    the FA3 backend was chosen and its varlen entry exists, else `masked` (SDPA/math with a
+    same-document causal mask)."""
+    return "varlen" if backend == "fa3" and fa3_varlen_function() is not None else "masked"
 
 
 def resolve_attention_backend(requested: str, device: torch.device) -> str:

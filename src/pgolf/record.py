@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pgolf.bundle import build_compressed_bundle, bundle_for_config
-from pgolf.config import Config, read_config_file, shippable_config
+from pgolf.bundle.build import shipped_files
+from pgolf.config import Config, read_config_file
 from pgolf.errors import PgolfError
+from pgolf.plot import PLOT_DIR
 from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact_header
 
 RECORD_RUN_FILES = ("metrics.json", "config.toml", "model.ptz", "log.txt")
@@ -71,12 +72,10 @@ def _record_check_out(out: Path) -> None:
 
 
 def _record_code(cfg: Config, minify: bool, compressed: bool) -> dict[str, str]:
-    """File name -> text of the code shipped; train_gpt.py is the counted file."""
-    text = bundle_for_config(shippable_config(cfg), "run", minify=minify or cfg.quant.code_form == "minified")
-    if not compressed:
-        return {"train_gpt.py": text}
-    # DESIGN.md section 8: the compressed form is allowed only with the readable source beside it.
-    return {"train_gpt.py": build_compressed_bundle(text, "train_gpt_readable.py"), "train_gpt_readable.py": text}
+    """File name -> text of the code shipped; train_gpt.py is the counted file (quant.code_form
+    unless a flag asks for another form; compressed ships the readable file beside it)."""
+    form = "compressed" if compressed else "minified" if minify else cfg.quant.code_form
+    return shipped_files(cfg, form)
 
 
 def _record_submission(metrics: dict[str, Any], cfg: Config, report: dict[str, Any], name: str,
@@ -108,8 +107,8 @@ def _record_verdict(sub: dict[str, Any]) -> str:
     return "not audited (eval.audit=false)"
 
 
-def record_readme(sub: dict[str, Any], compressed: bool) -> str:
-    """The README.md of a record folder: the numbers, the verdict, how to reproduce."""
+def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] = ()) -> str:
+    """The README.md of a record folder: the numbers, the verdict, how to reproduce, the plots."""
     env = " ".join(f"{k}={v}" for k, v in {**RECORD_DATA_ENV, "SEED": sub["seed"]}.items())
     rows = [("val_bpb", f"{sub['val_bpb']:.6f}"), ("val_loss (nats)", f"{sub['val_loss']:.6f}"),
             ("eval mode", str(sub["eval_mode"])), ("legality", _record_verdict(sub)),
@@ -132,7 +131,14 @@ def record_readme(sub: dict[str, Any], compressed: bool) -> str:
     if compressed:
         lines.append("Here `train_gpt.py` (the counted file) is the self-extracting LZMA form of "
                      "`train_gpt_readable.py`, shipped beside it.")
+    if plots:
+        lines += ["", "## Plots", "", *(f"![{Path(p).stem}](plots/{p})" for p in plots)]
     return "\n".join(lines) + "\n"
+
+
+def record_plots(run: Path) -> list[Path]:
+    """The PNGs `pgolf train` or `pgolf plot RUN` left in the run's plots/ folder, curves first."""
+    return sorted((run / PLOT_DIR).glob("*.png"), key=lambda p: (p.name != "curves.png", p.name))
 
 
 # An absolute or home path anywhere in a line (values, messages with "_" for spaces), but
@@ -180,9 +186,14 @@ def export_record(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: 
     check_budget(report, f"of record {out} (from {run})")
     sub = _record_submission(metrics, cfg, report, name, author, limit)
     out.parent.mkdir(parents=True, exist_ok=True)
+    plots = record_plots(run)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _record_write(tmp, run, code, sub, record_readme(sub, compressed))
+        _record_write(tmp, run, code, sub, record_readme(sub, "train_gpt_readable.py" in code, tuple(p.name for p in plots)))
+        if plots:
+            (tmp / PLOT_DIR).mkdir()
+            for p in plots:
+                shutil.copyfile(p, tmp / PLOT_DIR / p.name)
         os.chmod(tmp, 0o755)
         # rename() replaces an empty folder atomically and fails on a non-empty one.
         os.rename(tmp, out)

@@ -1,6 +1,7 @@
 """One run, start to finish: claim the folder, build, train, export, evaluate, write
 metrics. The entry point of `pgolf train` and of a generated train_gpt.py (bundle_main)."""
 
+import hashlib
 import math
 import os
 import time
@@ -23,6 +24,7 @@ from pgolf.hw import device_label, maybe_compile
 from pgolf.interrupts import RunInterrupted, stop_on_signals
 from pgolf.model.build import build_model
 from pgolf.model.gpt import count_params
+from pgolf.model.stack import looping_due
 from pgolf.optim.averaging import EMA, SWA
 from pgolf.optim.builder import build_optimizers
 from pgolf.quant.export import export_artifact
@@ -69,6 +71,8 @@ class RunSpec:
     checkpoint: dict | None = None  # set when resuming
     warnings: list[str] = field(default_factory=list)
     auditor: Callable | None = None  # pgolf.eval.legality.audit, when the caller has it
+    code_files: dict[str, str] = field(default_factory=dict)  # shipped code, logged so the log is the record
+    sinks: Callable | None = None  # run_dir -> event sinks (trackers)
 
     @property
     def out_dir(self) -> str:
@@ -76,8 +80,14 @@ class RunSpec:
 
 
 def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = False,
-          warnings: list[str] | None = None, auditor: Callable | None = None) -> dict[str, Any]:
-    """Train, export and evaluate one run; returns (and writes) its metrics."""
+          warnings: list[str] | None = None, auditor: Callable | None = None,
+          code_files: dict[str, str] | None = None, sinks: Callable | None = None) -> dict[str, Any]:
+    """Train, export and evaluate one run; returns (and writes) its metrics.
+
+    The optional extras come from the caller so the bundled script needs none of them:
+    `auditor` (the legality audit), `code_files` (the shipped source, logged), `sinks`
+    (run_dir -> callables that receive every log event: trackers).
+    """
     comm = init_comm(cfg.run.device)
     try:
         check_world_size(cfg, comm.world_size)
@@ -87,14 +97,15 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
         # A resume that cannot load its checkpoint fails before the log is opened: the
         # folder of a finished or broken run is then really left untouched.
         blob = load_checkpoint(str(folder.path), comm.rank, comm) if resume else None
-        spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings or [], auditor)
+        spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings or [], auditor, code_files or {}, sinks)
         return _train_in_folder(spec)
     finally:
         comm.close()
 
 
 def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
-    log = RunLog(os.path.join(spec.out_dir, "log.txt"), enabled=spec.comm.is_main)
+    sinks = spec.sinks(spec.out_dir) if spec.sinks is not None and spec.comm.is_main else ()
+    log = RunLog(os.path.join(spec.out_dir, "log.txt"), enabled=spec.comm.is_main, sinks=sinks)
     try:
         with stop_on_signals(spec.out_dir):
             metrics = _run(spec, log)
@@ -108,6 +119,16 @@ def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
 
 
 def _log_setup(spec: RunSpec, log: RunLog) -> None:
+    counted = spec.code_files.get("train_gpt.py")
+    if counted is not None:
+        # modded-nanogpt prints its own source into the log, so every log is a complete
+        # record; the readable file when the counted one is its self-extracting form.
+        raw = counted.encode("utf-8")
+        readable = spec.code_files.get("train_gpt_readable.py", counted)
+        log.event(event="code", sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw), form=spec.cfg.quant.code_form)
+        if log.fh:  # the file only: 300 KB of source is no stdout line nor a tracker event
+            log.fh.write(f"=== shipped train_gpt.py ===\n{readable.rstrip()}\n=== shipped train_gpt.py ===\n")
+            log.fh.flush()
     if spec.comm.is_main and spec.checkpoint is None:
         write_text_atomic(os.path.join(spec.out_dir, "config.toml"), config_to_toml(spec.cfg))
     for w in spec.warnings:
@@ -123,6 +144,7 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
     _train_seed(cfg.run.seed)
     train_glob, val_glob, _ = resolve_data_paths(cfg)
     model = build_model(cfg, device)
+    model.looping_active = looping_due(cfg.model, 0.0)  # progressive recurrence starts unlooped
     qat = None
     if cfg.quant.late_qat_threshold > 0:
         qat = attach_late_qat(model, cfg.quant.matrix_bits, cfg.quant.qat_scope)
@@ -165,6 +187,7 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
         "world_size": comm.world_size, "device": device_label(device), "params": count_params(model),
         "config_hash": config_hash(cfg), "seed": cfg.run.seed, "data_path": cfg.data.path,
         "tokenizer_path": spec.val.tokenizer, "wall_time_s": time.perf_counter() - t_start,
+        "out_dir": spec.out_dir,
     }
     return _write_metrics(metrics, spec, log)
 
@@ -200,8 +223,16 @@ def bundle_main(preset_text: str, code_path: str = "") -> dict[str, Any]:
     apply_mapping(cfg, tomllib.loads(preset_text), "bundled preset")
     warnings = apply_env(cfg, dict(os.environ))
     finalize_config(cfg)
+    code_files = {}
+    if code_path:
+        # The running file is the record; a self-extracting one names its readable source beside it.
+        code = Path(code_path)
+        code_files["train_gpt.py"] = code.read_text(encoding="utf-8")
+        readable = code.with_name("train_gpt_readable.py")
+        if readable.is_file() and readable != code:
+            code_files[readable.name] = readable.read_text(encoding="utf-8")
     code_bytes = os.path.getsize(code_path) if code_path else 0
-    metrics = train(cfg, code_bytes=code_bytes, warnings=warnings)
+    metrics = train(cfg, code_bytes=code_bytes, warnings=warnings, code_files=code_files)
     print(f"val_bpb:{metrics['val_bpb']:.8f} val_loss:{metrics['val_loss']:.8f} "
           f"artifact_bytes:{metrics['artifact_bytes']}", flush=True)
     return metrics

@@ -3,7 +3,7 @@
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from pgolf.atomic import AtomicWriteError, atomic_write
 
@@ -28,13 +28,20 @@ def parse_event(line: str) -> dict[str, str]:
 
 
 class RunLog:
-    """Writes to stdout and to `path` (append); only the main rank writes."""
+    """Writes to stdout and to `path` (append); only the main rank writes.
 
-    def __init__(self, path: str | None, enabled: bool = True, echo: bool = True, stream=None) -> None:
+    sinks: callables given every line as parse_event's dict (trackers such as TensorBoard),
+    so they see exactly the log's values; one that raises is dropped with a warning line,
+    because a dashboard is never worth a run. A sink's `close()`, if any, runs at close.
+    """
+
+    def __init__(self, path: str | None, enabled: bool = True, echo: bool = True, stream=None,
+                 sinks: Iterable[Callable[[dict[str, str]], Any]] = ()) -> None:
         self.enabled = enabled
         self.echo = echo
         self.stream = stream  # None = stdout; commands whose stdout is data pass sys.stderr
         self.fh = open(path, "a", encoding="utf-8") if (path and enabled) else None
+        self.sinks = list(sinks) if enabled else []
 
     def line(self, text: str) -> None:
         if not self.enabled:
@@ -49,6 +56,18 @@ class RunLog:
                 # The log is append-only, so it cannot be written atomically: say where it broke.
                 raise AtomicWriteError(f"cannot append to {self.fh.name}: {e.strerror}; free disk space or "
                                        "write the run elsewhere", self.fh.name, e.errno) from None
+        if self.sinks:
+            self.feed_sinks(parse_event(text))
+
+    def feed_sinks(self, fields: dict[str, str]) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink(fields)
+            except Exception as e:  # noqa: BLE001 - whatever a tracker raises, training goes on
+                self.sinks.remove(sink)
+                why = (str(e).splitlines() or [type(e).__name__])[0]
+                self.event(event="warning", message=f"tracker_{getattr(sink, 'name', 'sink')}_dropped:_{why}"
+                           .replace(" ", "_"))
 
     def event(self, **fields: Any) -> None:
         self.line(format_event(fields))
@@ -57,6 +76,12 @@ class RunLog:
         if self.fh:
             self.fh.close()
             self.fh = None
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            try:
+                getattr(sink, "close", lambda: None)()
+            except Exception:  # noqa: BLE001 - the run's own files are already safe
+                pass
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -20,9 +20,10 @@ from pgolf.dist import Comm
 from pgolf.errors import TrainingError
 from pgolf.eval.bpb import eval_plain
 from pgolf.hw import compute_autocast, device_sync
+from pgolf.model.stack import looping_due
 from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
 from pgolf.runlog import RunLog
-from pgolf.wallclock import AutoCheckpoints, CapSchedule, TrainClock
+from pgolf.wallclock import AutoCheckpoints, CapSchedule, TrainClock, training_cap_ms
 
 
 class RunState:
@@ -54,7 +55,7 @@ def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> floa
     """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
     r, o = cfg.run, cfg.optim
     mult = lr_multiplier(st.step, elapsed_ms, r.iterations, cfg.schedule.warmdown_iters,
-                         r.max_wallclock_seconds * 1000.0, cfg.schedule.warmdown_mode)
+                         training_cap_ms(cfg), cfg.schedule.warmdown_mode)
     opt.set_lr_multiplier(mult)
     opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
                                            o.muon_momentum_warmup_steps))
@@ -63,6 +64,24 @@ def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> floa
         st.qat_active = True
         qat.active = True
     return mult
+
+
+def training_progress(st: RunState, cfg: Config, elapsed_ms: float) -> float:
+    """How far training is, 0..1: whichever of the iteration and wall-clock budgets is further."""
+    r = cfg.run
+    done = st.step / max(r.iterations, 1)
+    if training_cap_ms(cfg) > 0:
+        done = max(done, elapsed_ms / training_cap_ms(cfg))
+    return min(done, 1.0)
+
+
+def set_looping(model, cfg: Config, st: RunState, elapsed_ms: float) -> bool:
+    """Progressive depth recurrence: switch the loop on once training is far enough
+    (model.loop_enable_at). Returns True on the step it switches on."""
+    if cfg.model.num_loops <= 0 or model.looping_active:
+        return False
+    model.looping_active = looping_due(cfg.model, training_progress(st, cfg, elapsed_ms))
+    return model.looping_active
 
 
 def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog, qat=None) -> None:
@@ -83,12 +102,19 @@ def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog,
         qat.active = True
         train_step(model, fwd, opt, loader, cfg, accum, device)
         qat.active = False
+    loop_primed = cfg.model.compile and cfg.model.num_loops > 0 and not model.looping_active
+    if loop_primed:
+        # Likewise the looped graph, which progressive recurrence switches to mid-run.
+        model.looping_active = True
+        train_step(model, fwd, opt, loader, cfg, accum, device)
+        model.looping_active = False
     device_sync(device)
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     loader.load_state(saved[2])
     opt.zero_grad(set_to_none=True)
-    log.event(event="priming_done", steps=n + int(qat_primed), qat_graph=qat_primed,
+    log.event(event="priming_done", steps=n + int(qat_primed) + int(loop_primed), qat_graph=qat_primed,
+              loop_graph=loop_primed,
               seconds=round(time.perf_counter() - t0, 2))
 
 
@@ -142,8 +168,8 @@ def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, o
     avg_ms = st.train_ms / max(st.step, 1)
     step_ms = (st.train_ms - interval[1]) / max(st.step - interval[0], 1)
     left = (r.iterations - st.step) * avg_ms
-    if r.max_wallclock_seconds > 0:
-        left = min(left, r.max_wallclock_seconds * 1000.0 - st.train_ms)
+    if training_cap_ms(cfg) > 0:
+        left = min(left, training_cap_ms(cfg) - st.train_ms)
     log.event(step=f"{st.step}/{r.iterations}", train_loss=round(loss, 4), lr_mult=round(mult, 4),
               momentum=round(opt.muon.param_groups[0]["momentum"], 4), step_ms=round(step_ms, 1),
               step_avg_ms=round(avg_ms, 1), tokens_per_s=int(r.train_batch_tokens / max(avg_ms, 1e-9) * 1000),
@@ -176,7 +202,7 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
     """
     r, s = cfg.run, cfg.schedule
     clock = TrainClock(device, st.train_ms)
-    cap = CapSchedule(r.max_wallclock_seconds * 1000.0, comm, device)
+    cap = CapSchedule(training_cap_ms(cfg), comm, device)
     watch = LossWatch(device, st.last_finite_loss)
     session = (st.step, st.train_ms)  # steps and time before this process started
     logged = session
@@ -202,6 +228,8 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
                 res = eval_plain(model, val.tokens, cfg.eval.seq_len, cfg.eval.batch_tokens,
                                  val.tables, comm, device)
             log.event(step=st.step, val_loss=round(res["val_loss"], 4), val_bpb=round(res["val_bpb"], 4))
+        if set_looping(model, cfg, st, clock.host_ms()):
+            log.event(event="looping_on", step=st.step, loops=cfg.model.num_loops)
         qat_before = st.qat_active
         mult = set_schedule(opt, qat, cfg, st, clock.host_ms())
         if st.qat_active and not qat_before:

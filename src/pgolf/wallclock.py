@@ -15,8 +15,18 @@ from contextlib import contextmanager
 
 import torch
 
+from pgolf.config import Config
 from pgolf.dist import Comm
 from pgolf.hw import device_sync
+
+
+def training_cap_ms(cfg: Config) -> float:
+    """The training loop's wall-clock cap in ms (0 = none): run.max_wallclock_seconds less
+    quant.gptq_reserve_seconds, because the challenge counts calibration + GPTQ as training."""
+    wall = cfg.run.max_wallclock_seconds
+    if wall <= 0:
+        return 0.0
+    return max(wall - cfg.quant.gptq_reserve_seconds, 0.0) * 1000.0
 
 
 class TrainClock:

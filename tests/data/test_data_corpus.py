@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.corpus import (CorpusError, corpus_documents, embedded_documents,
-                               prepare_embedded_corpus, unigram_bpb)
+from pgolf.data.corpus import CorpusError, corpus_documents, embedded_documents, prepare_embedded_corpus, unigram_bpb
 from pgolf.data.loader import find_shards, load_validation_tokens
 from pgolf.data.shards import load_shard
 from pgolf.data.tokenizer import build_byte_tables, count_bytes, load_tokenizer

@@ -66,8 +66,9 @@ def hub(tmp_path, monkeypatch):
     if SHARED_TOK.is_file():
         files["datasets/tokenizers/fineweb_1024_bpe.model"] = SHARED_TOK.read_bytes()
     else:  # any valid SentencePiece model works for the downloader
-        import sentencepiece as spm
         import io
+
+        import sentencepiece as spm
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(sentence_iterator=iter(["hello world"] * 50), model_writer=buf,
                                        vocab_size=20, model_type="bpe", minloglevel=2)

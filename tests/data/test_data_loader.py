@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.loader import (DataLoaderError, DistributedTokenLoader, TokenStream, find_shards,
-                               load_validation_tokens)
+from pgolf.data.loader import DataLoaderError, DistributedTokenLoader, TokenStream, find_shards, load_validation_tokens
 from pgolf.data.shards import write_shard
 
 

@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from pgolf.atomic import AtomicWriteError
-
-from pgolf.data.shards import (SHARD_HEADER_BYTES, SHARD_MAGIC, ShardError, load_shard,
-                               read_header, write_shard)
+from pgolf.data.shards import SHARD_HEADER_BYTES, SHARD_MAGIC, ShardError, load_shard, read_header, write_shard
 
 
 def _raw_shard(path, header_vals, ntok_bytes):

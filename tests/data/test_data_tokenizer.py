@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.tokenizer import (TokenizerError, build_byte_tables, count_bytes, decode_tokens,
-                                  load_tokenizer)
+from pgolf.data.tokenizer import TokenizerError, build_byte_tables, count_bytes, decode_tokens, load_tokenizer
 
 SHARED_TOK = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tokenizers"
               / "fineweb_1024_bpe.model")

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import VOCAB, TinyCausalLM, make_tokens  # noqa: E402
 
 from pgolf.dist import Comm  # noqa: E402
-from pgolf.eval.bpb import (BpbAccumulator, ByteTables, EvalInputError, ScoreRecorder,  # noqa: E402
-                            as_byte_tables, eval_plain)
+from pgolf.eval.bpb import (BpbAccumulator, ByteTables, EvalInputError, ScoreRecorder, as_byte_tables,  # noqa: E402
+                            eval_plain)
 
 CPU = torch.device("cpu")
 

@@ -47,8 +47,8 @@ def test_mode_mapping_keeps_other_fields_and_defaults_the_stride():
     assert mode_to_eval_config("plain", _ecfg(stride=8, ttt_enabled=True)).stride == 0
     assert mode_to_eval_config("sliding", _ecfg(stride=8)).stride == 8
     assert mode_to_eval_config("sliding+slot", src).slot_mode == "batch"
-    assert set(EVAL_MODES) == {"plain", "sliding", "ttt", "slot", "causal-slot", "ttt+slot",
-                               "ttt+causal-slot"}
+    assert set(EVAL_MODES) >= {"plain", "sliding", "ttt", "slot", "causal-slot", "ttt+slot",
+                               "ttt+causal-slot", "lora-ttt", "phased-ttt"}
     with pytest.raises(EvalInputError, match="unknown eval mode"):
         mode_to_eval_config("fast", src)
 

@@ -100,9 +100,10 @@ def synthetic_documents(n_docs: int, seed: int = 0) -> list[str]:
 def make_dataset(folder: Path, vocab: int = 512, n_train_docs: int = 1500, n_val_docs: int = 150) -> dict:
     """A tokenizer trained on synthetic text plus official train/val shards (BOS + ids per
     document, as the challenge's data): the GPU machine has no embedded-corpus package."""
+    import sentencepiece
+
     from pgolf.data.corpus import train_corpus_tokenizer
     from pgolf.data.shards import write_shard
-    import sentencepiece
 
     folder.mkdir(parents=True, exist_ok=True)
     docs = synthetic_documents(n_train_docs + n_val_docs)

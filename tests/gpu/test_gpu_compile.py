@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 import torch._dynamo
+from _gpu_helpers import SMALL_RECORD, SyntheticTokens, filled_model, record_cfg
 from torch._dynamo.utils import counters
 
-from _gpu_helpers import SMALL_RECORD, SyntheticTokens, filled_model, record_cfg
 from pgolf.dist import Comm
 from pgolf.hw import compute_autocast
 from pgolf.optim.builder import build_optimizers

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 import torch.distributed as tdist
-
 from _gpu_helpers import TINY_RECORD, filled_model, record_cfg
+
 from pgolf.dist import Comm, ProcessGroupComm
 from pgolf.optim.builder import build_optimizers
 

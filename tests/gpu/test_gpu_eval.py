@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from _gpu_helpers import TINY_RECORD, byte_tables, filled_model, record_cfg, token_stream
+
 from pgolf.dist import Comm
 from pgolf.eval.runner import evaluate, mode_to_eval_config
 

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-
 from _gpu_helpers import SMALL_RECORD, filled_model, record_cfg
+
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import write_shard
 from pgolf.model.banks import unbank_state_dict
-from pgolf.quant.artifact import pack_artifact, read_artifact, unpack_artifact, write_artifact
 from pgolf.model.build import model_from_state
+from pgolf.quant.artifact import pack_artifact, read_artifact, unpack_artifact, write_artifact
 
 pytestmark = pytest.mark.gpu
 

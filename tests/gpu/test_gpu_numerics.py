@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from _gpu_helpers import SMALL_RECORD, cosine, filled_model, record_cfg, rel_err
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from _gpu_helpers import SMALL_RECORD, cosine, filled_model, record_cfg, rel_err
 from pgolf.hw import compute_autocast, resolve_attention_backend
 from pgolf.model.attention import causal_attention
 

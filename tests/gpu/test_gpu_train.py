@@ -5,8 +5,8 @@ import json
 import math
 
 import pytest
-
 from _gpu_helpers import make_dataset
+
 from pgolf.cli import main
 
 pytestmark = pytest.mark.gpu

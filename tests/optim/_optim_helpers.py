@@ -140,6 +140,7 @@ def collective_results(comm) -> dict:
 
 def _init_group(rank: int, world: int, store: str):
     import torch.distributed as tdist
+
     from pgolf.dist import ProcessGroupComm
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     return ProcessGroupComm(torch.device("cpu"))

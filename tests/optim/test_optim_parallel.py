@@ -8,9 +8,8 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _optim_helpers import (COMM_DTYPES, MUON_SHAPES, make_muon_params,  # noqa: E402
-                            optimizer_set_run, parallel_worker, rank_bank, rank_grads,
-                            run_muon_steps)
+from _optim_helpers import (COMM_DTYPES, MUON_SHAPES, make_muon_params, optimizer_set_run,  # noqa: E402
+                            parallel_worker, rank_bank, rank_grads, run_muon_steps)
 
 from pgolf.dist import Comm  # noqa: E402
 

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from pgolf.config import QuantConfig
-from pgolf.quant.artifact import (ARTIFACT_VERSION, ArtifactError, OverBudgetError, budget_report,
-                                  build_artifact, check_budget, pack_artifact, read_artifact,
-                                  unpack_artifact, write_artifact)
+from pgolf.quant.artifact import (ARTIFACT_VERSION, ArtifactError, OverBudgetError, budget_report, build_artifact,
+                                  check_budget, pack_artifact, read_artifact, unpack_artifact, write_artifact)
 from pgolf.quant.policy import dequantize_state_dict, quant_category, quantize_state_dict
 
 
@@ -133,7 +132,10 @@ def test_header_errors():
 
 
 def test_unknown_compressor_in_header():
-    import hashlib, json, struct, zlib
+    import hashlib
+    import json
+    import struct
+    import zlib
     blob = pack_artifact(_sd(), _q())
     prefix = struct.Struct("<6sHIIQ32s")
     magic, ver, hlen, _, plen, sha = prefix.unpack_from(blob)

@@ -14,9 +14,8 @@ import torch
 
 from pgolf.atomic import AtomicWriteError
 from pgolf.config import QuantConfig
-from pgolf.quant.artifact import (_ART_PREFIX, ART_MAX_BODY_BYTES, ARTIFACT_MAGIC, ArtifactError,
-                                  artifact_body_cap, pack_artifact, read_artifact, read_artifact_header,
-                                  unpack_artifact, write_artifact)
+from pgolf.quant.artifact import (_ART_PREFIX, ART_MAX_BODY_BYTES, ARTIFACT_MAGIC, ArtifactError, artifact_body_cap,
+                                  pack_artifact, read_artifact, read_artifact_header, unpack_artifact, write_artifact)
 
 BOMB_BYTES = 200 << 20  # 200 MB of zeros: a few hundred KB at most once compressed
 PEAK_LIMIT = 50 << 20

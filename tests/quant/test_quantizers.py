@@ -2,9 +2,8 @@ import pytest
 import torch
 
 from pgolf.quant.fake_quant import fake_quant_ste
-from pgolf.quant.quantizers import (GPTQ_CLIP_QUANTILES, QuantError, dequantize_rows,
-                                    gptq_lite_quantize, quant_qmax, quantize_rows,
-                                    row_abs_quantiles)
+from pgolf.quant.quantizers import (GPTQ_CLIP_QUANTILES, QuantError, dequantize_rows, gptq_lite_quantize, quant_qmax,
+                                    quantize_rows, row_abs_quantiles)
 
 
 def _w(rows=24, cols=96, seed=0, scale=2.0):

@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 
-from pgolf.data.shards import ShardError, SHARD_HEADER_BYTES, load_shard, read_header
+from pgolf.data.shards import SHARD_HEADER_BYTES, ShardError, load_shard, read_header
 from pgolf.errors import PgolfError
 
 FINEWEB_REPO_ID = "willdepueoai/parameter-golf"

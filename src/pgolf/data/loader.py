@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from pgolf.data.shards import load_shard, read_header
+from pgolf.data.sidecar import token_shards_only
 from pgolf.errors import PgolfError
 from pgolf.hw import pinned_staging
 
@@ -209,7 +210,7 @@ class PinnedStaging:
 
 def load_validation_tokens(pattern: str, seq_len: int) -> torch.Tensor:
     """All validation shards concatenated, cut to a multiple of seq_len plus one token."""
-    files = pattern if isinstance(pattern, (list, tuple)) else find_shards(pattern)
+    files = token_shards_only(pattern if isinstance(pattern, (list, tuple)) else find_shards(pattern))
     parts = [np.asarray(load_shard(f), dtype=np.int64) for f in files]
     tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
     n = len(tokens)

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from pgolf.config import Config
-from pgolf.data.loader import check_token_range, load_validation_tokens
-from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
+from pgolf.data.caseops import tokenizer_has_caseops
+from pgolf.data.loader import check_token_range, find_shards, load_validation_tokens
+from pgolf.data.sidecar import SidecarBytes, load_validation_bytes, token_shards_only
+from pgolf.data.tokenizer import TokenizerError, build_byte_tables, load_tokenizer
 from pgolf.errors import TrainingError
 
 
@@ -66,11 +68,21 @@ def default_data_path(cfg: Config) -> str:
 
 
 def load_val(cfg: Config, device) -> ValData:
+    """Validation tokens and their byte accounting: the tokenizer's tables, or the per-token
+    byte sidecars when the shards carry them (CaseOps: bpb is charged on the original text)."""
     _, val_glob, tok_path = resolve_data_paths(cfg)
     sp = load_tokenizer(tok_path, cfg.model.vocab_size)
-    tokens = load_validation_tokens(val_glob, cfg.eval.seq_len)
+    files = token_shards_only(find_shards(val_glob))
+    tokens = load_validation_tokens(files, cfg.eval.seq_len)
     check_token_range(tokens.numpy(), cfg.model.vocab_size, f"validation shards {val_glob}")
     if cfg.eval.max_tokens and tokens.numel() - 1 > cfg.eval.max_tokens:
         n = (cfg.eval.max_tokens // cfg.eval.seq_len) * cfg.eval.seq_len
         tokens = tokens[:n + 1]
-    return ValData(tokens, build_byte_tables(sp, cfg.model.vocab_size), tok_path)
+    side = load_validation_bytes(files, tokens.numel())
+    if side is None and tokenizer_has_caseops(sp):
+        # Without sidecars the control symbols would be charged as text: a bpb ~8% too low.
+        raise TokenizerError(f"tokenizer {tok_path} is a CaseOps tokenizer but {val_glob} has no "
+                             "fineweb_val_bytes_*.bin sidecars: regenerate the shards with "
+                             "`pgolf data retokenize --caseops`")
+    tables = build_byte_tables(sp, cfg.model.vocab_size) if side is None else SidecarBytes(side, cfg.model.vocab_size)
+    return ValData(tokens, tables, tok_path)

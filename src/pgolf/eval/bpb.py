@@ -49,6 +49,8 @@ class ByteTables:
 def as_byte_tables(tables: Any, device: torch.device | str) -> ByteTables:
     """Accept a ByteTables (moved if needed) or the 3-tuple from build_byte_tables."""
     dev = torch.device(device)
+    if hasattr(tables, "window_bytes"):  # per-position byte sidecars (data/sidecar.py)
+        return tables.to(dev)
     if isinstance(tables, ByteTables):
         if tables.device == dev:
             return tables
@@ -67,9 +69,11 @@ class BpbAccumulator:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
     def add(self, nll: torch.Tensor, prev: torch.Tensor, tgt: torch.Tensor,
-            tables: ByteTables, mask: torch.Tensor | None = None) -> None:
-        """Add per-token NLL [..] of targets tgt (prev = the tokens before them) where mask."""
-        nbytes = tables.token_bytes(prev, tgt).double()
+            tables: ByteTables, mask: torch.Tensor | None = None,
+            nbytes: torch.Tensor | None = None) -> None:
+        """Add per-token NLL [..] of targets tgt (prev = the tokens before them) where mask;
+        nbytes, when given, are the targets' bytes (a sidecar) instead of the tables'."""
+        nbytes = (tables.token_bytes(prev, tgt) if nbytes is None else nbytes).double()
         nll = nll.double()
         if mask is None:
             part = torch.stack((nll.sum(), torch.tensor(float(nll.numel()), dtype=torch.float64,
@@ -235,7 +239,10 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, windows: list, s
         with torch.no_grad():
             pos = torch.arange(wl, device=device)[None, :]
             mask = (pos >= lo[:, None]) & (pos < hi[:, None])
-            acc.add(nll.detach(), x, y, tables, mask)
+            nb = None
+            if hasattr(tables, "window_bytes"):
+                nb = tables.window_bytes(torch.tensor([s for s, _, _ in batch], device=device), wl)
+            acc.add(nll.detach(), x, y, tables, mask, nbytes=nb)
         for k, (s, a, b) in enumerate(batch):
             if recorder is not None:
                 recorder.add(a, nll[k, a - s:b - s])

@@ -78,6 +78,8 @@ def audit_eval_config(ecfg: EvalConfig, n_targets: int, fast: bool = True) -> Ev
         batch_seqs=max(1, min(ecfg.batch_seqs, 8)), ttt_batch_seqs=max(1, min(ecfg.ttt_batch_seqs, 4)),
         ttt_chunk_tokens=max(seq_len, n_targets // 4),
         ttt_epochs=min(ecfg.ttt_epochs, 1) if fast else ecfg.ttt_epochs,
+        # A phase boundary inside the slice, so phased TTT's global SGD is audited too.
+        ttt_phased_prefix_docs=min(ecfg.ttt_phased_prefix_docs, 2),
         slot_steps=min(ecfg.slot_steps, 3) if fast else ecfg.slot_steps)
 
 

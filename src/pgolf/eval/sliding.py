@@ -10,8 +10,8 @@ from typing import Any, Callable
 import torch
 
 from pgolf.dist import Comm
-from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder,
-                            as_byte_tables, eval_rank_span, score_windows, val_tokens_tensor)
+from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder, as_byte_tables, eval_rank_span,
+                            score_windows, val_tokens_tensor)
 
 
 def plan_windows(n_targets: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:

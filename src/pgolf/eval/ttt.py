@@ -16,9 +16,8 @@ from typing import Any, Callable
 import torch
 
 from pgolf.dist import Comm
-from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder,
-                            as_byte_tables, eval_emit_event, eval_rank_span, score_windows,
-                            val_tokens_tensor)
+from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder, as_byte_tables,
+                            eval_emit_event, eval_rank_span, score_windows, val_tokens_tensor)
 from pgolf.eval.sliding import plan_windows
 from pgolf.hw import compute_autocast
 

@@ -5,12 +5,13 @@ weights (baseline) and slices of parameter banks (record).
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgolf.hw import fa3_function
+from pgolf.hw import fa3_function, fa3_varlen_function
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -77,8 +78,69 @@ def xsa_remove_self_value(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return yg.view(b, t, h, d)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-    """q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D], causal."""
+class DocLayout(NamedTuple):
+    """Where documents start in a batch, in the form the chosen kernel wants: a same-document
+    causal mask [B,1,T,T] (SDPA/math) or cu_seqlens over the flattened batch (FA3 varlen)."""
+    mask: torch.Tensor | None
+    cu_seqlens: torch.Tensor | None
+    max_seqlen: int
+
+
+def document_ids(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """[B,T] running document index: +1 at every BOS, so tokens before a row's first BOS share
+    one (cut-off) document."""
+    return (ids == bos_id).to(torch.int32).cumsum(dim=1)
+
+
+def doc_layout(ids: torch.Tensor, bos_id: int, kernel: str) -> DocLayout:
+    """Computed once per forward and shared by every layer. Depends on tokens <= t only for the
+    rows/columns of position t, so causality holds."""
+    b, t = ids.shape
+    if kernel == "varlen":
+        starts = ids == bos_id
+        starts[:, 0] = True  # each row is its own sequence: no document spans two rows
+        flat = starts.reshape(-1).nonzero().flatten().to(torch.int32)
+        end = torch.tensor([b * t], dtype=torch.int32, device=ids.device)
+        # T bounds every segment, which spares the device->host sync of computing the true max.
+        return DocLayout(None, torch.cat((flat, end)), t)
+    docs = document_ids(ids, bos_id)
+    causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+    same = docs[:, :, None] == docs[:, None, :]
+    return DocLayout((same & causal)[:, None], None, t)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: DocLayout) -> torch.Tensor:
+    """FA3 over packed documents (#1530's training form): the batch flattened into one stream."""
+    b, t, h, d = q.shape
+    dt = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    out = fa3_varlen_function()(
+        q.reshape(b * t, h, d).to(dt), k.reshape(b * t, k.size(2), d).to(dt),
+        v.reshape(b * t, v.size(2), d).to(dt), cu_seqlens_q=docs.cu_seqlens, cu_seqlens_k=docs.cu_seqlens,
+        max_seqlen_q=docs.max_seqlen, max_seqlen_k=docs.max_seqlen, causal=True)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.reshape(b, t, h, d).to(q.dtype)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     backend: str) -> torch.Tensor:
+    """Attention under an explicit boolean mask [B,1,T,T] (True = may attend)."""
+    rep = q.size(2) // k.size(2)
+    # K/V expanded: no fused kernel takes a mask together with GQA on every device.
+    qt = q.transpose(1, 2)
+    kt, vt = (z.transpose(1, 2).repeat_interleave(rep, dim=1) for z in (k, v))
+    if backend == "math":
+        scores = (qt @ kt.transpose(-1, -2)) / math.sqrt(q.size(-1))
+        return (scores.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ vt).transpose(1, 2)
+    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask).transpose(1, 2)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str,
+                     docs: DocLayout | None = None) -> torch.Tensor:
+    """q [B,T,H,D], k/v [B,T,Hkv,D] -> [B,T,H,D], causal (and within documents when `docs`)."""
+    if docs is not None:
+        if docs.cu_seqlens is not None:
+            return varlen_attention(q, k, v, docs)
+        return masked_attention(q, k, v, docs.mask, backend)
     if backend == "fa3":
         # FA3 takes bf16/fp16 only and autocast does not manage this custom op: under CUDA
         # autocast the q/k RMS norm may hand it fp32 beside a bf16 v.
@@ -105,16 +167,32 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend:
     return out.transpose(1, 2)
 
 
+def head_gate(kind: str, x: torch.Tensor, w: torch.Tensor, window: int, scale: float) -> torch.Tensor:
+    """Per-head multiplier [B,T,H] of the attention output, read from the attention input x."""
+    if kind == "dense":
+        return torch.sigmoid(F.linear(x, w.to(x.dtype)))
+    z = F.linear(x[..., :window], w.to(x.dtype))
+    # out: 2*sigmoid so a zero weight is exactly neutral (#1667); sparse: #1787's scaled gate.
+    return 2.0 * torch.sigmoid(z) if kind == "out" else torch.sigmoid(scale * z)
+
+
 class Attention(nn.Module):
-    """Holds the per-head q gain (and the weights themselves when not banked)."""
+    """Holds the per-head q gain, the optional output gate (and the weights themselves when
+    not banked)."""
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float,
-                 own_weights: bool) -> None:
+                 own_weights: bool, gate: str = "off", gate_window: int = 12, gate_scale: float = 1.0,
+                 gate_init_std: float = 0.0) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = dim // num_heads
         kv_dim = self.head_dim * num_kv_heads
         self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init))
+        self.gate, self.gate_window, self.gate_scale = gate, gate_window, gate_scale
+        if gate != "off":
+            # Named as in the record scripts, so their weights load without a mapping.
+            width = dim if gate == "dense" else gate_window
+            self.attn_gate_w = nn.Parameter(torch.randn(num_heads, width) * gate_init_std)
         if own_weights:
             self.c_q = nn.Linear(dim, dim, bias=False)
             self.c_k = nn.Linear(dim, kv_dim, bias=False)
@@ -123,7 +201,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
                 wo: torch.Tensor, rotary: Rotary, backend: str, xsa: bool,
-                v_extra: torch.Tensor | None = None) -> torch.Tensor:
+                v_extra: torch.Tensor | None = None, docs: DocLayout | None = None) -> torch.Tensor:
         b, t, c = x.shape
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         q = F.linear(x, wq.to(x.dtype)).view(b, t, h, d)
@@ -136,7 +214,9 @@ class Attention(nn.Module):
         cos, sin = rotary(t, x.device, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
-        y = causal_attention(q, k, v, backend)
+        y = causal_attention(q, k, v, backend, docs)
         if xsa:
             y = xsa_remove_self_value(y, v)
+        if self.gate != "off":
+            y = y * head_gate(self.gate, x, self.attn_gate_w, self.gate_window, self.gate_scale)[..., None]
         return F.linear(y.reshape(b, t, c), wo.to(x.dtype))

@@ -14,6 +14,12 @@ BANK_LAYOUT: dict[str, list[tuple[str, int]]] = {
     "mlp_down_bank": [("blocks.{i}.mlp.proj.weight", 0)],
 }
 
+# Untied MLPs of looped passes (model.loop_untied_mlp): bank name -> per-slot name template.
+LOOP_BANK_LAYOUT: dict[str, str] = {
+    "loop_mlp_up_bank": "loop_mlps.{i}.fc.weight",
+    "loop_mlp_down_bank": "loop_mlps.{i}.proj.weight",
+}
+
 
 def bank_slots(num_layers: int) -> list[tuple[str, int, str]]:
     """(bank, index in bank, per-layer name) for every banked matrix."""
@@ -28,9 +34,12 @@ def unbank_state_dict(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str,
     """Replace bank tensors by per-layer matrices; other entries pass through unchanged."""
     if not any(b in sd for b in BANK_LAYOUT):
         return dict(sd)
-    out = {k: v for k, v in sd.items() if k not in BANK_LAYOUT}
+    out = {k: v for k, v in sd.items() if k not in BANK_LAYOUT and k not in LOOP_BANK_LAYOUT}
     for bank, idx, name in bank_slots(num_layers):
         out[name] = sd[bank][idx].clone()
+    for bank, template in LOOP_BANK_LAYOUT.items():
+        for i in range(sd[bank].size(0) if bank in sd else 0):
+            out[template.format(i=i)] = sd[bank][i].clone()
     return out
 
 
@@ -47,6 +56,12 @@ def rebank_state_dict(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str,
     for bank in BANK_LAYOUT:
         members = sorted((idx, name) for b, idx, name in slots if b == bank)
         out[bank] = torch.stack([sd[name] for _, name in members])
+    for bank, template in LOOP_BANK_LAYOUT.items():
+        n = 0
+        while template.format(i=n) in out:
+            n += 1
+        if n:
+            out[bank] = torch.stack([out.pop(template.format(i=i)) for i in range(n)])
     return out
 
 

@@ -36,6 +36,11 @@ class BigramHash(nn.Module):
         return self.scale.to(e.dtype) * F.linear(e, w.to(e.dtype))
 
 
+def not_bos_mask(ids: torch.Tensor, bos_id: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B,T,1]: 0 where the token is BOS (a document starts), else 1."""
+    return (ids != bos_id).to(dtype).unsqueeze(-1)
+
+
 class SmearGate(nn.Module):
     """x_t <- (1 - g) * x_t + g * x_{t-1}, g = sigmoid(per-channel gate)."""
 
@@ -43,10 +48,21 @@ class SmearGate(nn.Module):
         super().__init__()
         self.gate = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """keep [B,T,1]: 0 where x_{t-1} must not leak in (the BOS fix); None = smear everywhere."""
         g = torch.sigmoid(self.gate).to(x.dtype)
         prev = F.pad(x[:, :-1], (0, 0, 1, 0))
-        return x + g * (prev - x)
+        step = g * (prev - x)
+        return x + (step if keep is None else step * keep)
+
+
+def input_smear(x: torch.Tensor, gate_w: torch.Tensor, lam: torch.Tensor, window: int,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Input-dependent SmearGate (#1667, modded-nanogpt): x_t += lam * sigmoid(W x_t[:window]) *
+    x_{t-1}; lam and W start at 0, so it begins as the identity. keep as in SmearGate."""
+    g = lam.to(x.dtype) * torch.sigmoid(F.linear(x[:, 1:, :window], gate_w.to(x.dtype)))
+    prev = x[:, :-1] if keep is None else x[:, :-1] * keep[:, 1:]
+    return torch.cat((x[:, :1], x[:, 1:] + g * prev), dim=1)
 
 
 class ValueEmbedding(nn.Module):

@@ -1,10 +1,14 @@
-"""The GPT of the naive baseline and of records #549/#1128, in one readable class.
+"""The GPT of the naive baseline, records #549/#1128 and the frontier switches, in one class.
 
-Data flow: token embedding (+ BigramHash) -> RMSNorm -> SmearGate = x0; each block mixes
-x with x0, runs attention and MLP on scaled normed inputs; the first half of the blocks
-push their outputs and the second half pop them (U-Net); final RMSNorm = hidden state;
-tied head + soft-cap = logits. `model.arch=record` keeps the block matrices in parameter
-banks; `baseline` keeps per-layer weights with the same names the artifact uses.
+Data flow: token embedding (+ BigramHash) (-> input SmearGate) -> RMSNorm (-> channel
+SmearGate) = x0; each block mixes x with x0, runs attention and MLP on scaled normed inputs;
+the first half of the schedule pushes its outputs and the rest pops them (U-Net, optionally
+gated); from model.parallel_start on, attention and MLP run on two lanes; final RMSNorm =
+hidden state; tied head + soft-cap = logits. The schedule may loop a range of blocks (depth
+recurrence, model/stack.py). `model.arch=record` keeps the block matrices in parameter banks;
+`baseline` keeps per-layer weights with the same names the artifact uses.
+
+Dimensions: B batch, T tokens, d model_dim, H query heads, L blocks.
 """
 
 import math
@@ -14,17 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.config import ModelConfig, parse_layers
-from pgolf.model.attention import Attention, Rotary, rms_norm
+from pgolf.hw import doc_attention_kernel
+from pgolf.model.attention import Attention, Rotary, doc_layout, rms_norm
 from pgolf.model.banks import block_bank_indices
-from pgolf.model.embeddings import BigramHash, SmearGate, ValueEmbedding
+from pgolf.model.embeddings import BigramHash, SmearGate, ValueEmbedding, input_smear, not_bos_mask
 from pgolf.model.mlp import MLP
+from pgolf.model.stack import encoder_length, layer_schedule, loop_mlp_slot, num_loop_mlps, num_skip_weights
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, own_weights: bool) -> None:
         super().__init__()
         dim = cfg.model_dim
-        self.attn = Attention(dim, cfg.num_heads, cfg.num_kv_heads, cfg.qk_gain_init, own_weights)
+        self.attn = Attention(dim, cfg.num_heads, cfg.num_kv_heads, cfg.qk_gain_init, own_weights,
+                              cfg.attn_gate, cfg.gate_window, cfg.attn_gate_scale, cfg.attn_gate_init_std)
         self.mlp = MLP(dim, int(cfg.mlp_mult * dim), cfg.leaky_slope, own_weights)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
@@ -32,14 +39,30 @@ class Block(nn.Module):
         self.ln_mult = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
 
-    def forward(self, x, x0, w: tuple, rotary: Rotary, backend: str, v_extra=None):
+    def forward(self, x, x0, w: tuple, rotary: Rotary, backend: str, v_extra=None, docs=None):
         wq, wk, wv, wo, w_up, w_down = w
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        a = self.attn(rms_norm(x) * self.ln_mult, wq, wk, wv, wo, rotary, backend, self.xsa, v_extra)
+        a = self.attn(rms_norm(x) * self.ln_mult, wq, wk, wv, wo, rotary, backend, self.xsa, v_extra, docs)
         x = x + self.attn_scale.to(x.dtype) * a
         m = self.mlp(rms_norm(x) * self.ln_mult, w_up, w_down)
         return x + self.mlp_scale.to(x.dtype) * m
+
+    def forward_parallel(self, lane0, lane1, x0, w: tuple, rotary: Rotary, backend: str,
+                         post: torch.Tensor, resid: torch.Tensor, v_extra=None, docs=None):
+        """Parallel residual lanes (#1530): attention reads lane0 (mixed with x0), the MLP reads
+        lane1, both from the block's input; post[s, l] routes output s (0 attention, 1 MLP)
+        into lane l, resid[l] scales what lane l keeps."""
+        wq, wk, wv, wo, w_up, w_down = w
+        dt = lane0.dtype
+        mix = self.resid_mix.to(dt)
+        a_in = mix[0] * lane0 + mix[1] * x0
+        a = self.attn_scale.to(dt) * self.attn(rms_norm(a_in) * self.ln_mult, wq, wk, wv, wo, rotary,
+                                               backend, self.xsa, v_extra, docs)
+        m = self.mlp_scale.to(dt) * self.mlp(rms_norm(lane1) * self.ln_mult, w_up, w_down)
+        post, resid = post.to(dt), resid.to(dt)
+        return (resid[0] * lane0 + post[0, 0] * a + post[1, 0] * m,
+                resid[1] * lane1 + post[0, 1] * a + post[1, 1] * m)
 
 
 class GPT(nn.Module):
@@ -56,7 +79,12 @@ class GPT(nn.Module):
         hidden = int(cfg.mlp_mult * d)
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.bigram = BigramHash(cfg.bigram_vocab_size, cfg.bigram_dim, d) if cfg.bigram_vocab_size else None
-        self.smear = SmearGate(d) if cfg.smear else None
+        self.smear = SmearGate(d) if cfg.smear and cfg.smear_kind == "channel" else None
+        self.smear_gate = None
+        if cfg.smear and cfg.smear_kind == "input":
+            # Names as in #1855's script (smear_gate.weight, smear_lambda).
+            self.smear_gate = nn.Linear(cfg.gate_window, 1, bias=False)
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
         self.ve_layers = parse_layers(cfg.ve_layers, L) if cfg.ve_enabled else []
         self.ve = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, kv_dim, len(self.ve_layers)) if self.ve_layers else None
         self.blocks = nn.ModuleList(Block(cfg, i, not self.banked) for i in range(L))
@@ -65,9 +93,27 @@ class GPT(nn.Module):
             self.kv_bank = nn.Parameter(torch.empty(2 * L, kv_dim, d))
             self.mlp_up_bank = nn.Parameter(torch.empty(L, hidden, d))
             self.mlp_down_bank = nn.Parameter(torch.empty(L, d, hidden))
+        n_loop = num_loop_mlps(cfg)
+        if n_loop and self.banked:
+            self.loop_mlp_up_bank = nn.Parameter(torch.empty(n_loop, hidden, d))
+            self.loop_mlp_down_bank = nn.Parameter(torch.empty(n_loop, d, hidden))
+        elif n_loop:
+            self.loop_mlps = nn.ModuleList(MLP(d, hidden, cfg.leaky_slope, True) for _ in range(n_loop))
+        # Depth recurrence runs once this is on; a fresh model is in its trained (looping) form
+        # and the training loop holds it off until model.loop_enable_at.
+        self.looping_active = True
         self.num_encoder = L // 2 if cfg.unet_skips else 0
-        num_skips = min(self.num_encoder, L - self.num_encoder)
+        num_skips = num_skip_weights(cfg)
+        self.num_skips = num_skips
         self.skip_weights = nn.Parameter(torch.ones(num_skips, d)) if num_skips else None
+        # sigmoid(0) = 1/2: a gated skip starts as the mean of x and the weighted skip.
+        self.skip_gates = nn.Parameter(torch.zeros(num_skips, d)) if num_skips and cfg.skip_gates else None
+        self.parallel_start = cfg.parallel_start
+        if cfg.parallel_start:
+            # One routing per block as #1855 allocates them (only blocks >= parallel_start use
+            # theirs); resid 1.1 is its init.
+            self.parallel_post_lambdas = nn.Parameter(torch.ones(L, 2, 2))
+            self.parallel_resid_lambdas = nn.Parameter(torch.full((L, 2), 1.1))
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         self.rotary = Rotary(head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len)
         self.attn_backend = "sdpa"
@@ -91,6 +137,8 @@ class GPT(nn.Module):
             self.ve.reset_parameters(0.01)
         if self.lm_head is not None:
             nn.init.zeros_(self.lm_head.weight)
+        if self.smear_gate is not None:
+            nn.init.zeros_(self.smear_gate.weight)
         for name, w in self._block_matrices_by_role():
             if name in ("proj", "down"):
                 nn.init.zeros_(w)
@@ -109,13 +157,27 @@ class GPT(nn.Module):
                 yield from (("q", blk.attn.c_q.weight), ("proj", blk.attn.proj.weight),
                             ("k", blk.attn.c_k.weight), ("v", blk.attn.c_v.weight),
                             ("up", blk.mlp.fc.weight), ("down", blk.mlp.proj.weight))
+        ups, downs = self._loop_mlp_params()
+        yield from (("up", w) for w in ups)
+        yield from (("down", w) for w in downs)
+
+    def _loop_mlp_params(self) -> tuple[list, list]:
+        """(up, down) matrices of the untied loop MLPs: bank rows or per-layer weights."""
+        if hasattr(self, "loop_mlp_up_bank"):
+            return list(self.loop_mlp_up_bank), list(self.loop_mlp_down_bank)
+        if hasattr(self, "loop_mlps"):
+            return [m.fc.weight for m in self.loop_mlps], [m.proj.weight for m in self.loop_mlps]
+        return [], []
 
     # ---- parameter groups (the optimizer builder reads these) ----
     def matrix_params(self) -> list[nn.Parameter]:
         if self.banked:
-            return [self.qo_bank, self.kv_bank, self.mlp_up_bank, self.mlp_down_bank]
+            loop = [self.loop_mlp_up_bank, self.loop_mlp_down_bank] if hasattr(self, "loop_mlp_up_bank") else []
+            return [self.qo_bank, self.kv_bank, self.mlp_up_bank, self.mlp_down_bank] + loop
+        ups, downs = self._loop_mlp_params()
         return [p for b in self.blocks for p in (b.attn.c_q.weight, b.attn.c_k.weight, b.attn.c_v.weight,
-                                                 b.attn.proj.weight, b.mlp.fc.weight, b.mlp.proj.weight)]
+                                                 b.attn.proj.weight, b.mlp.fc.weight, b.mlp.proj.weight)
+                ] + [p for pair in zip(ups, downs) for p in pair]
 
     def embedding_params(self) -> list[nn.Parameter]:
         tables = [self.tok_emb.weight]
@@ -147,13 +209,15 @@ class GPT(nn.Module):
         return w if t is None else t(group, w)
 
     def _layer_weights(self):
-        """Per-layer weight tuples (q, k, v, out, up, down), transformed once per bank."""
+        """Per-layer weight tuples (q, k, v, out, up, down), transformed once per bank, and the
+        (up, down) pairs of the untied loop MLPs."""
         L = self.num_layers
-        if self.banked:
-            qo, kv, up, down = (self._weight("blocks", b) for b in self.matrix_params())
-            return [(qo[i], kv[i], kv[L + i], qo[L + i], up[i], down[i]) for i in range(L)]
         ws = [self._weight("blocks", w) for w in self.matrix_params()]
-        return [tuple(ws[6 * i:6 * i + 6]) for i in range(L)]
+        if self.banked:
+            qo, kv, up, down = ws[:4]
+            loop = list(zip(ws[4], ws[5])) if len(ws) > 4 else []
+            return [(qo[i], kv[i], kv[L + i], qo[L + i], up[i], down[i]) for i in range(L)], loop
+        return [tuple(ws[6 * i:6 * i + 6]) for i in range(L)], list(zip(ws[6 * L::2], ws[6 * L + 1::2]))
 
     # ---- forward ----
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -162,29 +226,66 @@ class GPT(nn.Module):
         x = self.tok_emb(ids).float()
         if self.bigram is not None:
             x = x + self.bigram(ids, self._weight("projections", self.bigram.proj.weight))
+        keep = not_bos_mask(ids, self.cfg.bos_id, x.dtype) if self.cfg.smear_bos_fix else None
+        if self.smear_gate is not None:
+            x = input_smear(x, self.smear_gate.weight, self.smear_lambda, self.cfg.gate_window, keep)
         x = rms_norm(x)
-        return self.smear(x) if self.smear is not None else x
+        return self.smear(x, keep) if self.smear is not None else x
+
+    def _add_skip(self, x: torch.Tensor, j: int, skip: torch.Tensor) -> torch.Tensor:
+        s = self.skip_weights[j].to(x.dtype) * skip
+        if self.skip_gates is None:
+            return x + s
+        return torch.lerp(s, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
+
+    def _merge_lanes(self, lane0: torch.Tensor, lane1: torch.Tensor) -> torch.Tensor:
+        kind = self.cfg.parallel_final
+        return lane0 if kind == "attn" else lane1 if kind == "mlp" else 0.5 * (lane0 + lane1)
 
     def forward_hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Everything up to and including the final RMSNorm: [B, T, d]."""
         x = x0 = self.embed(ids)
+        docs = None
+        if self.cfg.doc_mask:
+            docs = doc_layout(ids, self.cfg.bos_id, doc_attention_kernel(self.attn_backend))
         ve = self.ve(ids, self._weight("projections", self.ve.proj.weight)) if self.ve is not None else None
-        weights = self._layer_weights()
+        weights, loop_weights = self._layer_weights()
+        schedule = layer_schedule(self.cfg, self.looping_active)
+        n_enc = encoder_length(self.cfg, schedule)
         skips: list[torch.Tensor] = []
-        for i, blk in enumerate(self.blocks):
-            j = i - self.num_encoder
-            if j >= 0 and skips:
-                x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
+        lanes = None
+        for pos, (i, rep) in enumerate(schedule):
+            w = weights[i]
+            slot = loop_mlp_slot(self.cfg, i, rep)
+            if slot is not None:
+                w = w[:4] + loop_weights[slot]
             v_extra = None
             if ve is not None and i in self.ve_layers:
                 v_extra = ve * self.ve.layer_scales[self.ve_layers.index(i)].to(ve.dtype)
-            x = blk(x, x0, weights[i], self.rotary, self.attn_backend, v_extra)
-            if i < self.num_encoder:
+            j = pos - n_enc
+            parallel = self.parallel_start > 0 and j >= 0 and i >= self.parallel_start
+            if parallel and lanes is None:
+                lanes = (x, x)
+            if 0 <= j < self.num_skips and skips:
+                # Parallel blocks take the skip on the attention lane only, as #1855 does.
+                if lanes is not None:
+                    lanes = (self._add_skip(lanes[0], j, skips.pop()), lanes[1])
+                else:
+                    x = self._add_skip(x, j, skips.pop())
+            blk = self.blocks[i]
+            if parallel:
+                lanes = blk.forward_parallel(*lanes, x0, w, self.rotary, self.attn_backend,
+                                             self.parallel_post_lambdas[i], self.parallel_resid_lambdas[i],
+                                             v_extra, docs)
+            else:
+                x = blk(x, x0, w, self.rotary, self.attn_backend, v_extra, docs)
+            if pos < n_enc:
                 skips.append(x)
-        return rms_norm(x)
+        return rms_norm(self._merge_lanes(*lanes) if lanes is not None else x)
 
     def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        w = self._weight("head", w)
         logits = F.linear(h, w.to(h.dtype)).float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits

@@ -17,6 +17,7 @@ import torch
 
 from pgolf.config import OptimConfig
 from pgolf.dist import Comm
+from pgolf.hw import fused_adamw
 from pgolf.optim.errors import OptimError
 from pgolf.optim.muon import Muon
 
@@ -129,7 +130,7 @@ def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
     if not groups:
         raise OptimError("build_optimizers: the model has no embedding or scalar params; AdamW needs some")
     _builder_check_disjoint(matrices, groups)
-    fused = all(p.is_cuda for g in groups for p in g["params"])
+    fused = fused_adamw(p for g in groups for p in g["params"])
     adam = torch.optim.AdamW(groups, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.adam_eps,
                              weight_decay=ocfg.adam_wd, fused=fused)
     return OptimizerSet(muon, adam, comm)

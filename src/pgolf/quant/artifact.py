@@ -13,6 +13,9 @@ Body (before compression): manifest_len u32 | manifest JSON | data. The manifest
 tensor (name, shape, dtype, kind, method, bits, layout, byte ranges); the data groups all
 integer codes first, then per-row scales, then fp16 tensors, then raw tensors, because
 similar bytes side by side compress better. Bytes are a pure function of the inputs.
+Optional per-entry layout keys (absent = the original layout, so older files read as before):
+"order": "columns" stores a matrix's codes transposed; "shuffle": 1 stores its fp16 bytes as
+all low bytes then all high bytes. LQER factors (pgolf.quant.lqer) are ordinary int entries.
 """
 
 import hashlib
@@ -31,8 +34,8 @@ from torch import Tensor
 from pgolf.atomic import atomic_write
 from pgolf.config import QuantConfig
 from pgolf.errors import PgolfError
-from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes,
-                               decompress_bytes, pack_codes, unpack_codes)
+from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes, decompress_bytes, pack_codes,
+                               unpack_codes)
 from pgolf.quant.policy import dequantize_state_dict, quantize_state_dict
 
 ARTIFACT_MAGIC = b"PGOLF\x00"
@@ -68,8 +71,25 @@ def _art_tensor_from(b: bytes, dtype: str, shape: list[int]) -> Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8).view(dt).reshape(shape).clone()
 
 
-def serialize_payload(payload: dict[str, dict[str, Any]], int_layout: str = DEFAULT_INT_LAYOUT) -> bytes:
+def shuffle_fp16_bytes(b: bytes, inverse: bool = False) -> bytes:
+    """fp16 bytes -> low bytes then high bytes (or back): exponents sit together for the compressor."""
+    a = np.frombuffer(b, dtype=np.uint8)
+    return (a.reshape(2, -1).T if inverse else a.reshape(-1, 2).T).tobytes()
+
+
+def _art_codes_bytes(q: np.ndarray, bits: int, packed: bool, columns: bool) -> bytes:
+    if columns:
+        q = np.ascontiguousarray(q.reshape(-1, q.shape[-1]).T)
+    return pack_codes(q, bits) if packed else q.tobytes()
+
+
+def serialize_payload(payload: dict[str, dict[str, Any]], int_layout: str = DEFAULT_INT_LAYOUT,
+                      code_order: str = "rows", fp16_layout: str = "plain") -> bytes:
     """Quantized payload (pgolf.quant.policy) -> uncompressed body bytes."""
+    if code_order not in ("rows", "columns") or fp16_layout not in ("plain", "shuffled"):
+        raise ArtifactError(f"code order {code_order!r} / fp16 layout {fp16_layout!r} unknown; "
+                            "use rows|columns and plain|shuffled")
+    shuffle = fp16_layout == "shuffled"
     if int_layout not in INT_LAYOUTS:
         raise ArtifactError(f"int layout {int_layout!r} unknown; use one of {', '.join(INT_LAYOUTS)}")
     regions: dict[str, list[bytes]] = {"q": [], "s": [], "d": [], "r": []}
@@ -87,11 +107,19 @@ def serialize_payload(payload: dict[str, dict[str, Any]], int_layout: str = DEFA
         if e["kind"] == "int":
             q = e["q"].numpy()
             packed = int_layout == "packed" and m["bits"] < 8
+            columns = code_order == "columns" and q.ndim >= 2
             m["layout"] = "packed" if packed else "bytes"
-            m["q"] = put("q", pack_codes(q, m["bits"]) if packed else q.tobytes())
-            m["s"] = put("s", _art_tensor_bytes(e["scale"].to(torch.float16)))
+            m["q"] = put("q", _art_codes_bytes(q, m["bits"], packed, columns))
+            sb = _art_tensor_bytes(e["scale"].to(torch.float16))
+            m["s"] = put("s", shuffle_fp16_bytes(sb) if shuffle else sb)
+            if columns:
+                m["order"] = "columns"
         else:
-            m["d"] = put("d" if e["kind"] == "fp16" else "r", _art_tensor_bytes(e["data"]))
+            db = _art_tensor_bytes(e["data"])
+            fp16 = e["kind"] == "fp16"
+            m["d"] = put("d" if fp16 else "r", shuffle_fp16_bytes(db) if shuffle and fp16 else db)
+        if shuffle and (e["kind"] == "int" or e["kind"] == "fp16"):
+            m["shuffle"] = 1
         manifest.append(m)
     base = {"q": 0, "s": sizes["q"], "d": sizes["q"] + sizes["s"]}
     base["r"] = base["d"] + sizes["d"]
@@ -125,18 +153,23 @@ def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[di
     for m in manifest:
         e: dict[str, Any] = {"kind": m["kind"], "shape": m["shape"], "dtype": m["dtype"],
                              "bits": m["bits"], "method": m["method"]}
+        unshuffle = (lambda b: shuffle_fp16_bytes(b, inverse=True)) if m.get("shuffle") else (lambda b: b)
         if m["kind"] == "int":
             off, n = m["q"]
             count = math.prod(m["shape"])
             raw = bytes(data[off:off + n])
             q = (unpack_codes(raw, m["bits"], count) if m["layout"] == "packed"
                  else np.frombuffer(raw, dtype=np.int8))
-            e["q"] = torch.from_numpy(q.copy()).reshape(m["shape"])
-            rows = count // m["shape"][-1] if m["shape"][-1] else 0
-            e["scale"] = _art_tensor_from(bytes(data[m["s"][0]:sum(m["s"])]), "float16", [rows])
+            cols = m["shape"][-1]
+            rows = count // cols if cols else 0
+            if m.get("order") == "columns":
+                q = q.reshape(cols, rows).T
+            e["q"] = torch.from_numpy(np.ascontiguousarray(q).copy()).reshape(m["shape"])
+            e["scale"] = _art_tensor_from(unshuffle(bytes(data[m["s"][0]:sum(m["s"])])), "float16", [rows])
         else:
             dt = "float16" if m["kind"] == "fp16" else m["dtype"]
-            e["data"] = _art_tensor_from(bytes(data[m["d"][0]:sum(m["d"])]), dt, m["shape"])
+            raw = bytes(data[m["d"][0]:sum(m["d"])])
+            e["data"] = _art_tensor_from(unshuffle(raw) if m["kind"] == "fp16" else raw, dt, m["shape"])
         payload[m["name"]] = e
     return payload, manifest
 
@@ -151,6 +184,8 @@ def _art_check_entry(m: Any, data_len: int) -> int:
     if not isinstance(getattr(torch, str(m.get("dtype")), None), torch.dtype):
         raise ValueError(f"tensor {m['name']!r}: unknown dtype")
     count = math.prod(shape)
+    if m.get("order", "rows") not in ("rows", "columns") or m.get("shuffle", 0) not in (0, 1):
+        raise ValueError(f"tensor {m['name']!r}: unknown order/shuffle layout")
     if kind == "int":
         if not shape or type(bits) is not int or not 1 <= bits <= 8 or m.get("layout") not in INT_LAYOUTS:
             raise ValueError(f"tensor {m['name']!r}: bad int layout")
@@ -172,14 +207,40 @@ def _art_int_layout(qcfg: QuantConfig, int_layout: str | None) -> str:
     return int_layout or getattr(qcfg, "int_layout", None) or DEFAULT_INT_LAYOUT
 
 
+def _art_body(payload: dict[str, dict[str, Any]], qcfg: QuantConfig, int_layout: str | None = None) -> bytes:
+    return serialize_payload(payload, _art_int_layout(qcfg, int_layout), getattr(qcfg, "code_order", "rows"),
+                             getattr(qcfg, "fp16_layout", "plain"))
+
+
+def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> dict[str, dict[str, int]]:
+    """Bytes per tensor group: its body bytes, and its bytes compressed alone with the
+    artifact's compressor (groups compressed together come out a little smaller)."""
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, e in payload.items():
+        groups.setdefault(e.get("group", e.get("category", "other")), {})[name] = e
+    out = {}
+    for g, part in sorted(groups.items()):
+        body = _art_body(part, qcfg)
+        out[g] = {"tensors": len(part), "params": sum(math.prod(e["shape"]) for e in part.values()),
+                  "body_bytes": len(body), "compressed_bytes": len(compress_bytes(body, qcfg.compressor, qcfg.level))}
+    return out
+
+
 def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
-                   meta: dict[str, Any] | None = None, int_layout: str | None = None
+                   meta: dict[str, Any] | None = None, int_layout: str | None = None,
+                   hessians: dict[str, Tensor] | None = None, payload_out: dict | None = None
                    ) -> tuple[bytes, dict[str, Any]]:
-    """Quantize, serialize, compress and frame a state dict -> (artifact bytes, quant stats)."""
+    """Quantize, serialize, compress and frame a state dict -> (artifact bytes, quant stats).
+
+    hessians: calibration Hessians for quant.matrix_method=gptq (pgolf.quant.calibration);
+    payload_out, when given, receives the quantized payload (for group_byte_report).
+    """
     if qcfg.compressor not in COMPRESSORS:
         raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; use one of {', '.join(COMPRESSORS)}")
-    payload, stats = quantize_state_dict(state_dict, qcfg)
-    body = serialize_payload(payload, _art_int_layout(qcfg, int_layout))
+    payload, stats = quantize_state_dict(state_dict, qcfg, hessians)
+    if payload_out is not None:
+        payload_out.update(payload)
+    body = _art_body(payload, qcfg, int_layout)
     comp = compress_bytes(body, qcfg.compressor, qcfg.level)
     header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level, "body_bytes": len(body),
                          "config_hash": config_hash, "meta": meta or {}},
@@ -191,9 +252,10 @@ def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash
 
 
 def pack_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
-                  meta: dict[str, Any] | None = None, int_layout: str | None = None) -> bytes:
+                  meta: dict[str, Any] | None = None, int_layout: str | None = None,
+                  hessians: dict[str, Tensor] | None = None) -> bytes:
     """State dict -> artifact bytes (see build_artifact for the stats as well)."""
-    return build_artifact(state_dict, qcfg, config_hash, meta, int_layout)[0]
+    return build_artifact(state_dict, qcfg, config_hash, meta, int_layout, hessians)[0]
 
 
 def _art_check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:

@@ -17,6 +17,7 @@ from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.averaging import select_export_state
 from pgolf.quant.artifact import (artifact_body_cap, budget_report, check_budget, pack_artifact, read_artifact,
                                   write_artifact)
+from pgolf.quant.calibration import calibrate
 from pgolf.runlog import RunLog
 
 
@@ -34,6 +35,16 @@ class ExportResult:
 
     def metrics(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k != "state"}
+
+
+def export_hessians(cfg: Config, flat: dict[str, torch.Tensor], device, log: RunLog | None = None):
+    """Calibration Hessians when quant.matrix_method=gptq, else None (nothing to calibrate)."""
+    if cfg.quant.matrix_method != "gptq":
+        return None
+    hessians, info = calibrate(cfg, flat, device)
+    if log is not None:
+        log.event(event="calibration", **info)
+    return hessians
 
 
 def shippable_config_toml(cfg: Config) -> str:
@@ -62,7 +73,12 @@ def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str,
         # Saved before anything can fail in quantization or compression: the trained
         # weights survive an export error or an over-budget refusal.
         atomic_write(Path(out_dir) / "final_state.pt", lambda f: torch.save(flat, f))
-    blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)})
+    # Every rank calibrates on the same tokens with the same seed, so all hold the same blob
+    # for the budget check; only rank 0 writes it.
+    device = next(model.parameters()).device
+    hessians = export_hessians(cfg, flat, device, log)
+    blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)},
+                         hessians=hessians)
     report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
     check_budget(report, str(Path(out_dir) / "model.ptz"))
     if comm.is_main:

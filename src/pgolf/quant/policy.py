@@ -6,20 +6,36 @@ Order of the rules (first match wins):
   name names an embedding table         -> qcfg.embed_bits per row, clip 0.9999984 (category embed)
   >= 2-D                                -> qcfg.matrix_bits per row, qcfg.matrix_method (category matrix)
   anything else (large 1-D)             -> "fp16"  (category other)
-bits == 16 keeps a category in fp16.
+bits == 16 keeps a category in fp16. Within a category, the tensor group (attn, mlp, matrix,
+embed, bigram, ve) may take its own width (quant.attn_bits ...; 0 = the category's).
+Methods of a matrix: rowwise (fixed quantile), gptq_lite (round to nearest, clip by
+quant.clip_rule; the reference's GPTQ-lite when that is quantile and unweighted) and gptq
+(pgolf.quant.gptq with the calibration Hessians; a matrix without one is rounded). With
+quant.clip_rule=sdclip embedding tables take k = quant.sdclip_k_embed; quant.gptq_embed runs
+GPTQ on the tied table against the head's Hessian. quant.lqer_rank > 0 adds LQER factors
+(pgolf.quant.lqer) for the quant.lqer_top_k tensors with the largest error. The newer paths
+(SDClip, Hessian weighting, GPTQ) floor scales at the smallest fp16 normal, not the reference's
+1/qmax, which zeroes most of a small-weight row (measured: it hid every clip rule's effect).
 """
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from pgolf.config import QuantConfig
-from pgolf.quant.quantizers import (GPTQ_CLIP_QUANTILES, ROWWISE_CLIP_QUANTILE, QuantError,
-                                    dequantize_rows, gptq_lite_quantize, quantize_rows)
+from pgolf.quant.clip import choose_row_scales
+from pgolf.quant.gptq import gptq_quantize
+from pgolf.quant.lqer import is_lqer_name, lqer_correction, lqer_entries, pick_lqer_targets
+from pgolf.quant.quantizers import (GPTQ_CLIP_QUANTILES, QUANT_FP16_TINY, ROWWISE_CLIP_QUANTILE, QuantError,
+                                    dequantize_rows, gptq_lite_quantize, quant_codes, quant_qmax, quant_row_view,
+                                    quantize_rows)
 
 EMBED_NAME_KEYS: tuple[str, ...] = ("tok_emb", "bigram.embed", "ve.embed", "lm_head")
-MATRIX_METHODS: tuple[str, ...] = ("rowwise", "gptq_lite")
+MATRIX_METHODS: tuple[str, ...] = ("rowwise", "gptq_lite", "gptq")
+# Tensor groups that may take their own width, and the field that holds it.
+GROUP_BITS_FIELDS = {"attn": "attn_bits", "mlp": "mlp_bits", "bigram": "bigram_bits", "ve": "ve_bits"}
 
 
 def quant_category(name: str, t: Tensor, small_numel: int) -> str:
@@ -33,53 +49,109 @@ def quant_category(name: str, t: Tensor, small_numel: int) -> str:
     return "matrix" if t.dim() >= 2 else "other"
 
 
+def tensor_group(name: str, category: str) -> str:
+    """attn | mlp | matrix | embed | bigram | ve for int categories; else the category itself."""
+    if category == "embed":
+        return "bigram" if "bigram." in name else "ve" if "ve." in name else "embed"
+    if category == "matrix":
+        return "attn" if ".attn." in name else "mlp" if ".mlp." in name else "matrix"
+    return category
+
+
+def group_bits(qcfg: QuantConfig, group: str) -> int:
+    """The width a tensor group is stored at (16 = fp16)."""
+    base = qcfg.embed_bits if group in ("embed", "bigram", "ve") else qcfg.matrix_bits
+    own = getattr(qcfg, GROUP_BITS_FIELDS[group], 0) if group in GROUP_BITS_FIELDS else 0
+    return own or base
+
+
 def _policy_check(qcfg: QuantConfig) -> None:
-    for what, bits in (("quant.matrix_bits", qcfg.matrix_bits), ("quant.embed_bits", qcfg.embed_bits)):
-        if bits != 16 and not 2 <= bits <= 8:
-            raise QuantError(f"{what}={bits} is not supported; use 5..8 (or 16 to keep fp16)")
+    for what, bits in (("quant.matrix_bits", qcfg.matrix_bits), ("quant.embed_bits", qcfg.embed_bits),
+                       *((f"quant.{f}", getattr(qcfg, f, 0)) for f in GROUP_BITS_FIELDS.values())):
+        if bits not in (0, 16) and not 2 <= bits <= 8:
+            raise QuantError(f"{what}={bits} is not supported; use 4..8 (or 16 to keep fp16)")
     if qcfg.matrix_method not in MATRIX_METHODS:
-        raise QuantError(f"quant.matrix_method={qcfg.matrix_method!r}; use rowwise or gptq_lite")
+        raise QuantError(f"quant.matrix_method={qcfg.matrix_method!r}; use {', '.join(MATRIX_METHODS)}")
     if qcfg.clip_search not in ("matrix", "row"):
         raise QuantError(f"quant.clip_search={qcfg.clip_search!r}; use matrix or row")
 
 
-def _policy_int_entry(t: Tensor, cat: str, qcfg: QuantConfig) -> dict[str, Any]:
-    bits = qcfg.embed_bits if cat == "embed" else qcfg.matrix_bits
-    if cat == "matrix" and qcfg.matrix_method == "gptq_lite":
+def _policy_scales(t: Tensor, bits: int, cat: str, qcfg: QuantConfig, h: Tensor | None) -> Tensor:
+    """Per-row scales by quant.clip_rule (embedding tables keep the fixed quantile unless SDClip)."""
+    weight_h = h if qcfg.clip_weighting == "hessian" else None
+    if cat == "embed":
+        if qcfg.clip_rule != "sdclip":
+            return choose_row_scales(t, bits, "quantile", quantiles=(ROWWISE_CLIP_QUANTILE,), floor=QUANT_FP16_TINY)
+        return choose_row_scales(t, bits, "sdclip", qcfg.sdclip_k_embed, weight_h, floor=QUANT_FP16_TINY)
+    return choose_row_scales(t, bits, qcfg.clip_rule, qcfg.sdclip_k_matrix, weight_h, qcfg.clip_search,
+                             GPTQ_CLIP_QUANTILES, floor=QUANT_FP16_TINY)
+
+
+def _policy_int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConfig,
+                      h: Tensor | None) -> dict[str, Any]:
+    plain = qcfg.clip_rule == "quantile" and qcfg.clip_weighting == "plain"
+    if cat == "matrix" and qcfg.matrix_method == "gptq_lite" and plain:
         q, s, pick = gptq_lite_quantize(t, bits, qcfg.clip_search, GPTQ_CLIP_QUANTILES)
         clips = sorted({GPTQ_CLIP_QUANTILES[i] for i in pick.tolist()})
-        method = f"gptq_lite_{qcfg.clip_search}"
-    else:
+        return {"kind": "int", "bits": bits, "method": f"gptq_lite_{qcfg.clip_search}", "q": q, "scale": s,
+                "clips": clips}
+    # Without its own Hessian an embedding table keeps the reference's fixed quantile unless
+    # SDClip is asked for: clip_weighting has nothing to weight it with.
+    if (cat == "matrix" and qcfg.matrix_method == "rowwise") or (
+            cat == "embed" and qcfg.clip_rule != "sdclip" and h is None):
         q, s = quantize_rows(t, bits, ROWWISE_CLIP_QUANTILE)
-        clips, method = [ROWWISE_CLIP_QUANTILE], "rowwise"
-    return {"kind": "int", "bits": bits, "method": method, "q": q, "scale": s, "clips": clips}
+        return {"kind": "int", "bits": bits, "method": "rowwise", "q": q, "scale": s,
+                "clips": [ROWWISE_CLIP_QUANTILE]}
+    scale = _policy_scales(t, bits, cat, qcfg, h)
+    rule = "sdclip" if qcfg.clip_rule == "sdclip" else "quantile"
+    if h is not None and qcfg.matrix_method == "gptq":
+        q = gptq_quantize(t, h, scale, bits, qcfg.gptq_block_size, qcfg.gptq_damp, qcfg.gptq_act_order)
+        method = f"gptq_{rule}"
+    else:
+        q = quant_codes(quant_row_view(t), scale, quant_qmax(bits)).to(torch.int8).reshape(t.shape)
+        method = f"rtn_{rule}"
+    return {"kind": "int", "bits": bits, "method": method, "q": q, "scale": scale.to(torch.float16), "clips": []}
 
 
-def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig
+def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict[str, Tensor] | None = None
                         ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Quantize a (unbanked) state dict -> (payload, stats).
 
-    payload[name] = {"kind": "int"|"fp16"|"raw", "category", "shape", "dtype", ...}; "int"
-    entries hold int8 codes "q" (shaped like the tensor) and fp16 per-row "scale".
+    payload[name] = {"kind": "int"|"fp16"|"raw", "category", "group", "shape", "dtype", ...};
+    "int" entries hold int8 codes "q" (shaped like the tensor) and fp16 per-row "scale".
+    hessians: calibration input Hessians by tensor name (pgolf.quant.calibration), used by gptq.
     stats = {"categories": {cat: {tensors, params, max_abs_err, mse}}, "tensors": {name: {...}}}.
     """
     _policy_check(qcfg)
+    hessians = hessians or {}
+    use_h = qcfg.matrix_method == "gptq"
     payload: dict[str, dict[str, Any]] = {}
     for name, t in sd.items():
         t = t.detach().cpu()
         cat = quant_category(name, t, qcfg.small_numel)
         if cat != "raw" and not bool(torch.isfinite(t).all()):
             raise QuantError(f"tensor {name} has NaN/inf values; fix training before export")
-        bits = {"embed": qcfg.embed_bits, "matrix": qcfg.matrix_bits}.get(cat, 16)
+        group = tensor_group(name, cat)
+        bits = group_bits(qcfg, group) if cat in ("embed", "matrix") else 16
         if cat == "raw":
             e = {"kind": "raw", "data": t.contiguous()}
         elif bits == 16:
             e = {"kind": "fp16", "data": t.to(torch.float16).contiguous()}
         else:
-            e = _policy_int_entry(t, cat, qcfg)
-        e.update(category=cat, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."))
+            h = hessians.get(name) if use_h and (cat == "matrix" or qcfg.gptq_embed) else None
+            e = _policy_int_entry(name, t, cat, bits, qcfg, h)
+        e.update(category=cat, group=group, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."))
         payload[name] = e
+    if qcfg.lqer_rank > 0:
+        _policy_add_lqer(sd, payload, qcfg)
     return payload, quant_error_stats(sd, payload)
+
+
+def _policy_add_lqer(sd: dict[str, Tensor], payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> None:
+    errs = {n: sd[n].detach().cpu().float() - dequantize_entry(e) for n, e in payload.items()
+            if e["kind"] == "int" and e["category"] in ("matrix", "embed")}
+    for name in pick_lqer_targets({n: float(e.pow(2).sum()) for n, e in errs.items()}, qcfg.lqer_top_k):
+        payload.update(lqer_entries(name, errs[name], qcfg.lqer_rank, qcfg.lqer_bits))
 
 
 def dequantize_entry(e: dict[str, Any]) -> Tensor:
@@ -92,26 +164,37 @@ def dequantize_entry(e: dict[str, Any]) -> Tensor:
 
 
 def dequantize_state_dict(payload: dict[str, dict[str, Any]]) -> dict[str, Tensor]:
-    """payload -> state dict of float32 tensors (non-float tensors pass through)."""
-    return {name: dequantize_entry(e) for name, e in payload.items()}
+    """payload -> state dict of float32 tensors (non-float tensors pass through), with any
+    LQER correction added to its tensor and the factor entries themselves dropped."""
+    out = {}
+    for name, e in payload.items():
+        if is_lqer_name(name) and e.get("method") == "lqer":
+            continue
+        t = dequantize_entry(e)
+        corr = lqer_correction(payload, name)
+        out[name] = t if corr is None else t + corr.reshape(t.shape)
+    return out
 
 
 def quant_error_stats(sd: dict[str, Tensor], payload: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per-category and per-tensor reconstruction error of a payload against the original."""
+    """Per-category and per-tensor reconstruction error of a payload against the original
+    (LQER corrections included; their factors count under category lqer)."""
     cats: dict[str, dict[str, float]] = {}
     per: dict[str, dict[str, Any]] = {}
+    recon = dequantize_state_dict(payload)
     for name, e in payload.items():
         c = cats.setdefault(e["category"], {"tensors": 0, "params": 0, "max_abs_err": 0.0, "sq_err": 0.0})
-        n = sd[name].numel()
+        n = math.prod(e["shape"])
         c["tensors"] += 1
         c["params"] += n
-        if e["kind"] == "raw" or n == 0:
+        if e["kind"] == "raw" or n == 0 or name not in recon:
             continue
-        d = dequantize_entry(e) - sd[name].detach().cpu().float()
+        d = recon[name] - sd[name].detach().cpu().float()
         mx, sq = float(d.abs().max()), float(d.double().pow(2).sum())
         c["max_abs_err"] = max(c["max_abs_err"], mx)
         c["sq_err"] += sq
-        per[name] = {"category": e["category"], "kind": e["kind"], "bits": e.get("bits", 16),
+        per[name] = {"category": e["category"], "group": e.get("group", e["category"]), "kind": e["kind"],
+                     "bits": e.get("bits", 16), "method": e.get("method", e["kind"]),
                      "clips": e.get("clips", []), "max_abs_err": mx, "mse": sq / n}
     for c in cats.values():
         c["mse"] = c.pop("sq_err") / max(c["params"], 1)

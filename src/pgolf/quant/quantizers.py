@@ -46,9 +46,15 @@ def quant_round_fp16(x: Tensor) -> Tensor:
     return (bits & ~0x1FFF).view(torch.float32)
 
 
-def quant_scale_from_clip(clip: Tensor, qmax: int) -> Tensor:
-    """Per-row clip -> the fp16-representable scale, returned as float32."""
-    return quant_round_fp16((clip.float() / qmax).clamp(min=1.0 / qmax, max=_QUANT_FP16_MAX))
+# Smallest normal fp16: the floor of the newer clip rules (SDClip, GPTQ), which drop the
+# reference's 1/qmax floor; that floor rounds whole rows of small trained weights to 0/+-1.
+QUANT_FP16_TINY = 2.0 ** -14
+
+
+def quant_scale_from_clip(clip: Tensor, qmax: int, floor: float | None = None) -> Tensor:
+    """Per-row clip -> the fp16-representable scale, returned as float32 (floor: 1/qmax by default)."""
+    lo = 1.0 / qmax if floor is None else floor
+    return quant_round_fp16((clip.float() / qmax).clamp(min=lo, max=_QUANT_FP16_MAX))
 
 
 def quant_codes(w: Tensor, scale: Tensor, qmax: int) -> Tensor:
