@@ -97,17 +97,17 @@ def _read_shard(tmp, blob, mp):
 def _read_fineweb_manifest(tmp, blob, mp):
     import huggingface_hub
 
-    from pgolf.data.fineweb import _fw_fetch_manifest
+    from pgolf.data.fineweb import _fetch_manifest
     (tmp / "manifest.json").write_bytes(blob)
     mp.setattr(huggingface_hub, "hf_hub_download", lambda **kw: str(tmp / "manifest.json"))
-    return "datasets/manifest.json", lambda: _fw_fetch_manifest("org/repo", "datasets/manifest.json", {},
+    return "datasets/manifest.json", lambda: _fetch_manifest("org/repo", "datasets/manifest.json", {},
                                                                 lambda *_: None)
 
 
 def _read_corpus_manifest(tmp, blob, mp):
-    from pgolf.data.corpus import CORPUS_MANIFEST, _corpus_load_manifest
+    from pgolf.data.corpus import CORPUS_MANIFEST, _load_manifest
     (tmp / CORPUS_MANIFEST).write_bytes(blob)
-    return CORPUS_MANIFEST, lambda: _corpus_load_manifest(str(tmp), {"vocab_size": 1024})
+    return CORPUS_MANIFEST, lambda: _load_manifest(str(tmp), {"vocab_size": 1024})
 
 
 def _read_config_file(tmp, blob, mp):
@@ -138,7 +138,7 @@ READERS = {
     "artifact-framed": (_read_framed_artifact, None, ""),
     "shard": (_read_shard, None, ""),
     "fineweb-manifest": (_read_fineweb_manifest, None,
-                         "fineweb.py _fw_fetch_manifest: read the file inside the try that maps ValueError "
+                         "fineweb.py _fetch_manifest: read the file inside the try that maps ValueError "
                          "(UnicodeDecodeError is one) to FinewebError"),
     "corpus-manifest": (_read_corpus_manifest, "None", ""),
     "config-file": (_read_config_file, None,

@@ -92,7 +92,7 @@ def bench_flops_per_token(model: GPT, seq_len: int) -> dict[str, int]:
     return parts
 
 
-def _bench_peak_memory(device) -> dict[str, Any]:
+def _peak_memory(device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"peak_mem_bytes": torch.cuda.max_memory_allocated(device),
                 "peak_mem_kind": "torch.cuda.max_memory_allocated (timed steps)"}
@@ -101,20 +101,20 @@ def _bench_peak_memory(device) -> dict[str, Any]:
             "peak_mem_kind": "process peak RSS (getrusage ru_maxrss)"}
 
 
-def _bench_sync(device) -> None:
+def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _bench_run_steps(model, fwd, opt, tokens, cfg: Config, accum: int, device,
+def _run_steps(model, fwd, opt, tokens, cfg: Config, accum: int, device,
                      n: int) -> tuple[list[float], list[float]]:
     """n training steps -> (per-step milliseconds, losses)."""
     times, losses = [], []
     for _ in range(n):
-        _bench_sync(device)
+        _sync(device)
         t0 = time.perf_counter()
         loss = train_step(model, fwd, opt, tokens, cfg, accum, device)
-        _bench_sync(device)
+        _sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
         losses.append(float(loss))
     return times, losses
@@ -142,7 +142,7 @@ def bench_mfu(achieved_tflops: float, peak_tflops: float | None) -> float | None
     return achieved_tflops / peak_tflops if peak_tflops else None
 
 
-def _bench_qat(model, cfg: Config, qat: str):
+def _qat(model, cfg: Config, qat: str):
     """Attach late QAT as training does (when the config has it, or --qat on asks for it);
     `qat` picks which regime is timed: off (most of a run) or on (its last stretch)."""
     if qat not in BENCH_QAT_CHOICES:
@@ -170,18 +170,18 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
         torch.cuda.set_device(device)
     torch.manual_seed(seed)
     model = build_model(cfg, device)
-    transform = _bench_qat(model, cfg, qat)
+    transform = _qat(model, cfg, qat)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
     opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile)
     seqs = r.train_batch_tokens // (accum * r.train_seq_len)
     tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, device, seed)
     t0 = time.perf_counter()
-    warm_times, _ = _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
+    warm_times, _ = _run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
     warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times, losses = _bench_run_steps(model, fwd, opt, tokens, cfg, accum, device, steps)
-    out = _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s)
+    times, losses = _run_steps(model, fwd, opt, tokens, cfg, accum, device, steps)
+    out = _throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s)
     # The first step pays for tracing, compiling and autotuning (model and Newton-Schulz);
     # its excess over a steady step is the compile cost a run's priming absorbs.
     first_ms = (warm_times or times)[0]
@@ -193,7 +193,7 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
     return out
 
 
-def _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s) -> dict[str, Any]:
+def _throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s) -> dict[str, Any]:
     median_ms = statistics.median(times)
     tok_s = cfg.run.train_batch_tokens / (median_ms / 1000.0)
     flops = bench_flops_per_token(model, cfg.run.train_seq_len)
@@ -211,7 +211,7 @@ def _bench_throughput_report(cfg, model, device, accum, seqs, times, losses, war
         "ratio_to_ref": tok_s / BENCH_REF_TOKENS_PER_S_PER_GPU if gpu else None,
         "loss_first": losses[0], "loss_last": losses[-1],
     }
-    out.update(_bench_peak_memory(device))
+    out.update(_peak_memory(device))
     return out
 
 
@@ -243,7 +243,7 @@ def format_throughput(res: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- artifact budget
 
-def _bench_matrix(rows: int, cols: int, sigma: float, g: torch.Generator) -> torch.Tensor:
+def _matrix(rows: int, cols: int, sigma: float, g: torch.Generator) -> torch.Tensor:
     """A trained-looking matrix: 0.5 x orthogonal + sqrt(0.75) x Student-t(df=4) tails, with a
     lognormal per-row gain, rescaled to std sigma (the quant helper's recipe)."""
     q = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), generator=g))[0]
@@ -266,9 +266,9 @@ def bench_fill_weights(model: GPT, sigma: float = 0.3, emb_std: float = 0.05, se
             p.copy_(torch.randn(p.shape, generator=g) * emb_std)
         elif id(p) in matrices and p.dim() == 3:
             for k in range(p.shape[0]):
-                p[k].copy_(_bench_matrix(p.shape[1], p.shape[2], sigma, g))
+                p[k].copy_(_matrix(p.shape[1], p.shape[2], sigma, g))
         elif id(p) in matrices or (p.dim() == 2 and min(p.shape) >= 8):
-            p.copy_(_bench_matrix(p.shape[0], p.shape[1], sigma, g))
+            p.copy_(_matrix(p.shape[0], p.shape[1], sigma, g))
         else:
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
 
@@ -310,10 +310,10 @@ def bench_artifact(cfg: Config, preset: str, sigma: float = 0.3, emb_std: float 
     code = {form: len(bundle_for_config(cfg, preset, minify=form == "minified").encode("utf-8"))
             for form in ("plain", "minified")}
     lap("bundle_s")
-    return _bench_artifact_report(cfg, preset, model, flat, blob, stats, code, phases, sigma, emb_std)
+    return _artifact_report(cfg, preset, model, flat, blob, stats, code, phases, sigma, emb_std)
 
 
-def _bench_artifact_report(cfg, preset, model, flat, blob, stats, code, phases, sigma, emb_std) -> dict[str, Any]:
+def _artifact_report(cfg, preset, model, flat, blob, stats, code, phases, sigma, emb_std) -> dict[str, Any]:
     q = cfg.quant
     counted = code[q.code_form] if q.code_form in code else code["plain"]
     rep = budget_report(len(blob), counted, q.max_artifact_bytes)
@@ -391,7 +391,7 @@ def bench_quant_config(run_dir: str, sets: list[str]) -> Config:
     return cfg
 
 
-def _bench_calib_key(q) -> tuple:
+def _calib_key(q) -> tuple:
     return (q.calib_source, q.calib_seqs, q.calib_seq_len, q.calib_temperature, q.gptq_embed)
 
 
@@ -422,7 +422,7 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
         apply_sets(vcfg, sets)
         q, hessians, calib_s = vcfg.quant, None, 0.0
         if q.matrix_method == "gptq":
-            key = _bench_calib_key(q)
+            key = _calib_key(q)
             if key not in calib_cache:
                 t0 = time.perf_counter()
                 calib_cache[key] = (calibrate(vcfg, flat, device)[0], time.perf_counter() - t0)
@@ -441,12 +441,12 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
         if log:
             log(format_quant(rows[-1:]).splitlines()[-1])
     if out:
-        _bench_write_json(out, {"run_dir": run_dir, "device": device_label(device), "torch": torch.__version__,
+        _write_json(out, {"run_dir": run_dir, "device": device_label(device), "torch": torch.__version__,
                                 "eval_tokens": int(val.tokens.numel() - 1), "float_val_bpb": base, "rows": rows})
     return rows
 
 
-def _bench_write_json(path: str, obj: Any) -> None:
+def _write_json(path: str, obj: Any) -> None:
     atomic_write(Path(path), lambda f: f.write(json.dumps(obj, indent=2).encode()), overwrite=True)
 
 

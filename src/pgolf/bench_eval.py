@@ -34,7 +34,7 @@ def bench_eval_projection(seconds: float, tokens: int, project_tokens: int, proj
     return seconds * project_tokens / tokens / project_gpus
 
 
-def _bench_eval_warm_config(ecfg: EvalConfig) -> EvalConfig:
+def _eval_warm_config(ecfg: EvalConfig) -> EvalConfig:
     """The same mode on the slice's first two TTT chunks (or two full batches of windows):
     every code path of the timed run (compiled forwards, backward, optimizer) runs once."""
     if ecfg.ttt_enabled:
@@ -72,7 +72,7 @@ def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str]
         warm_s = None
         if warmup:
             t0 = time.perf_counter()
-            evaluate(model, val.tokens, val.tables, _bench_eval_warm_config(ecfg), comm, device,
+            evaluate(model, val.tokens, val.tables, _eval_warm_config(ecfg), comm, device,
                      None, compile=cfg.model.compile)
             warm_s = time.perf_counter() - t0
         res = evaluate(model, val.tokens, val.tables, ecfg, comm, device, log, compile=cfg.model.compile)

@@ -77,12 +77,12 @@ QUANT_BITS_ALLOWED = (5, 6, 7, 8, 16)
 COMPRESSOR_LEVELS = {"zlib": (0, 9), "lzma": (0, 9), "zstd": (1, 22), "brotli": (0, 11)}
 
 
-def _checks_base_type(ftype: Any) -> Any:
+def _base_type(ftype: Any) -> Any:
     args = [a for a in get_args(ftype) if a is not type(None)]
     return args[0] if get_origin(ftype) is not Literal and args else ftype
 
 
-def _checks_type_problem(key: str, v: Any, ftype: Any) -> str | None:
+def _type_problem(key: str, v: Any, ftype: Any) -> str | None:
     if get_origin(ftype) is Literal:
         allowed = get_args(ftype)
         return None if v in allowed else f"{key}: {v!r} is not one of {', '.join(map(str, allowed))}"
@@ -94,8 +94,8 @@ def _checks_type_problem(key: str, v: Any, ftype: Any) -> str | None:
     return None
 
 
-def _checks_field_problem(key: str, v: Any, ftype: Any) -> str | None:
-    problem = _checks_type_problem(key, v, ftype)
+def _field_problem(key: str, v: Any, ftype: Any) -> str | None:
+    problem = _type_problem(key, v, ftype)
     if problem or key not in CONFIG_RANGES:
         return problem
     ok, allowed = _CHECKS_KINDS[CONFIG_RANGES[key]]
@@ -112,7 +112,7 @@ def config_field_problems(cfg: Any) -> list[str]:
         for f in dataclasses.fields(sec):
             v = getattr(sec, f.name)
             if v is not None:
-                problem = _checks_field_problem(f"{sec_field.name}.{f.name}", v, _checks_base_type(f.type))
+                problem = _field_problem(f"{sec_field.name}.{f.name}", v, _base_type(f.type))
                 out += [problem] if problem else []
     return out
 
@@ -134,7 +134,7 @@ def config_layer_list(spec: str, num_layers: int) -> tuple[list[int], str | None
     return sorted(out), None
 
 
-def _checks_model(m: Any) -> list[str]:
+def _model(m: Any) -> list[str]:
     if m.model_dim % m.num_heads:
         return [f"model.model_dim: {m.model_dim} does not divide by model.num_heads={m.num_heads}; "
                 f"use a multiple of {m.num_heads}"]
@@ -156,10 +156,10 @@ def _checks_model(m: Any) -> list[str]:
         out.append("model.bigram_vocab_size: 1 is not allowed; use 0 (off) or >= 2 (hashes go mod buckets - 1)")
     if m.ve_enabled:
         out += [p for p in [config_layer_list(m.ve_layers, m.num_layers)[1]] if p]
-    return out + _checks_frontier(m)
+    return out + _frontier(m)
 
 
-def _checks_frontier(m: Any) -> list[str]:
+def _frontier(m: Any) -> list[str]:
     out = []
     if m.bos_id >= m.vocab_size:
         out.append(f"model.bos_id: {m.bos_id} is not a token of a {m.vocab_size}-token vocabulary; "
@@ -183,7 +183,7 @@ def _checks_frontier(m: Any) -> list[str]:
     return out
 
 
-def _checks_train(cfg: Any) -> list[str]:
+def _train(cfg: Any) -> list[str]:
     r, out = cfg.run, []
     micro = r.accum_world * r.train_seq_len
     if r.train_batch_tokens % micro:
@@ -200,10 +200,10 @@ def _checks_train(cfg: Any) -> list[str]:
     if q.late_qat_threshold > 0 and q.matrix_bits == 16:
         out.append(f"quant.late_qat_threshold: {q.late_qat_threshold} fake-quantizes to quant.matrix_bits, "
                    f"which is 16 (no grid); set matrix_bits 5..8 or late_qat_threshold 0")
-    return out + _checks_quant(cfg)
+    return out + _quant(cfg)
 
 
-def _checks_quant(cfg: Any) -> list[str]:
+def _quant(cfg: Any) -> list[str]:
     q, out = cfg.quant, []
     if q.clip_weighting == "hessian" and q.matrix_method != "gptq":
         out.append("quant.clip_weighting: 'hessian' needs the calibration Hessians of quant.matrix_method=gptq; "
@@ -217,7 +217,7 @@ def _checks_quant(cfg: Any) -> list[str]:
     return out
 
 
-def _checks_eval(cfg: Any) -> list[str]:
+def _eval(cfg: Any) -> list[str]:
     e, out = cfg.eval, []
     seq = e.seq_len or cfg.run.train_seq_len
     if e.stride > seq:
@@ -232,7 +232,7 @@ def _checks_eval(cfg: Any) -> list[str]:
     if e.slot_bos_id >= cfg.model.vocab_size:
         out.append(f"eval.slot_bos_id: {e.slot_bos_id} is not a token id (model.vocab_size="
                    f"{cfg.model.vocab_size}); use 0..{cfg.model.vocab_size - 1} or -1")
-    out += _checks_lora_ttt(e, seq)
+    out += _lora_ttt(e, seq)
     if e.ttt_freeze_blocks > cfg.model.num_layers:
         out.append(f"eval.ttt_freeze_blocks: {e.ttt_freeze_blocks} is more than model.num_layers="
                    f"{cfg.model.num_layers}; use 0..{cfg.model.num_layers}")
@@ -248,7 +248,7 @@ def tracker_names(spec: str) -> list[str]:
     return [n.strip() for n in spec.split(",") if n.strip()]
 
 
-def _checks_trackers(cfg: Any) -> list[str]:
+def _trackers(cfg: Any) -> list[str]:
     bad = [n for n in tracker_names(cfg.run.trackers) if n not in TRACKERS_KNOWN]
     if bad:
         return [f"run.trackers: unknown tracker {', '.join(map(repr, bad))}; use a comma-separated subset of "
@@ -256,7 +256,7 @@ def _checks_trackers(cfg: Any) -> list[str]:
     return []
 
 
-def _checks_lora_ttt(e: Any, seq: int) -> list[str]:
+def _lora_ttt(e: Any, seq: int) -> list[str]:
     out = []
     names = [p.strip() for p in e.ttt_lora_targets.split(",") if p.strip()]
     bad = [p for p in names if p not in LORA_TARGET_NAMES]
@@ -275,8 +275,8 @@ def _checks_lora_ttt(e: Any, seq: int) -> list[str]:
 def config_problems(cfg: Any) -> list[str]:
     """Every problem of the config; cross-field rules run only once each field is valid alone,
     so one bad value is reported once, by its own name."""
-    return config_field_problems(cfg) or (_checks_model(cfg.model) + _checks_train(cfg) + _checks_eval(cfg)
-                                          + _checks_trackers(cfg))
+    return config_field_problems(cfg) or (_model(cfg.model) + _train(cfg) + _eval(cfg)
+                                          + _trackers(cfg))
 
 
 def config_world_size_problem(cfg: Any, world_size: int) -> str | None:

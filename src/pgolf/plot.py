@@ -58,7 +58,7 @@ class RunHistory:
         return [float(s) for s in steps], [rows[s][key] for s in steps]
 
 
-def _plot_float(v: str) -> float | None:
+def _float(v: str) -> float | None:
     try:
         x = float(v.rstrip("s"))
     except ValueError:
@@ -66,8 +66,8 @@ def _plot_float(v: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _plot_numbers(ev: dict[str, str]) -> dict[str, float]:
-    return {k: x for k, v in ev.items() if (x := _plot_float(v)) is not None}
+def _numbers(ev: dict[str, str]) -> dict[str, float]:
+    return {k: x for k, v in ev.items() if (x := _float(v)) is not None}
 
 
 def parse_run_history(text: str, name: str = "run") -> RunHistory:
@@ -78,16 +78,16 @@ def parse_run_history(text: str, name: str = "run") -> RunHistory:
         if "event" in ev:
             h.events[ev["event"]] = ev
         elif "step" in ev:
-            step = _plot_float(ev["step"].split("/")[0])
+            step = _float(ev["step"].split("/")[0])
             if step is None:
                 continue
             rows = h.val if "val_bpb" in ev else h.train if "train_loss" in ev else None
             if rows is not None:
-                nums = _plot_numbers({k: v for k, v in ev.items() if k != "step"})
+                nums = _numbers({k: v for k, v in ev.items() if k != "step"})
                 rows.setdefault(int(step), {}).update(nums)
         elif "eval" in ev and "chunks" in ev and "running_bpb" in ev:
             done = ev["chunks"].split("/")[0]
-            bpb = _plot_float(ev["running_bpb"])
+            bpb = _float(ev["running_bpb"])
             if not done.isdigit() or bpb is None:
                 continue
             if int(done) == 1 or ev["eval"] != h.ttt_mode:
@@ -112,7 +112,7 @@ def budget_group(name: str) -> str:
     return "other"
 
 
-def _plot_entry_bytes(m: dict[str, Any], packed: bool) -> int:
+def _entry_bytes(m: dict[str, Any], packed: bool) -> int:
     """Stored bytes of one manifest entry: its byte ranges when listed, else from shape and bits."""
     ranges = [m[k] for k in ("q", "s", "d") if isinstance(m.get(k), list) and len(m[k]) == 2]
     if ranges:
@@ -140,7 +140,7 @@ def artifact_groups(run: Path) -> list[tuple[str, int]]:
     stored: dict[str, int] = {}
     for m in header.get("manifest", []):
         g = budget_group(m["name"])
-        stored[g] = stored.get(g, 0) + _plot_entry_bytes(m, packed)
+        stored[g] = stored.get(g, 0) + _entry_bytes(m, packed)
     total = sum(stored.values()) or 1
     return sorted(((g, round(b * header["total_bytes"] / total)) for g, b in stored.items()), key=lambda x: -x[1])
 
@@ -162,17 +162,17 @@ def label_runs(histories: list[RunHistory], configs: list[dict[str, str]]) -> No
     """Legend labels: run name plus the config fields in which the runs differ."""
     fields = differing_fields(configs) if len(configs) > 1 else []
     for h, cfg in zip(histories, configs):
-        diff = " ".join(f"{f.split('.', 1)[1]}={_plot_short(cfg.get(f, '-'))}" for f in fields[:4])
+        diff = " ".join(f"{f.split('.', 1)[1]}={_short(cfg.get(f, '-'))}" for f in fields[:4])
         h.label = f"{h.name} {diff}".strip() + (" ..." if len(fields) > 4 else "")
 
 
-def _plot_short(value: str) -> str:
+def _short(value: str) -> str:
     """A config value short enough for a legend: a path by its last part."""
     v = Path(value).name or value if "/" in value else value
     return v if len(v) <= 24 else v[:21] + "..."
 
 
-def _plot_figure(rows: int, cols: int, size: tuple[float, float]):
+def _figure(rows: int, cols: int, size: tuple[float, float]):
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -181,13 +181,13 @@ def _plot_figure(rows: int, cols: int, size: tuple[float, float]):
     return fig, fig.subplots(rows, cols, squeeze=False).ravel()
 
 
-def _plot_empty(ax, what: str) -> None:
+def _empty(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in the log", ha="center", va="center", transform=ax.transAxes, color="0.5")
 
 
 def draw_curves(histories: list[RunHistory]):
     """The curves figure; each axes carries its CURVE_PANELS label, one line per run with data."""
-    fig, axes = _plot_figure(2, 3, (15, 8))
+    fig, axes = _figure(2, 3, (15, 8))
     for ax, (label, title, xl, yl) in zip(axes, CURVE_PANELS):
         ax.set_label(label)
         ax.set_title(title, fontsize=10)
@@ -221,15 +221,15 @@ def draw_curves(histories: list[RunHistory]):
              "schedule": "schedule", "step_ms": "step times", "ttt_bpb": "TTT eval"}
     for label, a in ax.items():
         if not a.lines:
-            _plot_empty(a, names[label])
+            _empty(a, names[label])
     modes = sorted({h.ttt_mode for h in histories if h.ttt})
     if modes:
         ax["ttt_bpb"].set_title(f"TTT running bpb ({', '.join(modes)})", fontsize=10)
-    _plot_legend(fig, histories)
+    _legend(fig, histories)
     return fig
 
 
-def _plot_legend(fig, histories: list[RunHistory]) -> None:
+def _legend(fig, histories: list[RunHistory]) -> None:
     """One legend for the whole figure, below it: run i is colour Ci on every panel."""
     from matplotlib.patches import Patch
     handles = [Patch(color=f"C{i % 10}", label=h.label or h.name) for i, h in enumerate(histories)]
@@ -237,13 +237,13 @@ def _plot_legend(fig, histories: list[RunHistory]) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncols=1 if wide else min(len(handles), 3), fontsize=8)
 
 
-def _plot_event_float(h: RunHistory, event: str, key: str) -> float | None:
-    return _plot_float(h.events.get(event, {}).get(key, ""))
+def _event_float(h: RunHistory, event: str, key: str) -> float | None:
+    return _float(h.events.get(event, {}).get(key, ""))
 
 
 def draw_budget(histories: list[RunHistory]):
     """bpb before/after quantization and after the final eval; bytes per tensor group."""
-    fig, (qa, ba) = _plot_figure(1, 2, (13, 5.5))
+    fig, (qa, ba) = _figure(1, 2, (13, 5.5))
     qa.set_label("quant_penalty")
     qa.set_title("quantization penalty (bpb)", fontsize=10)
     ba.set_label("byte_budget")
@@ -253,7 +253,7 @@ def draw_budget(histories: list[RunHistory]):
     width = 0.8 / max(len(histories), 1)
     values = []
     for i, h in enumerate(histories):
-        ys = [_plot_event_float(h, ev, k) for _, ev, k in stages]
+        ys = [_event_float(h, ev, k) for _, ev, k in stages]
         xs = [j + i * width for j, y in enumerate(ys) if y is not None]
         ys = [y for y in ys if y is not None]
         if ys:
@@ -264,26 +264,26 @@ def draw_budget(histories: list[RunHistory]):
         pad = max((max(values) - min(values)) * 0.5, 0.01)
         qa.set_ylim(min(values) - pad, max(values) + pad)
     else:
-        _plot_empty(qa, "quantization round trip")
-    _plot_bytes(ba, histories)
-    _plot_legend(fig, histories)
+        _empty(qa, "quantization round trip")
+    _bytes(ba, histories)
+    _legend(fig, histories)
     return fig
 
 
-def _plot_bytes(ax, histories: list[RunHistory]) -> None:
+def _bytes(ax, histories: list[RunHistory]) -> None:
     groups: list[str] = []
     per_run = []
     for h in histories:
         parts = dict(h.groups)
         if not parts and "artifact" in h.events:
-            parts = {"model": int(_plot_event_float(h, "artifact", "model_bytes") or 0)}
-        code = _plot_event_float(h, "artifact", "code_bytes")
+            parts = {"model": int(_event_float(h, "artifact", "model_bytes") or 0)}
+        code = _event_float(h, "artifact", "code_bytes")
         if parts and code:
             parts["code"] = int(code)
         per_run.append(parts)
         groups += [g for g in parts if g not in groups]
     if not groups:
-        _plot_empty(ax, "artifact")
+        _empty(ax, "artifact")
         return
     height = 0.8 / len(histories)
     for i, (h, parts) in enumerate(zip(histories, per_run)):

@@ -37,14 +37,14 @@ class RecordError(PgolfError, ValueError):
 
 # ---------------------------------------------------------------- export
 
-def _record_version() -> str:
+def _version() -> str:
     try:
         return importlib.metadata.version("pgolf")
     except importlib.metadata.PackageNotFoundError:
         return str(getattr(sys.modules.get("pgolf"), "__version__", "unknown"))
 
 
-def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
+def _check_run(run: Path) -> tuple[dict[str, Any], Config]:
     if not run.is_dir():
         raise RecordError(f"{run}: not a run folder; pass the folder `pgolf train --out` wrote")
     for name in RECORD_RUN_FILES:
@@ -64,21 +64,21 @@ def _record_check_run(run: Path) -> tuple[dict[str, Any], Config]:
     return metrics, read_config_file(run / "config.toml")
 
 
-def _record_check_out(out: Path) -> None:
+def _check_out(out: Path) -> None:
     if out.is_symlink():
         raise RecordError(f"{out}: is a symbolic link; pass a real folder path for the record (nothing was changed)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RecordError(f"{out}: exists and is not an empty folder; choose a new --out (nothing was changed)")
 
 
-def _record_code(cfg: Config, minify: bool, compressed: bool) -> dict[str, str]:
+def _code(cfg: Config, minify: bool, compressed: bool) -> dict[str, str]:
     """File name -> text of the code shipped; train_gpt.py is the counted file (quant.code_form
     unless a flag asks for another form; compressed ships the readable file beside it)."""
     form = "compressed" if compressed else "minified" if minify else cfg.quant.code_form
     return shipped_files(cfg, form)
 
 
-def _record_submission(metrics: dict[str, Any], cfg: Config, report: dict[str, Any], name: str,
+def _submission(metrics: dict[str, Any], cfg: Config, report: dict[str, Any], name: str,
                        author: str, limit: int) -> dict[str, Any]:
     return {
         "name": name, "author": author,
@@ -90,7 +90,7 @@ def _record_submission(metrics: dict[str, Any], cfg: Config, report: dict[str, A
         "seed": metrics.get("seed", cfg.run.seed), "steps": metrics.get("steps"),
         "train_time_s": metrics.get("train_time_s"), "world_size": metrics.get("world_size"),
         "device": metrics.get("device"), "weights_sha256": metrics.get("weights_sha256"),
-        "config_hash": metrics.get("config_hash"), "pgolf_version": _record_version(),
+        "config_hash": metrics.get("config_hash"), "pgolf_version": _version(),
     }
 
 
@@ -99,7 +99,7 @@ def record_slot_noncausal(eval_mode: str) -> bool:
     return "+slot" in f"+{eval_mode}" and "causal" not in eval_mode
 
 
-def _record_verdict(sub: dict[str, Any]) -> str:
+def _verdict(sub: dict[str, Any]) -> str:
     if sub["legal"] is True:
         return "legal (audit passed: causal, scored once, score before update)"
     if sub["legal"] is False:
@@ -111,7 +111,7 @@ def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] 
     """The README.md of a record folder: the numbers, the verdict, how to reproduce, the plots."""
     env = " ".join(f"{k}={v}" for k, v in {**RECORD_DATA_ENV, "SEED": sub["seed"]}.items())
     rows = [("val_bpb", f"{sub['val_bpb']:.6f}"), ("val_loss (nats)", f"{sub['val_loss']:.6f}"),
-            ("eval mode", str(sub["eval_mode"])), ("legality", _record_verdict(sub)),
+            ("eval mode", str(sub["eval_mode"])), ("legality", _verdict(sub)),
             ("bytes total", f"{sub['bytes_total']:,} (limit {sub['bytes_limit']:,}, margin {sub['bytes_margin']:,})"),
             ("bytes model / code", f"{sub['bytes_model']:,} / {sub['bytes_code']:,}"),
             ("seed", str(sub["seed"])), ("steps", str(sub["steps"])),
@@ -152,7 +152,7 @@ def scrub_local_paths(log: str) -> str:
     return _LOCAL_PATH.sub(lambda m: "<local>/" + os.path.basename(m.group(0).rstrip("/")), log)
 
 
-def _record_write(tmp: Path, run: Path, code: dict[str, str], sub: dict[str, Any], readme: str) -> None:
+def _write(tmp: Path, run: Path, code: dict[str, str], sub: dict[str, Any], readme: str) -> None:
     for fname, text in code.items():
         (tmp / fname).write_text(text, encoding="utf-8", newline="\n")
     shutil.copyfile(run / "model.ptz", tmp / "final_model.ptz")
@@ -178,18 +178,18 @@ def export_record(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: 
     folder appears whole or not at all: it is built beside `out_dir` and renamed.
     """
     run, out = Path(run_dir), Path(out_dir)
-    _record_check_out(out)
-    metrics, cfg = _record_check_run(run)
-    code = _record_code(cfg, minify, compressed)
+    _check_out(out)
+    metrics, cfg = _check_run(run)
+    code = _code(cfg, minify, compressed)
     limit = min(int(cfg.quant.max_artifact_bytes), CHALLENGE_LIMIT_BYTES)
     report = budget_report((run / "model.ptz").stat().st_size, len(code["train_gpt.py"].encode("utf-8")), limit)
     check_budget(report, f"of record {out} (from {run})")
-    sub = _record_submission(metrics, cfg, report, name, author, limit)
+    sub = _submission(metrics, cfg, report, name, author, limit)
     out.parent.mkdir(parents=True, exist_ok=True)
     plots = record_plots(run)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _record_write(tmp, run, code, sub, record_readme(sub, "train_gpt_readable.py" in code, tuple(p.name for p in plots)))
+        _write(tmp, run, code, sub, record_readme(sub, "train_gpt_readable.py" in code, tuple(p.name for p in plots)))
         if plots:
             (tmp / PLOT_DIR).mkdir()
             for p in plots:

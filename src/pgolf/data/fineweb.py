@@ -19,7 +19,7 @@ class FinewebError(PgolfError, ValueError):
     """The challenge dataset cannot be downloaded or verified."""
 
 
-def _fw_vocab(variant: str) -> int:
+def _vocab(variant: str) -> int:
     if not variant.startswith("sp") or not variant[2:].isdigit():
         raise FinewebError(f"dataset variant {variant!r} is not of the form 'sp<vocab>', "
                            "e.g. 'sp1024'")
@@ -29,7 +29,7 @@ def _fw_vocab(variant: str) -> int:
 def fineweb_plan(variant: str = "sp1024", train_shards: int = 80,
                  remote_root: str = FINEWEB_REMOTE_ROOT) -> list[tuple[str, str]]:
     """(remote path, local path relative to out_dir) for the files the naming scheme implies."""
-    vocab = _fw_vocab(variant)
+    vocab = _vocab(variant)
     ds = f"fineweb10B_{variant}"
     names = [f"fineweb_val_{0:06d}.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     plan = [(f"{remote_root}/datasets/{ds}/{n}", f"datasets/{ds}/{n}") for n in names]
@@ -38,7 +38,7 @@ def fineweb_plan(variant: str = "sp1024", train_shards: int = 80,
     return plan
 
 
-def _fw_manifest_sizes(text: str) -> dict[str, int]:
+def _manifest_sizes(text: str) -> dict[str, int]:
     # The manifest is any JSON holding entries with a "path" and a "size" (or "bytes"),
     # nested anywhere; paths are repo paths.
     sizes = {}
@@ -58,7 +58,7 @@ def _fw_manifest_sizes(text: str) -> dict[str, int]:
     return sizes
 
 
-def _fw_verify(path: str, expected_size: int | None) -> None:
+def _verify(path: str, expected_size: int | None) -> None:
     """Raise ShardError/FinewebError when a local file is not a complete, valid download."""
     size = os.path.getsize(path)
     if expected_size is not None and size != expected_size:
@@ -73,17 +73,17 @@ def _fw_verify(path: str, expected_size: int | None) -> None:
             raise FinewebError("not a readable SentencePiece model") from None
 
 
-def _fw_is_done(path: str, expected_size: int | None) -> bool:
+def _is_done(path: str, expected_size: int | None) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        _fw_verify(path, expected_size)
+        _verify(path, expected_size)
     except (ShardError, FinewebError):
         return False
     return True
 
 
-def _fw_hub_error(exc: Exception, what: str, repo_id: str) -> FinewebError:
+def _hub_error(exc: Exception, what: str, repo_id: str) -> FinewebError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     offline = " (HF_HUB_OFFLINE is set: unset it)" if os.environ.get("HF_HUB_OFFLINE") else ""
     return FinewebError(f"downloading {what} from {repo_id} failed{offline}: "
@@ -91,45 +91,45 @@ def _fw_hub_error(exc: Exception, what: str, repo_id: str) -> FinewebError:
                         "(finished files are kept)")
 
 
-def _fw_remote_missing() -> type:
+def _remote_missing() -> type:
     # Only a 404 from the server means "no such file"; LocalEntryNotFoundError (also an
     # EntryNotFoundError) means the network failed and must not trigger the fallback.
     from huggingface_hub import errors
     return getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError)
 
 
-def _fw_fetch_manifest(repo_id: str, manifest_path: str, common: dict, log) -> dict | None:
+def _fetch_manifest(repo_id: str, manifest_path: str, common: dict, log) -> dict | None:
     from huggingface_hub import hf_hub_download
     if not manifest_path:
         return None
     try:
         got = hf_hub_download(repo_id=repo_id, filename=manifest_path, **common)
-    except _fw_remote_missing():
+    except _remote_missing():
         log(f"fineweb: no {manifest_path} on {repo_id}; using the standard file names")
         return None
     except Exception as exc:
-        raise _fw_hub_error(exc, manifest_path, repo_id) from None
+        raise _hub_error(exc, manifest_path, repo_id) from None
     try:
         with open(got, encoding="utf-8") as fh:
-            return _fw_manifest_sizes(fh.read())
+            return _manifest_sizes(fh.read())
     except ValueError:  # bad JSON or bytes that are not UTF-8
         raise FinewebError(f"{manifest_path} on {repo_id} is not valid JSON; pass "
                            "manifest_path='' to use the standard file names") from None
 
 
-def _fw_fetch_one(repo_id: str, remote: str, dest: str, expected: int | None,
+def _fetch_one(repo_id: str, remote: str, dest: str, expected: int | None,
                   common: dict) -> None:
     from huggingface_hub import hf_hub_download
     try:
         got = hf_hub_download(repo_id=repo_id, filename=remote, **common)
     except Exception as exc:
-        raise _fw_hub_error(exc, remote, repo_id) from None
+        raise _hub_error(exc, remote, repo_id) from None
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     part = dest + ".part"
     # The cache sits on the destination's filesystem, so this is a rename, not a copy.
     shutil.move(os.path.realpath(got), part)
     try:
-        _fw_verify(part, expected)
+        _verify(part, expected)
     except (ShardError, FinewebError) as exc:
         os.unlink(part)
         problem = getattr(exc, "problem", str(exc))
@@ -138,7 +138,7 @@ def _fw_fetch_one(repo_id: str, remote: str, dest: str, expected: int | None,
     os.replace(part, dest)
 
 
-def _fw_select(plan: list[tuple[str, str]], sizes: dict | None, variant: str,
+def _select(plan: list[tuple[str, str]], sizes: dict | None, variant: str,
                remote_root: str, train_shards: int) -> list[tuple[str, str, int | None]]:
     if not sizes:
         return [(r, l, None) for r, l in plan]
@@ -172,14 +172,14 @@ def download_fineweb(variant: str = "sp1024", train_shards: int = 80, out_dir: s
                   token=token)
     paths, fetched = [], 0
     try:
-        sizes = _fw_fetch_manifest(repo_id, manifest_path, common, log)
-        for remote, local, expected in _fw_select(plan, sizes, variant, remote_root, train_shards):
+        sizes = _fetch_manifest(repo_id, manifest_path, common, log)
+        for remote, local, expected in _select(plan, sizes, variant, remote_root, train_shards):
             dest = os.path.join(out_dir, local)
             paths.append(dest)
-            if _fw_is_done(dest, expected):
+            if _is_done(dest, expected):
                 continue
             log(f"fineweb: downloading {remote}")
-            _fw_fetch_one(repo_id, remote, dest, expected, common)
+            _fetch_one(repo_id, remote, dest, expected, common)
             fetched += 1
     finally:
         shutil.rmtree(cache, ignore_errors=True)

@@ -43,7 +43,7 @@ class TokenStream:
         self.epoch = 0
         self._tokens = load_shard(self.files[0])
 
-    def _loader_open(self, index: int) -> None:
+    def _open(self, index: int) -> None:
         self.shard_index = index
         self._tokens = load_shard(self.files[index])
 
@@ -60,7 +60,7 @@ class TokenStream:
                 if nxt == len(self.files):
                     nxt = 0
                     self.epoch += 1
-                self._loader_open(nxt)
+                self._open(nxt)
                 self.position = 0
                 continue
             k = min(avail, n - filled)
@@ -82,7 +82,7 @@ class TokenStream:
         if not 0 <= idx < len(self.files):
             raise DataLoaderError(f"stream state shard_index {idx} is outside the {len(self.files)} "
                                   "shards found; resume with the same data.path and pattern")
-        self._loader_open(idx)
+        self._open(idx)
         if not 0 <= pos <= len(self._tokens):
             raise DataLoaderError(f"stream state position {pos} is outside shard {self.files[idx]} "
                                   f"({len(self._tokens)} tokens); resume with the same shards")
@@ -90,7 +90,7 @@ class TokenStream:
         self.epoch = int(state.get("epoch", 0))
 
 
-def _loader_check_not_val(files: list[str], val_pattern: str | None) -> None:
+def _check_not_val(files: list[str], val_pattern: str | None) -> None:
     val_files = set()
     if val_pattern:
         val_files = {os.path.abspath(f) for f in glob.glob(os.path.expanduser(val_pattern))}
@@ -133,7 +133,7 @@ class DistributedTokenLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataLoaderError(f"rank {rank} / world_size {world_size} is invalid; "
                                   "need 0 <= rank < world_size")
-        _loader_check_not_val(files, val_pattern)
+        _check_not_val(files, val_pattern)
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.stream = TokenStream(files)

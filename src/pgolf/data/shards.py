@@ -18,7 +18,7 @@ class ShardError(PgolfError, ValueError):
     """A token shard that is malformed or cannot be written."""
 
 
-def _shard_fail(path: str, problem: str, fix: str = SHARD_REDOWNLOAD_HINT) -> ShardError:
+def _fail(path: str, problem: str, fix: str = SHARD_REDOWNLOAD_HINT) -> ShardError:
     err = ShardError(f"shard {path}: {problem}; {fix}")
     err.problem = problem  # lets callers re-word the message for a file they name differently
     return err
@@ -32,26 +32,26 @@ def read_header(path: str) -> int:
         with open(path, "rb") as fh:
             raw = fh.read(SHARD_HEADER_BYTES)
     except OSError as exc:
-        raise _shard_fail(path, f"cannot be read ({exc.strerror or exc})",
+        raise _fail(path, f"cannot be read ({exc.strerror or exc})",
                           "check the path or data.path") from None
     if size == 0:
-        raise _shard_fail(path, "file is empty")
+        raise _fail(path, "file is empty")
     if len(raw) < SHARD_HEADER_BYTES:
-        raise _shard_fail(path, f"too short for header ({size} bytes, need {SHARD_HEADER_BYTES})")
+        raise _fail(path, f"too short for header ({size} bytes, need {SHARD_HEADER_BYTES})")
     header = np.frombuffer(raw, dtype="<i4")
     if int(header[0]) != SHARD_MAGIC:
-        raise _shard_fail(path, f"bad magic {int(header[0])} (expected {SHARD_MAGIC}); "
+        raise _fail(path, f"bad magic {int(header[0])} (expected {SHARD_MAGIC}); "
                                 "not a token shard or corrupted")
     if int(header[1]) != SHARD_VERSION:
-        raise _shard_fail(path, f"unsupported version {int(header[1])} (expected {SHARD_VERSION})")
+        raise _fail(path, f"unsupported version {int(header[1])} (expected {SHARD_VERSION})")
     count = int(header[2])
     if count < 0:
-        raise _shard_fail(path, f"negative token count {count} in header")
+        raise _fail(path, f"negative token count {count} in header")
     if count == 0:
-        raise _shard_fail(path, "header says the shard is empty (0 tokens)")
+        raise _fail(path, "header says the shard is empty (0 tokens)")
     expected = SHARD_HEADER_BYTES + 2 * count
     if size != expected:
-        raise _shard_fail(path, f"size mismatch: expected {expected} bytes for {count} tokens "
+        raise _fail(path, f"size mismatch: expected {expected} bytes for {count} tokens "
                                 f"got {size} (truncated or corrupted)")
     return count
 
@@ -68,7 +68,7 @@ def load_shard(path: str, mmap: bool = True) -> np.ndarray:
     return data.astype(np.uint16)
 
 
-def _shard_as_uint16(path: str, tokens) -> np.ndarray:
+def _as_uint16(path: str, tokens) -> np.ndarray:
     # torch tensors and lists are accepted too; check range before narrowing so
     # out-of-range ids are reported instead of silently wrapping.
     if hasattr(tokens, "detach"):
@@ -77,15 +77,15 @@ def _shard_as_uint16(path: str, tokens) -> np.ndarray:
     if arr.ndim != 1:
         arr = arr.reshape(-1)
     if arr.size == 0:
-        raise _shard_fail(path, "refusing to write an empty shard (0 tokens)",
+        raise _fail(path, "refusing to write an empty shard (0 tokens)",
                           "pass at least one token")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise _shard_fail(path, f"tokens have dtype {arr.dtype}, need integers",
+        raise _fail(path, f"tokens have dtype {arr.dtype}, need integers",
                           "pass integer token ids")
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= 65536:
         bad = lo if lo < 0 else hi
-        raise _shard_fail(path, f"token id {bad} does not fit uint16 [0, 65535]",
+        raise _fail(path, f"token id {bad} does not fit uint16 [0, 65535]",
                           "use a vocabulary smaller than 65536 or fix the token ids")
     return arr.astype("<u2")
 
@@ -93,7 +93,7 @@ def _shard_as_uint16(path: str, tokens) -> np.ndarray:
 def write_shard(path: str, tokens: np.ndarray) -> None:
     """Write tokens as an official shard, atomically (pgolf.atomic)."""
     path = os.fspath(path)
-    data = _shard_as_uint16(path, tokens)
+    data = _as_uint16(path, tokens)
     header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, data.size
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -65,7 +65,7 @@ def build_byte_tables(sp: sentencepiece.SentencePieceProcessor,
     return base, space, boundary
 
 
-def _tok_as_tensor(a, device: torch.device) -> torch.Tensor:
+def _as_tensor(a, device: torch.device) -> torch.Tensor:
     t = torch.as_tensor(a)
     return t.to(device) if t.device != device else t
 
@@ -78,7 +78,7 @@ def count_bytes(prev_ids: torch.Tensor, tgt_ids: torch.Tensor, tables) -> torch.
     tgt_ids = torch.as_tensor(tgt_ids)
     prev_ids = torch.as_tensor(prev_ids)
     dev = tgt_ids.device
-    base, space, boundary = (_tok_as_tensor(t, dev) for t in tables)
+    base, space, boundary = (_as_tensor(t, dev) for t in tables)
     tgt = tgt_ids.long()
     prev = prev_ids.long().to(dev)
     extra = space[tgt] & ~boundary[prev]

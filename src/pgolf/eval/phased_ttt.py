@@ -22,7 +22,7 @@ from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder, as_byte_tables, eval_rank_span,
                             val_tokens_tensor)
 from pgolf.eval.lora_ttt import DocLora, adapt_documents, doc_bos_id, lora_work_model, split_documents
-from pgolf.eval.ttt import _ttt_cosine_lr, _ttt_train_chunk, ttt_chunk_bounds, ttt_train_sequences
+from pgolf.eval.ttt import _cosine_lr, _train_chunk, ttt_chunk_bounds, ttt_train_sequences
 
 
 def phase_boundaries(prefix_docs: int, phases: int, n_docs: int) -> list[int]:
@@ -51,12 +51,12 @@ def global_sgd(work: torch.nn.Module, lora: DocLora, tokens: torch.Tensor, n_tar
     chunks = ttt_chunk_bounds(n_targets, ecfg.ttt_chunk_tokens)
     trained = 0
     for c, (lo, hi) in enumerate(chunks):
-        lr = _ttt_cosine_lr(ecfg.ttt_lr, c, len(chunks))
+        lr = _cosine_lr(ecfg.ttt_lr, c, len(chunks))
         if ecfg.ttt_epochs <= 0 or (c == len(chunks) - 1 and len(chunks) > 1) or lr <= 0:
             continue
         for g in opt.param_groups:
             g["lr"] = lr
-        _ttt_train_chunk(work, opt, params, tokens, ttt_train_sequences(lo, hi, ecfg.seq_len),
+        _train_chunk(work, opt, params, tokens, ttt_train_sequences(lo, hi, ecfg.seq_len),
                          ecfg, comm, device, events)
         trained += 1
     for p in params:

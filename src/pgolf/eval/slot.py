@@ -62,16 +62,16 @@ class SlotScorer:
     def log_suffix(self) -> str:
         return "" if self.causal else " NON-CAUSAL(batch SLOT)"
 
-    def _slot_opt(self, delta: torch.Tensor, bias: torch.Tensor | None) -> torch.optim.Optimizer:
+    def _opt(self, delta: torch.Tensor, bias: torch.Tensor | None) -> torch.optim.Optimizer:
         groups = [{"params": [delta], "lr": self.lr}]
         if bias is not None:
             groups.append({"params": [bias], "lr": self.bias_lr})
         return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.wd, eps=self.eps)
 
-    def _slot_fit(self, loss_fn: Any, delta: torch.Tensor, bias: torch.Tensor | None, steps: int) -> None:
+    def _fit(self, loss_fn: Any, delta: torch.Tensor, bias: torch.Tensor | None, steps: int) -> None:
         """`steps` AdamW steps on loss_fn(); grads of the model's own weights are never taken."""
         params = [delta] + ([bias] if bias is not None else [])
-        opt = self._slot_opt(delta, bias)
+        opt = self._opt(delta, bias)
         with torch.enable_grad():
             for _ in range(steps):
                 grads = torch.autograd.grad(loss_fn(), params)
@@ -79,7 +79,7 @@ class SlotScorer:
                     p.grad = g
                 opt.step()
 
-    def _slot_logits(self, model: torch.nn.Module, h: torch.Tensor, delta: torch.Tensor,
+    def _logits(self, model: torch.nn.Module, h: torch.Tensor, delta: torch.Tensor,
                      bias: torch.Tensor | None, apply: torch.Tensor | None) -> torch.Tensor:
         if apply is None:
             return model.compute_logits(h + delta)
@@ -87,14 +87,14 @@ class SlotScorer:
         logits = model.compute_logits(h + delta * m)
         return logits if bias is None else logits + bias * m.float()
 
-    def _slot_nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
 
     def fit_delta(self, model: torch.nn.Module, h: torch.Tensor, y: torch.Tensor,
                   lo: torch.Tensor) -> torch.Tensor:
         """The batch (NON-CAUSAL) delta [1,1,d], fitted on every position of the batch."""
         delta = torch.zeros(1, 1, h.shape[-1], device=h.device, dtype=torch.float32, requires_grad=True)
-        self._slot_fit(lambda: self._slot_nll(model.compute_logits(h + delta), y).mean(),
+        self._fit(lambda: self._nll(model.compute_logits(h + delta), y).mean(),
                        delta, None, self.steps)
         return delta.detach()
 
@@ -116,16 +116,16 @@ class SlotScorer:
         if self.steps > 0 and float(w.sum()) > 0:
             # Per-window mean, summed: each window's parameters get exactly their own gradient.
             def loss() -> torch.Tensor:
-                ce = self._slot_nll(self._slot_logits(model, h, delta, bias, apply), y)
+                ce = self._nll(self._logits(model, h, delta, bias, apply), y)
                 return ((ce * w).sum(1) / w.sum(1).clamp(min=1.0)).sum()
-            self._slot_fit(loss, delta, bias, self.steps)
+            self._fit(loss, delta, bias, self.steps)
         delta = delta.detach()
         bias = bias.detach() if bias is not None else None
         if self.carry is not None:
-            self._slot_carry_update(model, h, y, delta, bias, apply, last_doc, int(hi[-1]) - 1, v)
+            self._carry_update(model, h, y, delta, bias, apply, last_doc, int(hi[-1]) - 1, v)
         return delta, bias, apply
 
-    def _slot_carry_update(self, model: torch.nn.Module, h: torch.Tensor, y: torch.Tensor,
+    def _carry_update(self, model: torch.nn.Module, h: torch.Tensor, y: torch.Tensor,
                            delta: torch.Tensor, bias: torch.Tensor | None, apply: torch.Tensor,
                            last_doc: torch.Tensor, end: int, v: int) -> None:
         """Next carried state: the last window's parameters when its document reaches the
@@ -142,8 +142,8 @@ class SlotScorer:
 
             def loss() -> torch.Tensor:
                 logits = model.compute_logits(hs + d0)
-                return self._slot_nll(logits + b0 if self.bias else logits, ys).mean()
-            self._slot_fit(loss, d0, b0 if self.bias else None, self.carry_steps)
+                return self._nll(logits + b0 if self.bias else logits, ys).mean()
+            self._fit(loss, d0, b0 if self.bias else None, self.carry_steps)
         self.carry.store(d0, b0)
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -154,10 +154,10 @@ class SlotScorer:
         if not self.causal:
             delta = self.fit_delta(model, h, y, lo)
             with torch.no_grad():
-                return self._slot_nll(model.compute_logits(h + delta), y)
+                return self._nll(model.compute_logits(h + delta), y)
         delta, bias, apply = self.fit_causal(model, h, x, y, lo, hi)
         with torch.no_grad():
-            return self._slot_nll(self._slot_logits(model, h, delta, bias, apply), y)
+            return self._nll(self._logits(model, h, delta, bias, apply), y)
 
 
 def make_slot_scorer(ecfg: Any, forwards: Forwards | None = None) -> SlotScorer | None:

@@ -52,11 +52,11 @@ def ttt_train_sequences(lo: int, hi: int, seq_len: int) -> list[tuple[int, int]]
     return [(lo + k * seq_len, seq_len) for k in range(n)]
 
 
-def _ttt_cosine_lr(base_lr: float, chunk: int, n_chunks: int) -> float:
+def _cosine_lr(base_lr: float, chunk: int, n_chunks: int) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * chunk / max(n_chunks - 1, 1)))
 
 
-def _ttt_prime(model: torch.nn.Module, lengths: set, device: torch.device) -> None:
+def _prime(model: torch.nn.Module, lengths: set, device: torch.device) -> None:
     """Run one no_grad forward per length before any inference_mode scoring, so caches a
     model fills lazily (e.g. RoPE tables) hold normal tensors usable by TTT's backward."""
     with torch.no_grad(), compute_autocast(device):
@@ -64,7 +64,7 @@ def _ttt_prime(model: torch.nn.Module, lengths: set, device: torch.device) -> No
             model.forward_hidden(torch.zeros(1, n, dtype=torch.long, device=device))
 
 
-def _ttt_sync_grads(params: list, comm: Comm) -> None:
+def _sync_grads(params: list, comm: Comm) -> None:
     """Sum gradients over ranks (each rank's loss is pre-scaled by its share of the tokens)."""
     if comm.world_size == 1:
         return
@@ -77,7 +77,7 @@ def _ttt_sync_grads(params: list, comm: Comm) -> None:
         off += n
 
 
-def _ttt_train_chunk(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list,
+def _train_chunk(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list,
                      tokens: torch.Tensor, seqs: list, ecfg: Any, comm: Comm,
                      device: torch.device, events: Any) -> None:
     """ecfg.ttt_epochs passes over the chunk's sequences; every rank takes the same number
@@ -106,7 +106,7 @@ def _ttt_train_chunk(model: torch.nn.Module, opt: torch.optim.Optimizer, params:
                     eval_emit_event(events, "train", s, s + n)
             if freeze:
                 model.zero_block_grads_(freeze)
-            _ttt_sync_grads(params, comm)
+            _sync_grads(params, comm)
             if ecfg.ttt_grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, ecfg.ttt_grad_clip)
             opt.step()
@@ -129,7 +129,7 @@ def eval_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: Any, co
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=ecfg.ttt_lr, momentum=ecfg.ttt_momentum)
-    _ttt_prime(work, {min(seq_len, n)} | {ln for c in chunks for _, ln in
+    _prime(work, {min(seq_len, n)} | {ln for c in chunks for _, ln in
                                           ttt_train_sequences(c[0], c[1], seq_len)}, device)
     acc = BpbAccumulator(device)
     label = "ttt" + (f"+{scorer.label}" if hasattr(scorer, "label") else "")
@@ -146,8 +146,8 @@ def eval_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: Any, co
         score_s += tt - ts
         if c < len(chunks) - 1 and ecfg.ttt_epochs > 0:
             for g in opt.param_groups:
-                g["lr"] = _ttt_cosine_lr(ecfg.ttt_lr, c, len(chunks))
-            _ttt_train_chunk(work, opt, params, tokens, ttt_train_sequences(clo, chi, seq_len),
+                g["lr"] = _cosine_lr(ecfg.ttt_lr, c, len(chunks))
+            _train_chunk(work, opt, params, tokens, ttt_train_sequences(clo, chi, seq_len),
                              ecfg, comm, device, events)
         train_s += time.perf_counter() - tt
         prog.step(c + 1, acc)

@@ -16,7 +16,7 @@ from pgolf.optim.errors import OptimError
 _AVG_EXPORT_MODES = ("auto", "raw", "ema", "swa", "ema_swa")
 
 
-def _avg_named_float(source: Any) -> list[tuple[str, torch.Tensor]]:
+def _named_float(source: Any) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of a module's float params, a state dict, or an iterable of pairs."""
     if isinstance(source, torch.nn.Module):
         pairs: Iterable = source.named_parameters()
@@ -27,7 +27,7 @@ def _avg_named_float(source: Any) -> list[tuple[str, torch.Tensor]]:
     return [(n, t) for n, t in pairs if torch.is_tensor(t) and t.is_floating_point()]
 
 
-def _avg_merge(model: torch.nn.Module | None, avg: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _merge(model: torch.nn.Module | None, avg: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if model is None:
         return {k: v.clone() for k, v in avg.items()}
     canonical = {}
@@ -52,11 +52,11 @@ class EMA:
             raise OptimError(f"EMA decay={decay} is outside [0, 1); use e.g. 0.997")
         self.decay = decay
         self.num_updates = 0
-        self.shadow = {n: t.detach().float().clone() for n, t in _avg_named_float(model_or_params)}
+        self.shadow = {n: t.detach().float().clone() for n, t in _named_float(model_or_params)}
 
     @torch.no_grad()
     def update(self, model_or_params: Any) -> None:
-        current = dict(_avg_named_float(model_or_params))
+        current = dict(_named_float(model_or_params))
         missing = [n for n in self.shadow if n not in current]
         if missing:
             raise OptimError(f"EMA.update: params {missing[:3]} are missing; pass the model the EMA was built from")
@@ -72,7 +72,7 @@ class EMA:
                 p.copy_(self.shadow[name])
 
     def averaged_state(self, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-        return _avg_merge(model, self.shadow)
+        return _merge(model, self.shadow)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "num_updates": self.num_updates,
@@ -101,7 +101,7 @@ class SWA:
     @torch.no_grad()
     def add_snapshot(self, model_or_state: Any) -> None:
         """Fold one snapshot (a module, or any name -> tensor dict such as EMA.shadow) into the mean."""
-        current = _avg_named_float(model_or_state)
+        current = _named_float(model_or_state)
         if self.count == 0:
             self.mean = {n: t.detach().float().clone() for n, t in current}
         else:
@@ -124,7 +124,7 @@ class SWA:
         return False
 
     def averaged_state(self, model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
-        return _avg_merge(model, self.mean)
+        return _merge(model, self.mean)
 
     def state_dict(self) -> dict[str, Any]:
         return {"source": self.source, "count": self.count,
@@ -135,7 +135,7 @@ class SWA:
         self.mean = {k: v.float().clone() for k, v in state["mean"].items()}
 
 
-def _avg_check_source(swa: SWA, mode: str) -> None:
+def _check_source(swa: SWA, mode: str) -> None:
     want = "ema" if mode == "ema_swa" else "raw"
     if swa.source != want:
         raise OptimError(f"export_weights={mode!r} needs an SWA of {want} weights, got SWA(source="
@@ -156,7 +156,7 @@ def select_export_state(mode: str, model: torch.nn.Module, ema: EMA | None,
     warning = ""
     if mode in ("swa", "ema_swa"):
         if swa is not None:
-            _avg_check_source(swa, mode)
+            _check_source(swa, mode)
         if swa is not None and swa.count > 0:
             return swa.averaged_state(model), mode, ""
         fallback = "ema" if mode == "ema_swa" and ema is not None else "raw"

@@ -49,7 +49,7 @@ class OptimizerSet:
         return self.muon_params + self.other_params
 
     @torch.no_grad()
-    def _builder_all_reduce_grads(self) -> None:
+    def _all_reduce_grads(self) -> None:
         if self.comm.world_size <= 1:
             return
         # Every rank must send the same layout, so a missing grad travels as zeros.
@@ -77,7 +77,7 @@ class OptimizerSet:
         if grad_clip_norm > 0 and clip_mode == "local":
             torch.nn.utils.clip_grad_norm_(self.all_params(), grad_clip_norm)
         self.muon.launch_reduce_scatter()
-        self._builder_all_reduce_grads()
+        self._all_reduce_grads()
         if grad_clip_norm > 0 and clip_mode == "global":
             torch.nn.utils.clip_grad_norm_(self.other_params, grad_clip_norm)
         self.adam.step()
@@ -97,7 +97,7 @@ class OptimizerSet:
         self.adam.load_state_dict(state["adam"])
 
 
-def _builder_adam_groups(model: Any, ocfg: OptimConfig) -> list[dict[str, Any]]:
+def _adam_groups(model: Any, ocfg: OptimConfig) -> list[dict[str, Any]]:
     tied = bool(getattr(model.cfg, "tie_embeddings", True))
     head = getattr(model, "lm_head", None)
     head_params = [] if tied or head is None else [p for p in head.parameters() if p.requires_grad]
@@ -126,17 +126,17 @@ def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
                 momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
                 backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm,
                 compile_ns=compile_ns)
-    groups = _builder_adam_groups(model, ocfg)
+    groups = _adam_groups(model, ocfg)
     if not groups:
         raise OptimError("build_optimizers: the model has no embedding or scalar params; AdamW needs some")
-    _builder_check_disjoint(matrices, groups)
+    _check_disjoint(matrices, groups)
     fused = fused_adamw(p for g in groups for p in g["params"])
     adam = torch.optim.AdamW(groups, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.adam_eps,
                              weight_decay=ocfg.adam_wd, fused=fused)
     return OptimizerSet(muon, adam, comm)
 
 
-def _builder_check_disjoint(matrices: list[torch.Tensor], groups: list[dict[str, Any]]) -> None:
+def _check_disjoint(matrices: list[torch.Tensor], groups: list[dict[str, Any]]) -> None:
     seen = {id(p) for p in matrices}
     for g in groups:
         for p in g["params"]:

@@ -161,7 +161,7 @@ class Muon(torch.optim.Optimizer):
             pending.append(_Pending(p, group, handle, shard))
         self._pending = pending
 
-    def _shard_update(self, p: torch.Tensor, group: dict, shard: torch.Tensor) -> torch.Tensor:
+    def _update(self, p: torch.Tensor, group: dict, shard: torch.Tensor) -> torch.Tensor:
         g = shard.float()
         state = self.state[p]
         if "momentum_buffer" not in state:
@@ -210,7 +210,7 @@ class Muon(torch.optim.Optimizer):
         for item in pending:
             p, group = item.p, item.group
             item.handle.wait()
-            update = self._shard_update(p, group, item.shard)
+            update = self._update(p, group, item.shard)
             if self.comm.world_size == 1:
                 full, handle = update, DoneHandle()
             else:

@@ -17,7 +17,7 @@ def muon_momentum_at(step: int, start: float, final: float, warmup_steps: int) -
     return (1.0 - frac) * start + frac * final
 
 
-def _sched_iters(step: int, iterations: int, warmdown_iters: int) -> float:
+def _iters(step: int, iterations: int, warmdown_iters: int) -> float:
     if warmdown_iters <= 0:
         return 1.0
     start = iterations - warmdown_iters
@@ -26,7 +26,7 @@ def _sched_iters(step: int, iterations: int, warmdown_iters: int) -> float:
     return min(max((iterations - step) / warmdown_iters, 0.0), 1.0)
 
 
-def _sched_time(step: int, elapsed_ms: float, warmdown_iters: int, max_wallclock_ms: float) -> float:
+def _time(step: int, elapsed_ms: float, warmdown_iters: int, max_wallclock_ms: float) -> float:
     if step <= 0 or warmdown_iters <= 0:
         return 1.0
     warmdown_ms = warmdown_iters * (elapsed_ms / step)
@@ -54,12 +54,12 @@ def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters:
         raise OptimError(f"warmdown_mode={mode!r} is unknown; use one of {_SCHED_MODES}")
     if mode == "auto":
         if max_wallclock_ms <= 0:
-            return _sched_iters(step, iterations, warmdown_iters)
-        return min(_sched_time(step, elapsed_ms, warmdown_iters, max_wallclock_ms),
-                   _sched_iters(step, iterations, warmdown_iters))
+            return _iters(step, iterations, warmdown_iters)
+        return min(_time(step, elapsed_ms, warmdown_iters, max_wallclock_ms),
+                   _iters(step, iterations, warmdown_iters))
     if mode == "time":
         if max_wallclock_ms <= 0:
             raise OptimError(f"warmdown_mode='time' needs max_wallclock_ms > 0 (got {max_wallclock_ms}); "
                              "set a wall-clock cap or use 'iters'")
-        return _sched_time(step, elapsed_ms, warmdown_iters, max_wallclock_ms)
-    return _sched_iters(step, iterations, warmdown_iters)
+        return _time(step, elapsed_ms, warmdown_iters, max_wallclock_ms)
+    return _iters(step, iterations, warmdown_iters)

@@ -60,11 +60,11 @@ class OverBudgetError(PgolfError, ValueError):
     """Model + code bytes exceed the challenge limit."""
 
 
-def _art_tensor_bytes(t: Tensor) -> bytes:
+def _tensor_bytes(t: Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _art_tensor_from(b: bytes, dtype: str, shape: list[int]) -> Tensor:
+def _tensor_from(b: bytes, dtype: str, shape: list[int]) -> Tensor:
     dt = getattr(torch, dtype)
     if not b:
         return torch.empty(shape, dtype=dt)
@@ -77,7 +77,7 @@ def shuffle_fp16_bytes(b: bytes, inverse: bool = False) -> bytes:
     return (a.reshape(2, -1).T if inverse else a.reshape(-1, 2).T).tobytes()
 
 
-def _art_codes_bytes(q: np.ndarray, bits: int, packed: bool, columns: bool) -> bytes:
+def _codes_bytes(q: np.ndarray, bits: int, packed: bool, columns: bool) -> bytes:
     if columns:
         q = np.ascontiguousarray(q.reshape(-1, q.shape[-1]).T)
     return pack_codes(q, bits) if packed else q.tobytes()
@@ -109,13 +109,13 @@ def serialize_payload(payload: dict[str, dict[str, Any]], int_layout: str = DEFA
             packed = int_layout == "packed" and m["bits"] < 8
             columns = code_order == "columns" and q.ndim >= 2
             m["layout"] = "packed" if packed else "bytes"
-            m["q"] = put("q", _art_codes_bytes(q, m["bits"], packed, columns))
-            sb = _art_tensor_bytes(e["scale"].to(torch.float16))
+            m["q"] = put("q", _codes_bytes(q, m["bits"], packed, columns))
+            sb = _tensor_bytes(e["scale"].to(torch.float16))
             m["s"] = put("s", shuffle_fp16_bytes(sb) if shuffle else sb)
             if columns:
                 m["order"] = "columns"
         else:
-            db = _art_tensor_bytes(e["data"])
+            db = _tensor_bytes(e["data"])
             fp16 = e["kind"] == "fp16"
             m["d"] = put("d" if fp16 else "r", shuffle_fp16_bytes(db) if shuffle and fp16 else db)
         if shuffle and (e["kind"] == "int" or e["kind"] == "fp16"):
@@ -146,7 +146,7 @@ def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[di
     data = memoryview(body)[4 + mlen:]
     if not isinstance(manifest, list):
         raise ValueError("manifest tensors is not a list")
-    used = sum(_art_check_entry(m, len(data)) for m in manifest)
+    used = sum(_check_entry(m, len(data)) for m in manifest)
     if used != len(data):
         raise ValueError(f"the manifest accounts for {used} data bytes, the body holds {len(data)}")
     payload: dict[str, dict[str, Any]] = {}
@@ -165,16 +165,16 @@ def deserialize_payload(body: bytes) -> tuple[dict[str, dict[str, Any]], list[di
             if m.get("order") == "columns":
                 q = q.reshape(cols, rows).T
             e["q"] = torch.from_numpy(np.ascontiguousarray(q).copy()).reshape(m["shape"])
-            e["scale"] = _art_tensor_from(unshuffle(bytes(data[m["s"][0]:sum(m["s"])])), "float16", [rows])
+            e["scale"] = _tensor_from(unshuffle(bytes(data[m["s"][0]:sum(m["s"])])), "float16", [rows])
         else:
             dt = "float16" if m["kind"] == "fp16" else m["dtype"]
             raw = bytes(data[m["d"][0]:sum(m["d"])])
-            e["data"] = _art_tensor_from(unshuffle(raw) if m["kind"] == "fp16" else raw, dt, m["shape"])
+            e["data"] = _tensor_from(unshuffle(raw) if m["kind"] == "fp16" else raw, dt, m["shape"])
         payload[m["name"]] = e
     return payload, manifest
 
 
-def _art_check_entry(m: Any, data_len: int) -> int:
+def _check_entry(m: Any, data_len: int) -> int:
     """Validate one manifest entry against the data section; return the bytes it uses."""
     if not isinstance(m, dict) or not isinstance(m.get("name"), str):
         raise ValueError("manifest entry without a name")
@@ -203,12 +203,12 @@ def _art_check_entry(m: Any, data_len: int) -> int:
     return sum(want.values())
 
 
-def _art_int_layout(qcfg: QuantConfig, int_layout: str | None) -> str:
+def _int_layout(qcfg: QuantConfig, int_layout: str | None) -> str:
     return int_layout or getattr(qcfg, "int_layout", None) or DEFAULT_INT_LAYOUT
 
 
-def _art_body(payload: dict[str, dict[str, Any]], qcfg: QuantConfig, int_layout: str | None = None) -> bytes:
-    return serialize_payload(payload, _art_int_layout(qcfg, int_layout), getattr(qcfg, "code_order", "rows"),
+def _body(payload: dict[str, dict[str, Any]], qcfg: QuantConfig, int_layout: str | None = None) -> bytes:
+    return serialize_payload(payload, _int_layout(qcfg, int_layout), getattr(qcfg, "code_order", "rows"),
                              getattr(qcfg, "fp16_layout", "plain"))
 
 
@@ -220,7 +220,7 @@ def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> 
         groups.setdefault(e.get("group", e.get("category", "other")), {})[name] = e
     out = {}
     for g, part in sorted(groups.items()):
-        body = _art_body(part, qcfg)
+        body = _body(part, qcfg)
         out[g] = {"tensors": len(part), "params": sum(math.prod(e["shape"]) for e in part.values()),
                   "body_bytes": len(body), "compressed_bytes": len(compress_bytes(body, qcfg.compressor, qcfg.level))}
     return out
@@ -240,7 +240,7 @@ def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash
     payload, stats = quantize_state_dict(state_dict, qcfg, hessians)
     if payload_out is not None:
         payload_out.update(payload)
-    body = _art_body(payload, qcfg, int_layout)
+    body = _body(payload, qcfg, int_layout)
     comp = compress_bytes(body, qcfg.compressor, qcfg.level)
     header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level, "body_bytes": len(body),
                          "config_hash": config_hash, "meta": meta or {}},
@@ -258,7 +258,7 @@ def pack_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash:
     return build_artifact(state_dict, qcfg, config_hash, meta, int_layout, hessians)[0]
 
 
-def _art_check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
+def _check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     """Validate the framing; return (header dict, compressed payload)."""
     n = _ART_PREFIX.size
     head = blob[:len(ARTIFACT_MAGIC)]
@@ -297,7 +297,7 @@ def artifact_body_cap(n_params: int) -> int:
     return 4 * int(n_params) + (1 << 20)
 
 
-def _art_body_limit(header: dict[str, Any], source: str, max_body_bytes: int | None) -> int:
+def _body_limit(header: dict[str, Any], source: str, max_body_bytes: int | None) -> int:
     """Bytes the body may decompress to: the declared size, checked against the caps."""
     cap, why = ART_MAX_BODY_BYTES, "pgolf's sanity cap"
     if max_body_bytes is not None and max_body_bytes < cap:
@@ -320,8 +320,8 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
     max_body_bytes: the most the body may hold for the model the caller expects
     (artifact_body_cap(params)); ART_MAX_BODY_BYTES applies in any case.
     """
-    header, comp = _art_check_frame(bytes(blob), source)
-    limit = _art_body_limit(header, source, max_body_bytes)
+    header, comp = _check_frame(bytes(blob), source)
+    limit = _body_limit(header, source, max_body_bytes)
     try:
         body = decompress_bytes(comp, header["compressor"], int(header["level"]), max_size=limit)
         if header["version"] >= 2 and len(body) != limit:
@@ -351,7 +351,7 @@ def write_artifact(path: str | os.PathLike, blob: bytes, overwrite: bool = False
         raise ArtifactError(f"{p}: already exists; pass overwrite=True or choose another path") from None
 
 
-def _art_read_file(path: str | os.PathLike) -> tuple[Path, bytes]:
+def _read_file(path: str | os.PathLike) -> tuple[Path, bytes]:
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: artifact not found; check the path (pgolf export writes it)")
@@ -368,14 +368,14 @@ def _art_read_file(path: str | os.PathLike) -> tuple[Path, bytes]:
 def read_artifact(path: str | os.PathLike, max_body_bytes: int | None = None
                   ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read and decode an artifact file -> (float32 state dict, header); see unpack_artifact."""
-    p, blob = _art_read_file(path)
+    p, blob = _read_file(path)
     return unpack_artifact(blob, source=str(p), max_body_bytes=max_body_bytes)
 
 
 def read_artifact_header(path: str | os.PathLike) -> dict[str, Any]:
     """The checked header of an artifact file, without decompressing its payload."""
-    p, blob = _art_read_file(path)
-    return _art_check_frame(blob, str(p))[0]
+    p, blob = _read_file(path)
+    return _check_frame(blob, str(p))[0]
 
 
 def budget_report(model_bytes: int, code_bytes: int, limit: int = CHALLENGE_LIMIT_BYTES) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
     return (u[:count].astype(np.int16) - qmax).astype(np.int8)
 
 
-def _codec_module(name: str):
+def _module(name: str):
     """Lazy import of an optional compression library with an actionable error."""
     try:
         if name == "zstd":
@@ -64,7 +64,7 @@ def _codec_module(name: str):
                          f"pip install {pkg}, or set quant.compressor=lzma") from None
 
 
-def _codec_lzma_filters(level: int) -> list[dict]:
+def _lzma_filters(level: int) -> list[dict]:
     # Raw LZMA2 (no .xz container) saves ~60 bytes; the preset travels in the header.
     return [{"id": lzma.FILTER_LZMA2, "preset": max(0, min(level, 9))}]
 
@@ -75,12 +75,12 @@ def compress_bytes(data: bytes, compressor: str, level: int) -> bytes:
     if compressor == "zlib":
         return zlib.compress(data, max(0, min(level, 9)))
     if compressor == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_codec_lzma_filters(level))
+        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(level))
     if compressor == "zstd":
-        zstd = _codec_module("zstd")
+        zstd = _module("zstd")
         return zstd.ZstdCompressor(level=max(1, min(level, 22)), write_content_size=True).compress(data)
     if compressor == "brotli":
-        return _codec_module("brotli").compress(data, quality=max(0, min(level, 11)))
+        return _module("brotli").compress(data, quality=max(0, min(level, 11)))
     raise CodecError(f"unknown compressor {compressor!r}; use one of {', '.join(COMPRESSORS)}")
 
 
@@ -94,7 +94,7 @@ def decompress_bytes(data: bytes, compressor: str, level: int, max_size: int | N
         raise CodecError(f"unknown compressor {compressor!r}; use one of {', '.join(COMPRESSORS)}")
     out = bytearray()
     try:
-        for chunk in _codec_chunks(data, compressor, level, max_size):
+        for chunk in _chunks(data, compressor, level, max_size):
             out += chunk
             if max_size is not None and len(out) > max_size:
                 raise CodecError(f"{compressor} payload decompresses past the {max_size:,} bytes allowed "
@@ -106,7 +106,7 @@ def decompress_bytes(data: bytes, compressor: str, level: int, max_size: int | N
     return bytes(out)
 
 
-def _codec_chunks(data: bytes, compressor: str, level: int, max_size: int | None):
+def _chunks(data: bytes, compressor: str, level: int, max_size: int | None):
     """Decompressed output in chunks of about CODEC_CHUNK bytes; raises on a truncated stream."""
     if compressor == "zlib":
         d = zlib.decompressobj()
@@ -119,13 +119,13 @@ def _codec_chunks(data: bytes, compressor: str, level: int, max_size: int | None
             yield chunk
         done, extra = d.eof, d.unused_data
     elif compressor == "lzma":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_codec_lzma_filters(level))
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(level))
         yield d.decompress(data, CODEC_CHUNK)
         while not d.eof and not d.needs_input:
             yield d.decompress(b"", CODEC_CHUNK)
         done, extra = d.eof, d.unused_data
     elif compressor == "zstd":
-        zstd = _codec_module("zstd")
+        zstd = _module("zstd")
         # A frame may claim a window of up to 2 GiB; none needs more than its output.
         window = {} if max_size is None else {"max_window_size": 1 << min(max(10, max_size.bit_length()), 27)}
         declared, total = zstd.get_frame_parameters(data).content_size, 0
@@ -136,7 +136,7 @@ def _codec_chunks(data: bytes, compressor: str, level: int, max_size: int | None
         # The reader ends quietly on a cut frame; the size compress_bytes writes tells.
         done, extra = declared in (0, total), b""
     else:
-        d = _codec_module("brotli").Decompressor()
+        d = _module("brotli").Decompressor()
         try:
             chunk = d.process(data, output_buffer_limit=CODEC_CHUNK)
         except TypeError:

@@ -65,7 +65,7 @@ def group_bits(qcfg: QuantConfig, group: str) -> int:
     return own or base
 
 
-def _policy_check(qcfg: QuantConfig) -> None:
+def _check(qcfg: QuantConfig) -> None:
     for what, bits in (("quant.matrix_bits", qcfg.matrix_bits), ("quant.embed_bits", qcfg.embed_bits),
                        *((f"quant.{f}", getattr(qcfg, f, 0)) for f in GROUP_BITS_FIELDS.values())):
         if bits not in (0, 16) and not 2 <= bits <= 8:
@@ -76,7 +76,7 @@ def _policy_check(qcfg: QuantConfig) -> None:
         raise QuantError(f"quant.clip_search={qcfg.clip_search!r}; use matrix or row")
 
 
-def _policy_scales(t: Tensor, bits: int, cat: str, qcfg: QuantConfig, h: Tensor | None) -> Tensor:
+def _scales(t: Tensor, bits: int, cat: str, qcfg: QuantConfig, h: Tensor | None) -> Tensor:
     """Per-row scales by quant.clip_rule (embedding tables keep the fixed quantile unless SDClip)."""
     weight_h = h if qcfg.clip_weighting == "hessian" else None
     if cat == "embed":
@@ -87,7 +87,7 @@ def _policy_scales(t: Tensor, bits: int, cat: str, qcfg: QuantConfig, h: Tensor 
                              GPTQ_CLIP_QUANTILES, floor=QUANT_FP16_TINY)
 
 
-def _policy_int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConfig,
+def _int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConfig,
                       h: Tensor | None) -> dict[str, Any]:
     plain = qcfg.clip_rule == "quantile" and qcfg.clip_weighting == "plain"
     if cat == "matrix" and qcfg.matrix_method == "gptq_lite" and plain:
@@ -102,7 +102,7 @@ def _policy_int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConf
         q, s = quantize_rows(t, bits, ROWWISE_CLIP_QUANTILE)
         return {"kind": "int", "bits": bits, "method": "rowwise", "q": q, "scale": s,
                 "clips": [ROWWISE_CLIP_QUANTILE]}
-    scale = _policy_scales(t, bits, cat, qcfg, h)
+    scale = _scales(t, bits, cat, qcfg, h)
     rule = "sdclip" if qcfg.clip_rule == "sdclip" else "quantile"
     if h is not None and qcfg.matrix_method == "gptq":
         q = gptq_quantize(t, h, scale, bits, qcfg.gptq_block_size, qcfg.gptq_damp, qcfg.gptq_act_order)
@@ -122,7 +122,7 @@ def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict
     hessians: calibration input Hessians by tensor name (pgolf.quant.calibration), used by gptq.
     stats = {"categories": {cat: {tensors, params, max_abs_err, mse}}, "tensors": {name: {...}}}.
     """
-    _policy_check(qcfg)
+    _check(qcfg)
     hessians = hessians or {}
     use_h = qcfg.matrix_method == "gptq"
     payload: dict[str, dict[str, Any]] = {}
@@ -139,15 +139,15 @@ def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict
             e = {"kind": "fp16", "data": t.to(torch.float16).contiguous()}
         else:
             h = hessians.get(name) if use_h and (cat == "matrix" or qcfg.gptq_embed) else None
-            e = _policy_int_entry(name, t, cat, bits, qcfg, h)
+            e = _int_entry(name, t, cat, bits, qcfg, h)
         e.update(category=cat, group=group, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."))
         payload[name] = e
     if qcfg.lqer_rank > 0:
-        _policy_add_lqer(sd, payload, qcfg)
+        _add_lqer(sd, payload, qcfg)
     return payload, quant_error_stats(sd, payload)
 
 
-def _policy_add_lqer(sd: dict[str, Tensor], payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> None:
+def _add_lqer(sd: dict[str, Tensor], payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> None:
     errs = {n: sd[n].detach().cpu().float() - dequantize_entry(e) for n, e in payload.items()
             if e["kind"] == "int" and e["category"] in ("matrix", "embed")}
     for name in pick_lqer_targets({n: float(e.pow(2).sum()) for n, e in errs.items()}, qcfg.lqer_top_k):

@@ -106,7 +106,7 @@ def dequantize_rows(q: Tensor, scale: Tensor) -> Tensor:
     return (q2 * scale.float().reshape(-1, 1)).reshape(q.shape)
 
 
-def _gptq_candidate_errors(w2: Tensor, bits: int, quantiles: tuple[float, ...]
+def _candidate_errors(w2: Tensor, bits: int, quantiles: tuple[float, ...]
                            ) -> tuple[Tensor, Tensor]:
     """Per candidate: fp16 scales [k, rows] and per-row sum of squared errors [k, rows]."""
     qmax = quant_qmax(bits)
@@ -132,7 +132,7 @@ def gptq_lite_quantize(w: Tensor, bits: int = 6, clip_search: str = "matrix",
     if clip_search not in ("matrix", "row"):
         raise QuantError(f"clip_search must be 'matrix' or 'row', got {clip_search!r}")
     w2 = quant_row_view(w)
-    scales, errs = _gptq_candidate_errors(w2, bits, tuple(quantiles))
+    scales, errs = _candidate_errors(w2, bits, tuple(quantiles))
     rows = torch.arange(w2.shape[0])
     if clip_search == "matrix":
         pick = torch.full((w2.shape[0],), int(torch.argmin(errs.sum(dim=1))), dtype=torch.long)
