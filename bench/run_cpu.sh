@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Reproduce the CPU figures of docs/benchmarks.md, one measurement at a time.
+# Reproduce the CPU figures of docs/benchmarks.md, one measurement at a time (never two
+# benchmarks at once on a shared machine). Results land in bench/results/ as JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src
-TOK=/work/shared/data/tokenizers/fineweb_1024_bpe.model
-RUN=${RUN:-/tmp/pgolf_bench_run}
-python -m pgolf bench throughput --preset smoke --threads 2
-python -m pgolf bench throughput --preset record_1128 --set run.train_seq_len=1024 \
-  --set run.train_batch_tokens=8192 --set run.accum_world=1 --set model.compile=false \
-  --steps 5 --warmup 1 --threads 2
-python -m pgolf bench artifact --preset record_1128 --threads 2
-python -m pgolf data prepare --tokenizer "$TOK"
-[ -f "$RUN/metrics.json" ] || python -m pgolf train --preset smoke --set model.arch=record \
-  --set data.tokenizer_path="$TOK" --set run.iterations=300 --set eval.max_tokens=16384 --out "$RUN"
-python -m pgolf bench eval "$RUN" --modes plain,sliding,ttt,ttt+slot,ttt+causal-slot \
-  --set eval.stride=64 --set eval.max_tokens=0 --threads 2 --audit
+OUT=bench/results
+RUN=${RUN:-runs/fineweb_small}
+mkdir -p "$OUT"
+REC="--set run.train_seq_len=256 --set run.train_batch_tokens=4096 --set run.accum_world=1 --set model.compile=false --steps 8 --warmup 2 --threads 2 --json"
+python -m pgolf bench throughput --preset smoke --threads 2 --json > "$OUT/throughput_smoke.json"
+python -m pgolf bench throughput --preset record_1128_fixed $REC > "$OUT/throughput_record_1128_fixed_t256.json"
+# The shared small FineWeb model (about 10-40 minutes on 2 cores), then the measurements on it.
+[ -f "$RUN/metrics.json" ] || bash bench/recipes/fineweb_small.sh "$RUN"
+python -m pgolf bench eval "$RUN" \
+  --modes sliding,slot,causal-slot,causal-slot-bias,causal-slot-carry,causal-slot-carry-bias,ttt,ttt+slot,ttt+causal-slot,ttt+causal-slot-carry-bias \
+  --set eval.max_tokens=16384 --set eval.ttt_chunk_tokens=8192 --audit --threads 1 --json > "$OUT/slot_fineweb_small.json"
+python -m pgolf bench quant "$RUN" --threads 1 --set quant.small_numel=8192 --set eval.max_tokens=16384 \
+  --out "$OUT/quant_fineweb_small.json"
+python -m pgolf plot "$RUN" --out docs/plots/fineweb_small_curves.png

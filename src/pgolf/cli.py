@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pgolf.config import (Config, ConfigError, config_from_toml, config_hash, config_to_dict, read_config_file,
                           resolve_config)
+from pgolf.errors import PgolfError
+from pgolf.interrupts import RunInterrupted
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -430,11 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except PgolfError as e:
+        # User-facing errors only: anything else is a bug and keeps its traceback.
         if os.environ.get("PGOLF_TRACEBACK"):
             raise
         print(f"pgolf {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+        return 128 + e.signum if isinstance(e, RunInterrupted) else 2
 
 
 if __name__ == "__main__":
