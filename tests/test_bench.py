@@ -114,3 +114,26 @@ def test_quant_variant_parsing():
         "row", ["quant.matrix_bits=6", "quant.clip_search=row"])
     with pytest.raises(BenchError, match="expected NAME:field=value"):
         parse_quant_variant("justaname")
+
+
+def test_bench_quant_says_why_when_nothing_would_be_quantized(tmp_path) -> None:
+    import torch
+
+    from pgolf.bench import BenchError, bench_quant
+    from pgolf.config import resolve_config
+    cfg, _ = resolve_config("smoke", env={})
+    torch.save({"tok_emb.weight": torch.zeros(64, 16), "blocks.0.attn.c_q.weight": torch.zeros(16, 16)},
+               tmp_path / "final_state.pt")
+    with pytest.raises(BenchError, match="identical rows"):
+        bench_quant(cfg, str(tmp_path))
+
+
+def test_bench_quant_validates_every_variant_first(tmp_path) -> None:
+    import torch
+
+    from pgolf.bench import bench_quant
+    from pgolf.config import ConfigError, resolve_config
+    cfg, _ = resolve_config("smoke", env={})
+    torch.save({"w": torch.zeros(512, 512)}, tmp_path / "final_state.pt")
+    with pytest.raises(ConfigError, match="matrix_bits"):
+        bench_quant(cfg, str(tmp_path), variants=["ok:matrix_bits=6", "bad:matrix_bits=3"])

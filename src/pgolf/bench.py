@@ -409,6 +409,16 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
     except Exception as e:  # noqa: BLE001 - unpickling refusals and torn files alike
         raise BenchError(f"{state_path}: not a readable weights file ({type(e).__name__}); "
                          "re-run pgolf train to write it again") from None
+    big = [k for k, v in flat.items() if v.dim() == 2 and v.numel() > cfg.quant.small_numel]
+    if not big:
+        raise BenchError(f"no matrix of {state_path} has more than quant.small_numel={cfg.quant.small_numel} "
+                         "elements: every method would keep all weights in fp16 and give identical rows; "
+                         "lower it (e.g. --set quant.small_numel=0)")
+    specs = list(variants or QUANT_BENCH_METHODS)
+    for spec in specs:  # every variant must validate before the first one runs
+        check = copy.deepcopy(cfg)
+        apply_sets(check, parse_quant_variant(spec)[1])
+        finalize_config(check)
     device = pick_device(cfg.run.device)
     comm, val = Comm(device), load_val(cfg, device)
     ec = cfg.eval
@@ -416,7 +426,7 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
                                      val.tables, comm, device)["val_bpb"]
     base = score(cfg, flat)
     rows, calib_cache = [], {}
-    for spec in variants or QUANT_BENCH_METHODS:
+    for spec in specs:
         name, sets = parse_quant_variant(spec)
         vcfg = copy.deepcopy(cfg)
         apply_sets(vcfg, sets)

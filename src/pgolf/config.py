@@ -273,6 +273,8 @@ class RunConfig:
         -1, "write a resumable checkpoint every N steps; 0 = never; -1 = auto: every minute of "
             "training at most, and never more often than keeps checkpoint writes under 2% of it")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available, else cpu")
+    collective_timeout_seconds: float = _f(
+        600.0, "a collective waiting longer fails the rank with an error instead of hanging (a peer died)")
     trackers: str = _f("", "comma-separated trackers fed the log's scalars (tensorboard, wandb), for "
                            "dashboards beside log.txt; empty = none; never part of a bundled run")
 

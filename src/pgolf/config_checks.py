@@ -67,6 +67,7 @@ CONFIG_RANGES: dict[str, str] = {
     "run.iterations": ">=1", "run.max_wallclock_seconds": ">=0", "run.train_batch_tokens": ">=1",
     "run.train_seq_len": ">=1", "run.accum_world": ">=1", "run.val_loss_every": ">=0",
     "run.train_log_every": ">=0", "run.checkpoint_every": ">=-1",
+    "run.collective_timeout_seconds": ">0",
 }
 
 # Matrices per-document LoRA TTT can adapt (eval.ttt_lora_targets).

@@ -88,7 +88,7 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
     `auditor` (the legality audit), `code_files` (the shipped source, logged), `sinks`
     (run_dir -> callables that receive every log event: trackers).
     """
-    comm = init_comm(cfg.run.device)
+    comm = init_comm(cfg.run.device, cfg.run.collective_timeout_seconds)
     try:
         check_world_size(cfg, comm.world_size)
         # Bad data fails here, before a run folder exists that would block a retry with --out.
@@ -99,8 +99,21 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
         blob = load_checkpoint(str(folder.path), comm.rank, comm) if resume else None
         spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings or [], auditor, code_files or {}, sinks)
         return _train_in_folder(spec)
+    except RuntimeError as e:
+        timed_out = collective_timeout_error(e, comm.rank, comm.world_size, cfg.run.collective_timeout_seconds)
+        if timed_out is not None:
+            raise timed_out from e
+        raise
     finally:
         comm.close()
+
+
+def collective_timeout_error(e: RuntimeError, rank: int, world: int, timeout_s: float) -> TrainingError | None:
+    """gloo's "Timed out waiting ..." / NCCL's watchdog timeout as a one-line run error."""
+    if world <= 1 or "timed out" not in str(e).lower().replace("timeout", "timed out"):
+        return None
+    return TrainingError(f"rank {rank}: a collective waited over run.collective_timeout_seconds={timeout_s:g}: "
+                         "another rank died or hangs (see its log); the last complete checkpoint resumes with --resume")
 
 
 def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
