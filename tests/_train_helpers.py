@@ -1,6 +1,7 @@
 """A tiny training config over the embedded corpus, shared by the loop tests."""
 
-from pgolf.config import Config, resolve_config
+from pgolf.config import resolve_config
+from pgolf.config_tree import Config
 
 
 def tiny(corpus, *sets) -> Config:

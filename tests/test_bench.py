@@ -109,7 +109,8 @@ def test_bench_eval_rejects_an_unknown_mode_before_loading_anything(tmp_path) ->
 
 
 def test_quant_variant_parsing():
-    from pgolf.bench import BenchError, parse_quant_variant
+    from pgolf.bench import BenchError
+    from pgolf.bench_quant import parse_quant_variant
     assert parse_quant_variant("row:matrix_bits=6,clip_search=row") == (
         "row", ["quant.matrix_bits=6", "quant.clip_search=row"])
     with pytest.raises(BenchError, match="expected NAME:field=value"):
@@ -119,7 +120,8 @@ def test_quant_variant_parsing():
 def test_bench_quant_says_why_when_nothing_would_be_quantized(tmp_path) -> None:
     import torch
 
-    from pgolf.bench import BenchError, bench_quant
+    from pgolf.bench import BenchError
+    from pgolf.bench_quant import bench_quant
     from pgolf.config import resolve_config
     cfg, _ = resolve_config("smoke", env={})
     torch.save({"tok_emb.weight": torch.zeros(64, 16), "blocks.0.attn.c_q.weight": torch.zeros(16, 16)},
@@ -131,7 +133,7 @@ def test_bench_quant_says_why_when_nothing_would_be_quantized(tmp_path) -> None:
 def test_bench_quant_validates_every_variant_first(tmp_path) -> None:
     import torch
 
-    from pgolf.bench import bench_quant
+    from pgolf.bench_quant import bench_quant
     from pgolf.config import ConfigError, resolve_config
     cfg, _ = resolve_config("smoke", env={})
     torch.save({"w": torch.zeros(512, 512)}, tmp_path / "final_state.pt")

@@ -230,7 +230,8 @@ def test_export_bundle_writes_readable_and_compressed(tmp_path, capsys) -> None:
 
 def test_bundle_preset_text_holds_exactly_the_non_default_fields() -> None:
     from pgolf.bundle import bundle_preset_text
-    from pgolf.config import Config, config_from_toml, config_to_dict, finalize_config, resolve_config
+    from pgolf.config import config_from_toml, config_to_dict, finalize_config, resolve_config
+    from pgolf.config_tree import Config
     assert bundle_preset_text(Config()) == ""
     cfg, _ = resolve_config(preset="record_1128", env={}, sets=["model.num_layers=12", "data.path=/x\\y"])
     finalize_config(cfg)
@@ -334,18 +335,18 @@ def test_unreached_definitions_are_left_out(capsys) -> None:
 # What a record_1128 run executes, in bundle order. A new module here costs code bytes that
 # the model cannot use: check that the run really needs it before updating the list.
 RECORD_1128_MODULES = [
-    "pgolf.config_checks", "pgolf.errors", "pgolf.atomic", "pgolf.config", "pgolf.data.caseops",
-    "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.tokenizer", "pgolf.eval.slot_state", "pgolf.hw",
-    "pgolf.data.loader", "pgolf.data.paths", "pgolf.dist", "pgolf.checkpoint", "pgolf.eval.bpb",
-    "pgolf.eval.forward", "pgolf.eval.lora_ttt", "pgolf.eval.sliding", "pgolf.eval.slot", "pgolf.eval.ttt",
-    "pgolf.eval.phased_ttt", "pgolf.eval.runner", "pgolf.interrupts", "pgolf.model.attention",
-    "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack",
-    "pgolf.model.gpt", "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging",
-    "pgolf.optim.muon", "pgolf.optim.builder", "pgolf.optim.schedule", "pgolf.quant.calibration",
-    "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip", "pgolf.quant.fake_quant",
-    "pgolf.quant.gptq", "pgolf.quant.lqer", "pgolf.quant.policy", "pgolf.quant.artifact", "pgolf.runlog",
-    "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder", "pgolf.wallclock", "pgolf.train",
-    "pgolf.run",
+    "pgolf.config_checks", "pgolf.config_tree", "pgolf.errors", "pgolf.atomic", "pgolf.config",
+    "pgolf.data.caseops", "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.tokenizer",
+    "pgolf.eval.slot_state", "pgolf.hw", "pgolf.data.loader", "pgolf.data.paths", "pgolf.dist",
+    "pgolf.checkpoint", "pgolf.eval.bpb", "pgolf.eval.forward", "pgolf.eval.lora_ttt", "pgolf.eval.sliding",
+    "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.eval.phased_ttt", "pgolf.eval.runner", "pgolf.interrupts",
+    "pgolf.model.attention", "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp",
+    "pgolf.model.stack", "pgolf.model.gpt", "pgolf.model.build", "pgolf.optim.errors",
+    "pgolf.optim.averaging", "pgolf.optim.muon", "pgolf.optim.builder", "pgolf.optim.schedule",
+    "pgolf.quant.calibration", "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip",
+    "pgolf.quant.fake_quant", "pgolf.quant.gptq", "pgolf.quant.lqer", "pgolf.quant.policy",
+    "pgolf.quant.artifact", "pgolf.runlog", "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder",
+    "pgolf.wallclock", "pgolf.train", "pgolf.run",
 ]
 
 
@@ -373,7 +374,7 @@ def test_counted_file_is_the_self_extracting_form_of_the_readable_one(capsys) ->
 
 
 def test_log_starts_with_the_shipped_code(tmp_path) -> None:
-    from pgolf.config import Config
+    from pgolf.config_tree import Config
     from pgolf.run import _log_setup
     from pgolf.runlog import RunLog
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-
 from pgolf.errors import TrainingError
 from pgolf.run import collective_timeout_error
 
 
 def _worker(rank: int, store: str, out: str) -> None:
-    import torch.distributed as tdist
     from datetime import timedelta
+
+    import torch.distributed as tdist
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
                              timeout=timedelta(seconds=2))
     if rank == 0:

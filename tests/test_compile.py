@@ -12,7 +12,8 @@ import torch
 from torch._dynamo.utils import counters
 
 import pgolf.run as run_mod
-from pgolf.config import Config, finalize_config
+from pgolf.config import finalize_config
+from pgolf.config_tree import Config
 from pgolf.dist import Comm
 from pgolf.eval.runner import evaluate, mode_to_eval_config
 from pgolf.model.build import build_model

@@ -9,8 +9,9 @@ from typing import Literal, get_args, get_origin
 import pytest
 
 from pgolf.cli import main
-from pgolf.config import (Config, ConfigError, apply_env, check_world_size, finalize_config, preset_names,
-                          resolve_config, validate_config)
+from pgolf.config import (ConfigError, apply_env, check_world_size, finalize_config, preset_names, resolve_config,
+                          validate_config)
+from pgolf.config_tree import Config
 from pgolf.errors import PgolfError
 
 

@@ -64,8 +64,8 @@ def _read_checkpoint(tmp, blob, mp):
 
 
 def _read_final_state(tmp, blob, mp):
-    from pgolf.bench import bench_quant
-    from pgolf.config import Config
+    from pgolf.bench_quant import bench_quant
+    from pgolf.config_tree import Config
     (tmp / "final_state.pt").write_bytes(blob)
     return "final_state.pt", lambda: bench_quant(Config(), str(tmp), ["v:matrix_bits=6"])
 

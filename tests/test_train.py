@@ -10,7 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_helpers import tiny  # noqa: E402
 
-from pgolf.config import Config, finalize_config, resolve_config
+from pgolf.config import finalize_config, resolve_config
+from pgolf.config_tree import Config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.errors import TrainingError
 from pgolf.model.build import build_model

@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable
 
 from pgolf.bench import BenchError
-from pgolf.config import Config, EvalConfig
+from pgolf.config_tree import Config, EvalConfig
 from pgolf.data.paths import load_val
 from pgolf.dist import Comm
 from pgolf.eval.legality import audit

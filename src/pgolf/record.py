@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.bundle.build import shipped_files
-from pgolf.config import Config, read_config_file
+from pgolf.config import read_config_file
+from pgolf.config_tree import Config
 from pgolf.errors import PgolfError
 from pgolf.plot import PLOT_DIR
 from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact_header

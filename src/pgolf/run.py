@@ -13,8 +13,9 @@ from typing import Any, Callable
 import torch
 
 from pgolf.checkpoint import load_checkpoint, restore_checkpoint
-from pgolf.config import (Config, apply_env, apply_mapping, check_world_size, config_hash, config_to_dict,
-                          config_to_toml, finalize_config, read_config_file)
+from pgolf.config import (apply_env, apply_mapping, check_world_size, config_hash, config_to_dict, config_to_toml,
+                          finalize_config, read_config_file)
+from pgolf.config_tree import Config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.paths import ValData, load_val, resolve_data_paths
 from pgolf.dist import Comm, init_comm

@@ -14,7 +14,7 @@ import time
 import torch
 
 from pgolf.checkpoint import save_checkpoint
-from pgolf.config import Config
+from pgolf.config_tree import Config
 from pgolf.data.paths import ValData
 from pgolf.dist import Comm
 from pgolf.errors import TrainingError

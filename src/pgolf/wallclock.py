@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from pgolf.config import Config
+from pgolf.config_tree import Config
 from pgolf.dist import Comm
 from pgolf.hw import device_sync
 

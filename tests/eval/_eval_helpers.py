@@ -78,7 +78,8 @@ def make_tokens(n_targets: int, vocab: int = VOCAB, seed: int = 0) -> torch.Tens
 
 def build_real_gpt(seed: int = 0):
     """Tiny real GPT (record arch) with all weights randomized."""
-    from pgolf.config import Config, finalize_config
+    from pgolf.config import finalize_config
+    from pgolf.config_tree import Config
     from pgolf.model.gpt import GPT
     cfg = Config()
     m = cfg.model
@@ -99,7 +100,7 @@ def ttt_dist_worker(rank: int, world: int, store: str, out_dir: str, cfg_kwargs:
     """Run eval_ttt in a gloo group of `world` processes and save rank 0's results."""
     import torch.distributed as tdist
 
-    from pgolf.config import EvalConfig
+    from pgolf.config_tree import EvalConfig
     from pgolf.dist import ProcessGroupComm
     from pgolf.eval.bpb import ScoreRecorder
     from pgolf.eval.ttt import eval_ttt

@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import make_tokens  # noqa: E402
 
-from pgolf.config import EvalConfig  # noqa: E402
+from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import ScoreRecorder, eval_emit_event  # noqa: E402
 from pgolf.eval.legality import audit, audit_eval_config, audit_positions  # noqa: E402

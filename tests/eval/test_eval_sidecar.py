@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import VOCAB, TinyCausalLM, make_tables, make_tokens  # noqa: E402
 
-from pgolf.config import EvalConfig  # noqa: E402
+from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.data.sidecar import SidecarBytes  # noqa: E402
 from pgolf.data.tokenizer import count_bytes  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402

@@ -12,7 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import TinyCausalLM, make_tables, make_tokens  # noqa: E402
 
-from pgolf.config import Config, ConfigError, EvalConfig, finalize_config  # noqa: E402
+from pgolf.config import ConfigError, finalize_config  # noqa: E402
+from pgolf.config_tree import Config, EvalConfig
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import ScoreRecorder  # noqa: E402
 from pgolf.eval.legality import audit  # noqa: E402

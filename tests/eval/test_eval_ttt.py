@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import TinyCausalLM, make_tables, make_tokens  # noqa: E402
 
-from pgolf.config import EvalConfig  # noqa: E402
+from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import ScoreRecorder  # noqa: E402
 from pgolf.eval.sliding import eval_sliding, plan_windows  # noqa: E402

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_helpers import TinyCausalLM, make_tables, make_tokens, ttt_dist_worker  # noqa: E402
 
-from pgolf.config import EvalConfig  # noqa: E402
+from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import ScoreRecorder  # noqa: E402
 from pgolf.eval.ttt import eval_ttt  # noqa: E402

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pgolf.config import Config, ConfigError, finalize_config, resolve_config
+from pgolf.config import ConfigError, finalize_config, resolve_config
+from pgolf.config_tree import Config
 from pgolf.model.attention import causal_attention, doc_layout
 from pgolf.model.gpt import GPT
 from pgolf.model.stack import layer_schedule, looping_due

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from pgolf.config import Config, finalize_config, resolve_config
+from pgolf.config import finalize_config, resolve_config
+from pgolf.config_tree import Config
 from pgolf.model.attention import causal_attention, ntk_rope_base, xsa_remove_self_value
 from pgolf.model.banks import rebank_state_dict, unbank_state_dict
 from pgolf.model.embeddings import bigram_buckets

@@ -172,7 +172,7 @@ def parallel_worker(rank: int, store_dir: str, out_dir: str) -> None:
 
 def optimizer_set_run(comm, rank: int, world: int, steps: int = 3) -> FakeModel:
     """Each rank trains on its row slice of the step's batch; returns the model."""
-    from pgolf.config import OptimConfig
+    from pgolf.config_tree import OptimConfig
     from pgolf.optim.builder import build_optimizers
     model = FakeModel(seed=3)
     ocfg = OptimConfig(grad_clip_norm=0.5, grad_clip_mode="global", muon_wd=0.05, adam_wd=0.01)

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _optim_helpers import FakeModel, TwinComm, batch_for_step  # noqa: E402
 
-from pgolf.config import OptimConfig  # noqa: E402
+from pgolf.config_tree import OptimConfig  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.optim.builder import build_optimizers  # noqa: E402
 from pgolf.optim.errors import OptimError  # noqa: E402

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from pgolf.config import QuantConfig
+from pgolf.config_tree import QuantConfig
 from pgolf.quant.artifact import (ARTIFACT_VERSION, ArtifactError, OverBudgetError, budget_report, build_artifact,
                                   check_budget, pack_artifact, read_artifact, unpack_artifact, write_artifact)
 from pgolf.quant.policy import dequantize_state_dict, quant_category, quantize_state_dict

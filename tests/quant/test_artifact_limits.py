@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pgolf.atomic import AtomicWriteError
-from pgolf.config import QuantConfig
+from pgolf.config_tree import QuantConfig
 from pgolf.quant.artifact import (_ART_PREFIX, ART_MAX_BODY_BYTES, ARTIFACT_MAGIC, ArtifactError, artifact_body_cap,
                                   pack_artifact, read_artifact, read_artifact_header, unpack_artifact, write_artifact)
 

@@ -157,7 +157,7 @@ def test_default_layout_keys_absent():
 def test_bench_quant_on_a_small_run(tmp_path):
     if not FINEWEB.is_dir() or not TOKENIZER.is_file():
         pytest.skip(f"shared FineWeb sample absent: {FINEWEB}")
-    from pgolf.bench import bench_quant, bench_quant_config
+    from pgolf.bench_quant import bench_quant, bench_quant_config
     cfg = _cfg(f"data.path={FINEWEB}", f"data.tokenizer_path={TOKENIZER}", "eval.max_tokens=2048",
                "eval.seq_len=256", "quant.calib_seqs=4", "quant.small_numel=256")
     (tmp_path / "config.toml").write_text(config_to_toml(cfg))

@@ -122,7 +122,7 @@ def test_new_rules_drop_the_reference_scale_floor():
 
 
 def test_group_bits_and_policy_scales():
-    from pgolf.config import QuantConfig
+    from pgolf.config_tree import QuantConfig
     from pgolf.quant.policy import group_bits, quantize_state_dict, tensor_group
     q = QuantConfig(matrix_bits=6, embed_bits=8, attn_bits=5, ve_bits=16)
     assert [group_bits(q, g) for g in ("attn", "mlp", "matrix", "embed", "bigram", "ve")] == [5, 6, 6, 8, 8, 16]

@@ -18,7 +18,8 @@ from pgolf.bundle.join import dropped_lines, reachable, rename_names, rename_pla
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
 from pgolf.bundle.rules import (BUNDLE_MARK, STDLIB, BundleError, ModuleSources, checked_violations, is_docstring,
                                 is_pgolf, module_path)
-from pgolf.config import Config, config_to_toml, load_preset_text, shippable_config
+from pgolf.config import config_to_toml, load_preset_text, shippable_config
+from pgolf.config_tree import Config
 
 BUNDLE_ENTRY = ("pgolf.run",)
 BUNDLE_MAIN_CALL = "bundle_main(BUNDLED_PRESET, __file__)"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pgolf.config import Config
+from pgolf.config_tree import Config
 from pgolf.data.caseops import tokenizer_has_caseops
 from pgolf.data.loader import check_token_range, find_shards, load_validation_tokens
 from pgolf.data.sidecar import SidecarBytes, load_validation_bytes, token_shards_only

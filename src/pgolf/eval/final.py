@@ -4,7 +4,7 @@ eval mode on the round trip, and (when the caller supplies one) its legality aud
 import time
 from typing import Any, Callable
 
-from pgolf.config import Config
+from pgolf.config_tree import Config
 from pgolf.data.paths import ValData
 from pgolf.dist import Comm
 from pgolf.eval.bpb import eval_plain

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pgolf.config import EvalConfig
+from pgolf.config_tree import EvalConfig
 from pgolf.dist import Comm
 from pgolf.eval.bpb import ScoreRecorder, as_byte_tables, val_tokens_tensor
 from pgolf.eval.runner import evaluate, mode_to_eval_config

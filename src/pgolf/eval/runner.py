@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from pgolf.config import EvalConfig
+from pgolf.config_tree import EvalConfig
 from pgolf.dist import Comm
 from pgolf.eval.bpb import EvalInputError, ScoreRecorder, eval_plain, val_tokens_tensor
 from pgolf.eval.forward import Forwards, PlainScorer

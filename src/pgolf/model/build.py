@@ -2,7 +2,7 @@
 
 import torch
 
-from pgolf.config import Config
+from pgolf.config_tree import Config
 from pgolf.hw import resolve_attention_backend
 from pgolf.model.banks import rebank_state_dict
 from pgolf.model.gpt import GPT

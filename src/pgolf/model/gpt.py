@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgolf.config import ModelConfig, parse_layers
+from pgolf.config import parse_layers
+from pgolf.config_tree import ModelConfig
 from pgolf.hw import doc_attention_kernel
 from pgolf.model.attention import Attention, Rotary, doc_layout, rms_norm
 from pgolf.model.banks import block_bank_indices

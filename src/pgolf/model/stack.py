@@ -6,7 +6,7 @@ encoder (pushes skips) and the rest the decoder (pops them), as #1855 splits its
 order [0,1,2,3,4,5,3,4 | 5,3,4,5,6,7,8,9,10].
 """
 
-from pgolf.config import ModelConfig
+from pgolf.config_tree import ModelConfig
 
 
 def layer_schedule(cfg: ModelConfig, looping: bool) -> list[tuple[int, int]]:

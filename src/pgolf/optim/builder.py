@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pgolf.config import OptimConfig
+from pgolf.config_tree import OptimConfig
 from pgolf.dist import Comm
 from pgolf.hw import fused_adamw
 from pgolf.optim.errors import OptimError

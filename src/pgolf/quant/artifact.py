@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from pgolf.atomic import atomic_write
-from pgolf.config import QuantConfig
+from pgolf.config_tree import QuantConfig
 from pgolf.errors import PgolfError
 from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes, decompress_bytes, pack_codes,
                                unpack_codes)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf.config import Config
+from pgolf.config_tree import Config
 from pgolf.data.loader import TokenStream, find_shards
 from pgolf.data.paths import resolve_data_paths
 from pgolf.errors import PgolfError

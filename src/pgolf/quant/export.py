@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from pgolf.atomic import atomic_write
-from pgolf.config import Config, config_hash, config_to_toml, shippable_config
+from pgolf.config import config_hash, config_to_toml, shippable_config
+from pgolf.config_tree import Config
 from pgolf.dist import Comm
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.build import build_model, load_state_into

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgolf.config import QuantConfig
+from pgolf.config_tree import QuantConfig
 from pgolf.quant.clip import choose_row_scales
 from pgolf.quant.gptq import gptq_quantize
 from pgolf.quant.lqer import is_lqer_name, lqer_correction, lqer_entries, pick_lqer_targets

@@ -1,0 +1,276 @@
+"""The typed config tree: one dataclass per section (data, model, optim, schedule, quant, eval,
+run), every field with a default, a type (enums as Literal) and a one-line doc. Loading,
+validation and serialization live in config.py."""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "dataset folder with train/val shards; empty = the embedded corpus")
+    train_pattern: str = _f("fineweb_train_*.bin", "glob of training shards inside data.path")
+    val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path")
+    tokenizer_path: str = _f("", "SentencePiece .model file; empty = the dataset's own")
+    cache_dir: str = _f("", "where the embedded corpus is prepared; empty = ~/.cache/pgolf")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["baseline", "record"] = _f("baseline", "baseline: per-layer weights; record: banks + record parts")
+    vocab_size: int = _f(1024, "tokenizer vocabulary size (1024: the challenge's sp1024); checked against it")
+    num_layers: int = _f(9, "transformer blocks")
+    model_dim: int = _f(512, "residual width")
+    num_heads: int = _f(8, "query heads")
+    num_kv_heads: int = _f(4, "key/value heads (GQA)")
+    mlp_mult: float = _f(2.0, "MLP hidden width as a multiple of model_dim")
+    tie_embeddings: bool = _f(True, "share the token embedding with the output head")
+    tied_embed_init_std: float = _f(0.005, "std of the normal init of embedding tables (the baseline's)")
+    logit_softcap: float = _f(30.0, "logits = cap * tanh(z / cap), 30 as the baseline; 0 disables")
+    rope_base: float = _f(10000.0, "RoPE base before NTK scaling")
+    qk_gain_init: float = _f(1.5, "initial per-head query gain")
+    unet_skips: bool = _f(True, "first half of blocks push outputs, second half pops them")
+    # Record parts. None means "the default of model.arch" (see ARCH_DEFAULTS).
+    leaky_slope: float | None = _f(None, "MLP activation leaky_relu(slope)^2; 0 = relu^2")
+    rope_dims: int | None = _f(None, "rotate only the first rope_dims dims of each head; 0 = all")
+    rope_train_len: int | None = _f(None, "NTK-scale the RoPE base as if trained at this length; 0 = off")
+    bigram_vocab_size: int | None = _f(None, "BigramHash buckets; 0 disables")
+    bigram_dim: int = _f(128, "BigramHash table width (128: records #549/#1128)")
+    smear: bool | None = _f(None, "SmearGate: per-channel gate mixing x[t-1] into x[t]")
+    xsa_last_n: int | None = _f(None, "exclusive self-attention on the last N blocks")
+    ln_scale: bool | None = _f(None, "scale normed block inputs by 1/sqrt(layer+1)")
+    ve_enabled: bool | None = _f(None, "value embeddings added to V on ve_layers")
+    ve_dim: int = _f(128, "value-embedding table width (128: the records' VE128)")
+    ve_layers: str = _f("-2,-1", "comma list of blocks with value embeddings (negative = from the end)")
+    attn_backend: Literal["auto", "fa3", "sdpa", "math"] = _f(
+        "auto", "auto = fa3 where importable on Hopper, else sdpa; math is the slow explicit path")
+    compile: bool = _f(False, "torch.compile the training forward (and the eval forward)")
+    embed_dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "storage of tok_emb / bigram / VE tables in training; bf16 is what records "
+                "#549/#1128 ran (their model is cast to bf16), fp32 keeps small updates")
+    # ---- frontier switches (issue 13); each is off by default ----
+    bos_id: int = _f(1, "BOS token id (the challenge tokenizers' 1): where documents start, for the "
+                        "SmearGate BOS fix and document-masked attention")
+    num_loops: int = _f(0, "depth recurrence: extra passes over blocks loop_start..loop_end (#1344; #1855 "
+                           "runs 2, i.e. three passes); 0 = off")
+    loop_start: int = _f(3, "first looped block (#1855: 3)")
+    loop_end: int = _f(5, "last looped block, inclusive (#1855: 5)")
+    loop_enable_at: float = _f(0.0, "fraction of training after which the loop runs (#1855: 0.35; the "
+                                    "cheap plain stack trains first); 0 = from the start")
+    loop_untied_mlp: bool = _f(False, "repeated passes use MLP weights of their own instead of sharing the "
+                                      "looped block's (more parameters, same attention)")
+    parallel_start: int = _f(0, "parallel residual lanes from this block on: attention and MLP read separate "
+                                "lanes, written back by a learned 2x2 routing (#1530; #1855: 8); 0 = off")
+    parallel_final: Literal["mean", "attn", "mlp"] = _f(
+        "mean", "hidden state after the parallel blocks: mean of the lanes (#1855), or one lane")
+    skip_gates: bool = _f(False, "sigmoid-gated U-Net skips x <- lerp(w*skip, x, sigmoid(g)), g from 0 "
+                                 "(in #1855's stack)")
+    attn_gate: Literal["off", "out", "dense", "sparse"] = _f(
+        "off", "per-head gate on the attention output: out = 2*sigmoid(W x[:gate_window]), neutral at "
+               "init (#1667); dense = sigmoid(W x) over the full width (#1736); sparse = sigmoid(scale * "
+               "W x[:gate_window]) (#1787, in #1855)")
+    gate_window: int = _f(12, "leading residual dims read by the out/sparse attention gates and the input "
+                              "SmearGate (#1855: 12, a 96-parameter gate per layer)")
+    attn_gate_scale: float = _f(1.0, "logit scale of the sparse attention gate (#1855: 0.5, a softer gate)")
+    attn_gate_init_std: float = _f(0.0, "normal init std of the attention gate weights; 0 = zeros")
+    smear_kind: Literal["channel", "input"] = _f(
+        "channel", "channel: per-channel gate after the embedding norm (#549/#1128); input: x_t += lam * "
+                   "sigmoid(W x_t[:gate_window]) * x_{t-1} before the norm, lam from 0 (#1667)")
+    smear_bos_fix: bool = _f(False, "no smear into a BOS position, so a document never sees the previous "
+                                    "one's last token (#1855's fix)")
+    doc_mask: bool = _f(False, "attention never crosses a BOS (document start): FA3 varlen where present, "
+                               "a masked SDPA elsewhere; training and evaluation alike")
+
+
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "baseline": dict(leaky_slope=0.0, rope_dims=0, rope_train_len=0, bigram_vocab_size=0,
+                     smear=False, xsa_last_n=0, ln_scale=False, ve_enabled=False),
+    "record": dict(leaky_slope=0.5, rope_dims=16, rope_train_len=1024, bigram_vocab_size=1536,
+                   smear=True, xsa_last_n=4, ln_scale=True, ve_enabled=True),
+}
+
+
+@dataclass
+class OptimConfig:
+    matrix_lr: float = _f(0.04, "Muon learning rate for block matrices")
+    scalar_lr: float = _f(0.04, "AdamW learning rate for scalars and small tensors")
+    tied_embed_lr: float = _f(0.05, "AdamW learning rate for embedding tables (tied head)")
+    embed_lr: float = _f(0.6, "AdamW learning rate for the embedding when untied")
+    head_lr: float = _f(0.008, "AdamW learning rate for an untied output head")
+    muon_momentum: float = _f(0.95, "final Muon momentum (the baseline's; records use 0.99)")
+    muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0")
+    muon_momentum_warmup_steps: int = _f(500, "steps to ramp Muon momentum to its final value")
+    muon_backend_steps: int = _f(5, "Newton-Schulz iterations (5: enough for the quintic to converge)")
+    muon_nesterov: bool = _f(True, "Nesterov momentum in Muon")
+    muon_wd: float = _f(0.0, "decoupled weight decay of Muon matrices")
+    adam_wd: float = _f(0.0, "decoupled weight decay of AdamW groups")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    adam_eps: float = _f(1e-8, "AdamW epsilon")
+    grad_clip_norm: float = _f(0.0, "clip the gradient norm; 0 disables")
+    grad_clip_mode: Literal["local", "global"] = _f(
+        "local", "local: clip each rank's gradient before reduction (reference); global: after")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = _f(20, "compile-priming steps, undone afterwards (weights, optimizer, data)")
+    warmdown_iters: int = _f(1200, "length of the linear lr warmdown, in steps")
+    warmdown_mode: Literal["auto", "time", "iters"] = _f(
+        "auto", "auto: time when run.max_wallclock_seconds > 0, else iters; time needs the cap")
+    ema_enabled: bool = _f(False, "keep an exponential moving average of the weights")
+    ema_decay: float = _f(0.997, "EMA decay per step (0.997: the records' EMA)")
+    swa_enabled: bool = _f(False, "average snapshots late in training")
+    swa_every: int = _f(50, "steps between SWA snapshots (50: the records' tight SWA)")
+    swa_threshold: float = _f(0.2, "take SWA snapshots once the lr multiplier is below this")
+    export_weights: Literal["auto", "raw", "ema", "swa", "ema_swa"] = _f(
+        "auto", "which weights get exported; auto = ema when EMA is on, else raw")
+
+
+@dataclass
+class QuantConfig:
+    matrix_bits: int = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16); records fit with 6")
+    matrix_method: Literal["rowwise", "gptq_lite", "gptq"] = _f(
+        "rowwise", "rowwise (fixed clip quantile), gptq_lite (round to nearest, clip by clip_rule) or "
+                   "gptq (full GPTQ on calibration Hessians, #1019)")
+    clip_search: Literal["matrix", "row"] = _f("matrix", "gptq_lite clip: one per matrix (reference) or per row")
+    embed_bits: int = _f(8, "bits for embedding tables (16 = keep fp16)")
+    small_numel: int = _f(65536, "tensors with at most this many elements stay fp16 (the baseline's cut)")
+    compressor: Literal["zlib", "lzma", "zstd", "brotli"] = _f(
+        "zlib", "zlib (baseline); lzma packs int6 smaller (records); zstd/brotli need their package")
+    level: int = _f(9, "compressor level: zlib/lzma 0..9, zstd 1..22, brotli 0..11")
+    late_qat_threshold: float = _f(0.0, "fake-quantize matrices once the lr multiplier is below this; 0 = off")
+    qat_scope: Literal["matrices", "reference"] = _f(
+        "matrices", "what late QAT fake-quantizes: matrices = every block matrix on the artifact's "
+                    "grid; reference = only bigram.proj / ve.proj, as records #549/#1128 ran")
+    max_artifact_bytes: int = _f(16_000_000, "challenge limit on model + code bytes (decimal)")
+    code_form: Literal["plain", "minified", "compressed"] = _f(
+        "compressed", "counted train_gpt.py: compressed = minified + LZMA + base85 self-extracting, readable "
+                      "file beside it (records #1394 on; ~4x fewer code bytes); plain = readable; minified = "
+                      "no comments, docstrings, annotations")
+    # ---- frontier compression (issue 12): full GPTQ, SDClip, mixed widths, LQER, layouts ----
+    clip_rule: Literal["quantile", "sdclip"] = _f(
+        "quantile", "per-row clip of gptq_lite/gptq: quantile = search among |w| quantiles (GPTQ-lite); "
+                    "sdclip = k x row std (#1394), which narrows the codes LZMA sees")
+    clip_weighting: Literal["plain", "hessian"] = _f(
+        "plain", "hessian: score quantile candidates / weight the SDClip std by the input Hessian's "
+                 "diagonal (needs matrix_method=gptq); plain: unweighted")
+    sdclip_k_matrix: float = _f(12.85, "SDClip k for block matrices (#1394's value)")
+    sdclip_k_embed: float = _f(20.0, "SDClip k for embedding tables (#1394's value)")
+    attn_bits: int = _f(0, "bits for attention matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
+    mlp_bits: int = _f(0, "bits for MLP matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
+    bigram_bits: int = _f(0, "bits for the BigramHash table (4..8, 16 = fp16); 0 = quant.embed_bits")
+    ve_bits: int = _f(0, "bits for the value-embedding table (4..8, 16 = fp16); 0 = quant.embed_bits")
+    gptq_embed: bool = _f(False, "also GPTQ the tied token embedding against its output-head Hessian")
+    gptq_block_size: int = _f(128, "GPTQ columns per lazy-update block (speed only, same result in exact math)")
+    gptq_damp: float = _f(0.01, "GPTQ damping: fraction of the mean Hessian diagonal added to it")
+    gptq_act_order: bool = _f(True, "GPTQ quantizes columns by decreasing Hessian diagonal (act order)")
+    gptq_reserve_seconds: float = _f(
+        0.0, "training wall-clock seconds held back for calibration + GPTQ, which the challenge "
+             "counts as training (the cap stops training this much earlier)")
+    calib_source: Literal["train", "self"] = _f(
+        "train", "GPTQ calibration tokens: train shards, or sequences the model samples itself (#1019); "
+                 "validation tokens are never allowed")
+    calib_seqs: int = _f(64, "calibration sequences (#1019: 64 x 2048)")
+    calib_seq_len: int = _f(0, "calibration sequence length; 0 = run.train_seq_len")
+    calib_temperature: float = _f(0.8, "sampling temperature of self-generated calibration (#1019)")
+    calib_batch_seqs: int = _f(8, "calibration sequences per forward (memory only)")
+    lqer_rank: int = _f(0, "LQER: rank of the int-factor correction of the quantization error; 0 = off "
+                           "(#1855: 4)")
+    lqer_top_k: int = _f(3, "LQER corrects this many tensors, those with the largest error (#1855: 3)")
+    lqer_bits: int = _f(4, "bits of the LQER factors (4..8)")
+    code_order: Literal["rows", "columns"] = _f(
+        "rows", "integer codes stored row-major or transposed (columns) before compression")
+    fp16_layout: Literal["plain", "shuffled"] = _f(
+        "plain", "fp16 scales/tensors stored as is or byte-shuffled (all low bytes, then all high)")
+
+
+@dataclass
+class EvalConfig:
+    seq_len: int = _f(0, "evaluation window length; 0 = run.train_seq_len")
+    batch_tokens: int = _f(524288, "tokens per validation batch, all ranks (the baseline's VAL_BATCH_SIZE)")
+    stride: int = _f(0, "sliding-window stride; 0 = non-overlapping windows")
+    batch_seqs: int = _f(32, "windows per sliding/TTT/SLOT batch")
+    max_tokens: int = _f(0, "score only the first N validation tokens; 0 = all")
+    ttt_enabled: bool = _f(False, "legal score-first test-time training")
+    ttt_lr: float = _f(0.002, "TTT SGD learning rate, cosine over chunks (#549's TTT recipe, as below)")
+    ttt_epochs: int = _f(3, "TTT passes over each scored chunk")
+    ttt_chunk_tokens: int = _f(32768, "TTT chunk size in tokens")
+    ttt_freeze_blocks: int = _f(0, "first K blocks are not trained by TTT")
+    ttt_momentum: float = _f(0.9, "TTT SGD momentum")
+    ttt_batch_seqs: int = _f(32, "sequences per TTT training step")
+    ttt_grad_clip: float = _f(1.0, "TTT gradient clip norm")
+    ttt_kind: Literal["global", "lora", "phased"] = _f(
+        "global", "what ttt_enabled runs: global = score-first SGD of all weights per chunk (#549); lora = "
+                  "per-document LoRA, reset at each BOS (#1530); phased = lora plus global SGD pauses on the "
+                  "scored prefix, with the ttt_* SGD fields above (#1626; #1855: ttt_lr 0.001, ttt_epochs 1)")
+    ttt_lora_rank: int = _f(80, "LoRA TTT adapter rank (#1855: 80, which beat 96 on all 3 seeds); 0 = no adapters")
+    ttt_lora_alpha: float = _f(0.0, "adapter output scale alpha/rank, so the step size does not grow with the "
+                                    "rank (#1767: 144); 0 = unscaled B@A (#1855)")
+    ttt_lora_lr: float = _f(1e-4, "LoRA TTT Adam learning rate (#1530..#1855)")
+    ttt_lora_beta1: float = _f(0.0, "LoRA TTT Adam beta1 (#1855: 0, each chunk's gradient alone)")
+    ttt_lora_beta2: float = _f(0.99, "LoRA TTT Adam beta2 (#1855: 0.99, faster than 0.999)")
+    ttt_lora_wd: float = _f(0.5, "LoRA TTT decoupled weight decay (#1855: 0.5)")
+    ttt_lora_chunk: int = _f(48, "tokens scored between two adapter updates (#1855: 48); at most seq_len")
+    ttt_lora_steps: int = _f(1, "Adam steps on each scored chunk (#1855: 1)")
+    ttt_lora_targets: str = _f("q,k,v,o,up,down", "comma list of adapted matrices: q k v o up down (block "
+                                                  "matrices) and head (needs the model's head seam)")
+    ttt_phased_prefix_docs: int = _f(2500, "phased TTT: documents after which the global phases end (#1855: "
+                                           "2500, ~460 s of the 600 s eval budget)")
+    ttt_phased_phases: int = _f(3, "phased TTT: global SGD pauses, evenly spread over the prefix documents "
+                                   "(#1855: 3, after documents 833, 1666, 2500)")
+    slot_mode: Literal["off", "batch", "causal"] = _f("off", "off, batch (published, NON-CAUSAL) or causal")
+    slot_lr: float = _f(0.003, "SLOT AdamW learning rate (#1128's SLOT, as the fields below)")
+    slot_steps: int = _f(5, "SLOT AdamW steps per batch")
+    slot_wd: float = _f(1e-8, "SLOT AdamW weight decay")
+    slot_eps: float = _f(1e-5, "SLOT AdamW epsilon")
+    slot_bias: bool = _f(False, "causal SLOT also fits a per-window logit bias (a learned unigram cache "
+                                "of the document so far; issue 15)")
+    slot_bias_lr: float = _f(0.01, "AdamW learning rate of the causal SLOT logit bias")
+    slot_carry: bool = _f(False, "causal SLOT state persists across windows of a document, refitted "
+                                 "only on scored targets and reset at BOS (issue 15)")
+    slot_carry_steps: int = _f(2, "AdamW steps refitting the carried state on each batch's newly scored targets")
+    slot_bos_id: int = _f(1, "token id starting a document (the challenge tokenizer's BOS): causal SLOT "
+                             "fits and carries state within one document; -1 = ignore documents")
+    audit: bool = _f(True, "run the legality audit on a small slice before the final number")
+    audit_tokens: int = _f(2048, "validation tokens used by the audit")
+    budget_seconds: float = _f(600.0, "evaluation time budget (the challenge's 10 min); warn when over")
+
+
+@dataclass
+class RunConfig:
+    run_id: str = _f("", "name of the run; empty = derived from time")
+    out_dir: str = _f("", "run folder; empty = runs/<run_id>")
+    seed: int = _f(1337, "global seed")
+    iterations: int = _f(20000, "maximum optimizer steps")
+    max_wallclock_seconds: float = _f(600.0, "training time cap, validation excluded (challenge: 10 min); 0 = none")
+    train_batch_tokens: int = _f(524288, "tokens per optimizer step, all ranks and micro-steps; a multiple "
+                                         "of accum_world x train_seq_len")
+    train_seq_len: int = _f(1024, "training sequence length")
+    accum_world: int = _f(8, "grad accumulation x world size, 8 as the reference on 8 GPUs, so fewer GPUs "
+                             "take the same step; micro-steps = accum_world // world_size")
+    val_loss_every: int = _f(1000, "validate every N steps; 0 = only at the end")
+    train_log_every: int = _f(200, "log a step line every N steps")
+    checkpoint_every: int = _f(
+        -1, "write a resumable checkpoint every N steps; 0 = never; -1 = auto: every minute of "
+            "training at most, and never more often than keeps checkpoint writes under 2% of it")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available, else cpu")
+    collective_timeout_seconds: float = _f(
+        600.0, "a collective waiting longer fails the rank with an error instead of hanging (a peer died)")
+    trackers: str = _f("", "comma-separated trackers fed the log's scalars (tensorboard, wandb), for "
+                           "dashboards beside log.txt; empty = none; never part of a bundled run")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
