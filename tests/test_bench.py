@@ -72,6 +72,7 @@ def test_fill_weights_matches_sigma_and_emb_std() -> None:
     assert model.bigram.proj.weight.std().item() == pytest.approx(0.3, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_artifact_tiny_total_is_model_plus_code() -> None:
     cfg = _tiny("model.arch=record")
     res = bench_artifact(cfg, "smoke", sigma=0.3, seed=0)

@@ -251,6 +251,7 @@ def _real_entry_or_skip() -> None:
         pytest.fail("package breaks the bundle rules:\n" + "\n".join(bad))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("minify", [False, True])
 def test_real_bundle_compiles_and_defines_everything(minify: bool) -> None:
     _real_entry_or_skip()
@@ -359,6 +360,7 @@ def test_record_closure_is_pinned() -> None:
     assert got == RECORD_1128_MODULES
 
 
+@pytest.mark.slow
 def test_counted_file_is_the_self_extracting_form_of_the_readable_one(capsys) -> None:
     from pgolf.bundle import READABLE_NAME, shipped_files
     from pgolf.config import finalize_config, resolve_config

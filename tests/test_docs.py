@@ -10,6 +10,8 @@ import pytest
 
 from pgolf.cli import main
 
+pytestmark = [pytest.mark.slow]  # builds the record bundle and models: seconds per figure
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 

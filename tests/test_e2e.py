@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow]  # real trainings in subprocesses
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["model.num_layers=2", "model.model_dim=32", "model.num_heads=2", "model.num_kv_heads=1",
         "model.bigram_dim=8", "model.ve_dim=8", "model.bigram_vocab_size=128",
@@ -84,6 +86,7 @@ def test_kill_and_resume_gives_identical_weights(baseline_run, embedded_corpus, 
     assert metrics(out)["weights_sha256"] == metrics(baseline_run)["weights_sha256"]
 
 
+@pytest.mark.multiproc
 def test_torchrun_two_processes_match_one(baseline_run, embedded_corpus, tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf"]
@@ -161,6 +164,7 @@ def test_record_kill_and_resume_with_ema_swa_qat(record_run, embedded_corpus, tm
     assert metrics(out)["weights_sha256"] == metrics(record_run)["weights_sha256"]
 
 
+@pytest.mark.multiproc
 def test_torchrun_record_arch_two_processes(embedded_corpus, tmp_path):
     out = tmp_path / "ddp_record"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf"]

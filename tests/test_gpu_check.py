@@ -36,6 +36,7 @@ def _load_gpu_check():
     return gpu_check
 
 
+@pytest.mark.slow
 def test_dry_run_lists_the_steps_and_skips_every_gpu_test(tmp_path):
     assert os.access(SCRIPT, os.X_OK), "bench/gpu_check.sh must be executable"
     out = tmp_path / "out"

@@ -169,6 +169,7 @@ def test_refuses_corrupt_artifact(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+@pytest.mark.slow
 def test_budget_limit_is_the_run_config_limit(tmp_path: Path) -> None:
     # The limit is part of the shipped preset: keep its digit count so the code size stays put.
     total = export_record(make_run(tmp_path, "a", limit=999_999), tmp_path / "ra")["bytes_total"]
@@ -185,6 +186,7 @@ def test_limit_never_exceeds_the_challenge_limit(tmp_path: Path) -> None:
     assert sub["bytes_limit"] == 16_000_000
 
 
+@pytest.mark.slow
 def test_compressed_export_ships_readable_source(tmp_path: Path) -> None:
     out = tmp_path / "rec"
     sub = export_record(make_run(tmp_path), out, compressed=True)
@@ -199,6 +201,7 @@ def test_compressed_export_ships_readable_source(tmp_path: Path) -> None:
     assert "train_gpt_readable.py" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_default_export_counts_the_compressed_file_and_ships_the_readable_one(tmp_path: Path) -> None:
     out = tmp_path / "rec"
     sub = export_record(make_run(tmp_path, code_form="compressed"), out)
@@ -206,12 +209,14 @@ def test_default_export_counts_the_compressed_file_and_ships_the_readable_one(tm
     assert sub["bytes_code"] == (out / "train_gpt.py").stat().st_size < (out / "train_gpt_readable.py").stat().st_size // 2
 
 
+@pytest.mark.slow
 def test_minified_export_is_smaller(tmp_path: Path) -> None:
     plain = export_record(make_run(tmp_path, "a"), tmp_path / "ra")["bytes_code"]
     small = export_record(make_run(tmp_path, "b"), tmp_path / "rb", minify=True)["bytes_code"]
     assert small < plain * 0.8
 
 
+@pytest.mark.slow
 def test_readme_flags_non_causal_slot(tmp_path: Path) -> None:
     export_record(make_run(tmp_path, "a", eval_mode="ttt+slot", legal=False), tmp_path / "ra")
     export_record(make_run(tmp_path, "b", eval_mode="ttt+causal-slot"), tmp_path / "rb")

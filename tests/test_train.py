@@ -124,6 +124,7 @@ def test_corrupt_checkpoint_falls_back_then_fails_clearly(embedded_corpus, tmp_p
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_info_reports_record_param_count(capsys):
     import json
 
