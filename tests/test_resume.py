@@ -19,34 +19,10 @@ from pgolf.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from pgolf.dist import Comm
 from pgolf.errors import TrainingError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _faults import full_disk_after  # noqa: E402
 
-def _full_disk_after(n_ok: int):
-    """An _atomic_open whose file takes n_ok bytes, then fails like a full disk."""
-    def opener(fd):
-        f = os.fdopen(fd, "wb")
 
-        class Full:
-            written = 0
-
-            def write(self, b):
-                room = n_ok - self.written
-                if len(b) > room:
-                    f.write(bytes(b)[:max(room, 0)])
-                    f.flush()
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                self.written += len(b)
-                return f.write(b)
-
-            def __getattr__(self, name):
-                return getattr(f, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                f.close()
-        return Full()
-    return opener
 
 
 # ---------------------------------------------------------------- the atomic writer
@@ -91,7 +67,7 @@ def test_atomic_write_names_the_path_in_one_line(tmp_path, code, says):
 
 def test_atomic_write_sees_through_torch_save_wrapping(tmp_path, monkeypatch):
     """torch.save reports a failed write as an opaque RuntimeError; the OSError behind it counts."""
-    monkeypatch.setattr("pgolf.atomic._atomic_open", _full_disk_after(100))
+    monkeypatch.setattr("pgolf.atomic._atomic_open", full_disk_after(100))
     with pytest.raises(AtomicWriteError, match="no space left on device"):
         atomic_write(tmp_path / "t.pt", lambda f: torch.save({"x": torch.zeros(10_000)}, f))
     assert not list(tmp_path.iterdir())
@@ -124,7 +100,7 @@ def test_disk_full_checkpoint_keeps_newest_and_prev(tmp_path, monkeypatch):
     _save(tmp_path, 0, 4)
     _save(tmp_path, 0, 8)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setattr("pgolf.atomic._atomic_open", _full_disk_after(4096))
+    monkeypatch.setattr("pgolf.atomic._atomic_open", full_disk_after(4096))
     path = checkpoint_path(str(tmp_path), 0)
     with pytest.raises(AtomicWriteError, match=f"^cannot write {path}: no space left on device") as e:
         _save(tmp_path, 0, 12)

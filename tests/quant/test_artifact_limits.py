@@ -5,9 +5,10 @@ import errno
 import hashlib
 import json
 import lzma
-import os
+import sys
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ from pgolf.atomic import AtomicWriteError
 from pgolf.config_tree import QuantConfig
 from pgolf.quant.artifact import (_ART_PREFIX, ART_MAX_BODY_BYTES, ARTIFACT_MAGIC, ArtifactError, artifact_body_cap,
                                   pack_artifact, read_artifact, read_artifact_header, unpack_artifact, write_artifact)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _faults import full_disk_after  # noqa: E402
 
 BOMB_BYTES = 200 << 20  # 200 MB of zeros: a few hundred KB at most once compressed
 PEAK_LIMIT = 50 << 20
@@ -199,40 +203,13 @@ def test_body_cap_covers_real_models():
     assert artifact_body_cap(26_928_220) < ART_MAX_BODY_BYTES
 
 
-def _full_disk_after(n_ok: int):
-    """An _atomic_open whose file takes n_ok bytes, then fails like a full disk."""
-    def opener(fd):
-        f = os.fdopen(fd, "wb")
-
-        class Full:
-            written = 0
-
-            def write(self, b):
-                room = n_ok - self.written
-                if len(b) > room:
-                    f.write(bytes(b)[:max(room, 0)])
-                    f.flush()
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                self.written += len(b)
-                return f.write(b)
-
-            def __getattr__(self, name):
-                return getattr(f, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                f.close()
-        return Full()
-    return opener
 
 
 def test_disk_full_keeps_the_previous_artifact(tmp_path, monkeypatch):
     path = tmp_path / "model.ptz"
     old = pack_artifact(_sd(), _q())
     write_artifact(path, old)
-    monkeypatch.setattr("pgolf.atomic._atomic_open", _full_disk_after(1000))
+    monkeypatch.setattr("pgolf.atomic._atomic_open", full_disk_after(1000))
     with pytest.raises(AtomicWriteError, match=f"^cannot write {path}: no space left on device") as e:
         write_artifact(path, pack_artifact(_sd(), _q(level=1)), overwrite=True)
     assert "\n" not in str(e.value) and e.value.errno == errno.ENOSPC

@@ -42,8 +42,8 @@ ARTIFACT_MAGIC = b"PGOLF\x00"
 ARTIFACT_VERSION = 2
 _ART_READABLE = (1, 2)
 _ART_PREFIX = struct.Struct("<6sHIIQ32s")
-# Byte-per-code beats 6-bit packing after LZMA (see /tmp/pg/quant_table.md): LZMA's
-# literal coder models whole bytes, and packing scatters each code over two of them.
+# Byte-per-code beats 6-bit packing after LZMA: LZMA's literal coder models whole bytes,
+# and packing scatters each code over two of them.
 DEFAULT_INT_LAYOUT = "bytes"
 CHALLENGE_LIMIT_BYTES = 16_000_000
 # Sanity caps whatever the caller expects: a 16 MB submission holds well under 100 M
