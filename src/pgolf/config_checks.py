@@ -42,7 +42,7 @@ CONFIG_RANGES: dict[str, str] = {
     "optim.muon_momentum_warmup_start": "[0,1)", "optim.muon_momentum_warmup_steps": ">=0",
     "optim.muon_backend_steps": ">=1", "optim.muon_wd": ">=0", "optim.adam_wd": ">=0",
     "optim.beta1": "[0,1)", "optim.beta2": "[0,1)", "optim.adam_eps": ">0",
-    "optim.grad_clip_norm": ">=0",
+    "optim.grad_clip_norm": ">=0", "schedule.min_lr_mult": "[0,1)",
     "schedule.warmup_steps": ">=0", "schedule.warmdown_iters": ">=0", "schedule.ema_decay": "[0,1)",
     "schedule.swa_every": ">=1", "schedule.swa_threshold": "[0,1]",
     "quant.matrix_bits": "bits", "quant.embed_bits": "bits", "quant.small_numel": ">=0",
@@ -201,6 +201,11 @@ def _train(cfg: Any) -> list[str]:
     if q.late_qat_threshold > 0 and q.matrix_bits == 16:
         out.append(f"quant.late_qat_threshold: {q.late_qat_threshold} fake-quantizes to quant.matrix_bits, "
                    f"which is 16 (no grid); set matrix_bits 5..8 or late_qat_threshold 0")
+    floor = cfg.schedule.min_lr_mult
+    if 0 < q.late_qat_threshold <= floor:
+        # The multiplier never drops below the floor: late QAT would never switch on.
+        out.append(f"quant.late_qat_threshold: {q.late_qat_threshold} is not above schedule.min_lr_mult {floor}, "
+                   "so late QAT would never start; raise the threshold or lower the floor")
     return out + _quant(cfg)
 
 

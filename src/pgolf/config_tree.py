@@ -106,6 +106,10 @@ class OptimConfig:
     muon_momentum_warmup_steps: int = _f(500, "steps to ramp Muon momentum to its final value")
     muon_backend_steps: int = _f(5, "Newton-Schulz iterations (5: enough for the quintic to converge)")
     muon_nesterov: bool = _f(True, "Nesterov momentum in Muon")
+    muon_coeffs: Literal["quintic", "polar_express"] = _f(
+        "quintic", "orthogonalization: the fixed quintic (the #1128 stack) or Polar Express per-iteration "
+                   "coefficients (arXiv 2505.16932; the later records), closer to orthogonal in 5 steps")
+    muon_row_norm: bool = _f(False, "MuonEq-R: row-normalize the momentum before orthogonalizing (later records)")
     muon_wd: float = _f(0.0, "decoupled weight decay of Muon matrices")
     adam_wd: float = _f(0.0, "decoupled weight decay of AdamW groups")
     beta1: float = _f(0.9, "AdamW beta1")
@@ -121,7 +125,8 @@ class ScheduleConfig:
     warmup_steps: int = _f(20, "compile-priming steps, undone afterwards (weights, optimizer, data)")
     warmdown_iters: int = _f(1200, "length of the linear lr warmdown, in steps")
     warmdown_mode: Literal["auto", "time", "iters"] = _f(
-        "auto", "auto: time when run.max_wallclock_seconds > 0, else iters; time needs the cap")
+        "auto", "auto: whichever of time and iters ends first (iters alone with no cap); time needs the cap")
+    min_lr_mult: float = _f(0.0, "the warmdown ends at this fraction of the lr instead of 0 (#1855: 0.10)")
     ema_enabled: bool = _f(False, "keep an exponential moving average of the weights")
     ema_decay: float = _f(0.997, "EMA decay per step (0.997: the records' EMA)")
     swa_enabled: bool = _f(False, "average snapshots late in training")

@@ -55,7 +55,7 @@ def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> floa
     """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
     r, o = cfg.run, cfg.optim
     mult = lr_multiplier(st.step, elapsed_ms, r.iterations, cfg.schedule.warmdown_iters,
-                         training_cap_ms(cfg), cfg.schedule.warmdown_mode)
+                         training_cap_ms(cfg), cfg.schedule.warmdown_mode, cfg.schedule.min_lr_mult)
     opt.set_lr_multiplier(mult)
     opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
                                            o.muon_momentum_warmup_steps))

@@ -260,3 +260,35 @@ def test_compiled_newton_schulz_one_static_graph_per_shape():
     # A static graph serves its own shape only; a symbolic-shape graph would take this one too.
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(RecompileError):
         compiled._ns()(torch.randn(3, 64, 96), steps=2, dtype=torch.bfloat16)
+
+
+def _singular_spread(X):
+    s = torch.linalg.svdvals(X.float())
+    return float(s.min()), float(s.max())
+
+
+def test_polar_express_is_closer_to_orthogonal_than_the_quintic():
+    from pgolf.optim.muon import newton_schulz
+    torch.manual_seed(0)
+    # A gradient-like matrix with a wide spectrum (rank-decaying), where 5 steps matter.
+    G = torch.randn(64, 128) @ torch.diag(torch.logspace(0, -3, 128))
+    lo_q, hi_q = _singular_spread(newton_schulz(G, dtype=torch.float32))
+    lo_p, hi_p = _singular_spread(newton_schulz(G, dtype=torch.float32, coeffs="polar_express"))
+    assert max(abs(1 - lo_p), abs(1 - hi_p)) < max(abs(1 - lo_q), abs(1 - hi_q))
+
+
+def test_row_norm_makes_the_update_blind_to_row_scales():
+    """MuonEq-R: scaling a row of the momentum does not change the orthogonalized update."""
+    from pgolf.optim.muon import Muon
+    torch.manual_seed(0)
+    outs = []
+    for scale in (1.0, 50.0):
+        p = torch.nn.Parameter(torch.zeros(16, 32))
+        opt = Muon([p], lr=1.0, momentum=0.0, nesterov=False, ns_dtype=torch.float32,
+                   reduce_dtype=torch.float32, row_norm=True)
+        g = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+        g[3] *= scale
+        p.grad = g
+        opt.step()
+        outs.append(p.detach().clone())
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)

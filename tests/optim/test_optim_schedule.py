@@ -68,3 +68,12 @@ def test_bad_modes_raise():
         lr_multiplier(1, 1.0, 10, 5, 0.0, "cosine")
     with pytest.raises(OptimError, match="max_wallclock_ms"):
         lr_multiplier(1, 1.0, 10, 5, 0.0, "time")
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.1, 0.5])
+def test_min_lr_floor_lifts_the_whole_warmdown(floor):
+    for step in (0, 60, 90, 100):
+        plain = lr_multiplier(step, 0.0, 100, 50, 0.0, "iters")
+        assert lr_multiplier(step, 0.0, 100, 50, 0.0, "iters", floor) == pytest.approx(floor + (1 - floor) * plain)
+    assert lr_multiplier(100, 0.0, 100, 50, 0.0, "iters", floor) == pytest.approx(floor)  # ends at the floor
+    assert lr_multiplier(0, 0.0, 100, 50, 0.0, "iters", floor) == 1.0

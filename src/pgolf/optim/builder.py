@@ -125,7 +125,7 @@ def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
     muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr)], lr=ocfg.matrix_lr,
                 momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
                 backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm,
-                compile_ns=compile_ns)
+                compile_ns=compile_ns, coeffs=ocfg.muon_coeffs, row_norm=ocfg.muon_row_norm)
     groups = _adam_groups(model, ocfg)
     if not groups:
         raise OptimError("build_optimizers: the model has no embedding or scalar params; AdamW needs some")

@@ -32,25 +32,39 @@ from pgolf.optim.errors import OptimError
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Approximately orthogonalize each matrix of G [..., m, n] (quintic Newton–Schulz).
+# Polar Express (Amsel, Persson, Musco, Gower 2025, https://arxiv.org/abs/2505.16932): one
+# (a, b, c) per iteration, optimal for 5 steps (safety factor 2e-2, cushion 2), used by the
+# later records; the input is scaled by 1.02 x its Frobenius norm (the safety factor).
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 
-    Returns a tensor of `dtype` whose singular values lie roughly in [0.7, 1.2] after 5
-    steps (the coefficients trade exactness for speed; Muon only needs "near 1").
+
+def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16, coeffs: str = "quintic") -> torch.Tensor:
+    """Approximately orthogonalize each matrix of G [..., m, n].
+
+    coeffs "quintic": the fixed (3.4445, -4.7750, 2.0315) iteration; singular values end
+    roughly in [0.7, 1.2] after 5 steps (Muon only needs "near 1"). "polar_express": the
+    per-iteration coefficients above (steps beyond 5 repeat the last one), closer to 1.
     """
     if G.ndim < 2:
         raise OptimError(f"newton_schulz: got shape {tuple(G.shape)}; pass a [..., m, n] tensor")
-    a, b, c = NS_COEFFS
+    polar = coeffs == "polar_express"
     X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:
         # X X^T is then the small (n x n) Gram matrix: cheaper and better conditioned.
         X = X.mT
     # The norm in fp32 keeps tiny grads from underflowing to a zero scale in bf16.
-    norm = X.float().norm(dim=(-2, -1), keepdim=True)
+    norm = X.float().norm(dim=(-2, -1), keepdim=True) * (1.02 if polar else 1.0)
     X = (X.float() / (norm + eps)).to(dtype)
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = POLAR_EXPRESS_COEFFS[min(i, len(POLAR_EXPRESS_COEFFS) - 1)] if polar else NS_COEFFS
         A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
@@ -94,7 +108,8 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95,
                  nesterov: bool = True, backend_steps: int = 5, weight_decay: float = 0.0,
                  comm: Comm | None = None, ns_dtype: torch.dtype = torch.bfloat16,
-                 reduce_dtype: torch.dtype = torch.bfloat16, compile_ns: bool = False) -> None:
+                 reduce_dtype: torch.dtype = torch.bfloat16, compile_ns: bool = False,
+                 coeffs: str = "quintic", row_norm: bool = False) -> None:
         if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1:
             raise OptimError(f"Muon: lr={lr}, momentum={momentum}, backend_steps={backend_steps}; "
                              "need lr >= 0, 0 <= momentum < 1, backend_steps >= 1")
@@ -105,6 +120,7 @@ class Muon(torch.optim.Optimizer):
         self.ns_dtype = ns_dtype
         self.reduce_dtype = reduce_dtype
         self.compile_ns = compile_ns
+        self.coeffs, self.row_norm = coeffs, row_norm
         self._ns_fn: Any = None
         self._pending: list[_Pending] | None = None
         # Outside self.state on purpose: state_dict() must not carry scratch buffers.
@@ -170,7 +186,11 @@ class Muon(torch.optim.Optimizer):
         mom = group["momentum"]
         buf.mul_(mom).add_(g)
         g = g.add(buf, alpha=mom) if group["nesterov"] else buf
-        update = self._ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype)
+        if self.row_norm:
+            # MuonEq-R: equalize the rows before orthogonalizing, so a few large-gradient rows
+            # do not dominate the polar factor (the later records' MuonEq-R).
+            g = g / (g.norm(dim=-1, keepdim=True) + 1e-7)
+        update = self._ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype, coeffs=self.coeffs)
         _, r, c = bank_shape(p)
         return update.mul_(math.sqrt(max(1.0, r / c)))
 

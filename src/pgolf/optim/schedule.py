@@ -35,7 +35,14 @@ def _time(step: int, elapsed_ms: float, warmdown_iters: int, max_wallclock_ms: f
 
 
 def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
-                  max_wallclock_ms: float, mode: str = "auto") -> float:
+                  max_wallclock_ms: float, mode: str = "auto", floor: float = 0.0) -> float:
+    """The warmdown multiplier (see warmdown_multiplier), lifted to end at `floor` instead of 0."""
+    mult = warmdown_multiplier(step, elapsed_ms, iterations, warmdown_iters, max_wallclock_ms, mode)
+    return floor + (1.0 - floor) * mult
+
+
+def warmdown_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
+                        max_wallclock_ms: float, mode: str = "auto") -> float:
     """Multiplier applied to every base lr at `step` (steps already taken = `step`).
 
     - "iters": 1.0 while step < iterations - warmdown_iters, then
