@@ -76,6 +76,14 @@ def make_tokens(n_targets: int, vocab: int = VOCAB, seed: int = 0) -> torch.Tens
     return t
 
 
+def make_documents(n_targets: int, starts: list[int], bos: int = 1) -> torch.Tensor:
+    """make_tokens with BOS exactly at `starts`: documents of known lengths."""
+    t = make_tokens(n_targets)
+    t[t == bos] = 5
+    t[starts] = bos
+    return t
+
+
 def build_real_gpt(seed: int = 0):
     """Tiny real GPT (record arch) with all weights randomized."""
     from pgolf.config import finalize_config

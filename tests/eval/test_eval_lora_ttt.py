@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval_helpers import VOCAB, build_real_gpt, make_tables, make_tokens  # noqa: E402
+from _eval_helpers import VOCAB, make_documents, make_tables  # noqa: E402
 
 from pgolf.config import ConfigError, finalize_config  # noqa: E402
 from pgolf.config_checks import config_problems  # noqa: E402
@@ -29,10 +29,7 @@ DOC_STARTS = [0, 57, 130]  # three documents of 57, 73 and 70 targets
 
 
 def _tokens(n: int = N, starts: list = DOC_STARTS) -> torch.Tensor:
-    t = make_tokens(n)
-    t[t == BOS] = 5
-    t[starts] = BOS
-    return t
+    return make_documents(n, starts, BOS)
 
 
 def _cfg(**kw) -> EvalConfig:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval_helpers import make_tables, make_tokens  # noqa: E402
+from _eval_helpers import make_documents, make_tables  # noqa: E402
 
 from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
@@ -26,10 +26,7 @@ DOC_STARTS = [0, 40, 75, 120, 170, 200]
 
 
 def _tokens() -> torch.Tensor:
-    t = make_tokens(N)
-    t[t == BOS] = 5
-    t[DOC_STARTS] = BOS
-    return t
+    return make_documents(N, DOC_STARTS, BOS)
 
 
 def _cfg(**kw) -> EvalConfig:
