@@ -45,3 +45,46 @@ def test_signal_stops_the_run_and_keeps_a_resumable_checkpoint(embedded_corpus, 
     assert stopped and stopped[0]["reason"] == "signal"
     from pgolf.checkpoint import load_checkpoint
     assert load_checkpoint(str(out), 0)["run"]["step"] >= 6
+
+
+class _NoWatchdog:
+    """Stands in for the watchdog timer, which would end the test process after grace_s."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.daemon = True
+
+    def start(self) -> None:
+        pass
+
+
+def test_a_signal_during_a_file_write_waits_for_the_complete_file(tmp_path, monkeypatch):
+    # Raised inside torch.save, the stop left its zip writer half-closed, and the run died
+    # with that library's traceback instead of the one-line reason (seen in the suite).
+    import torch
+
+    from pgolf.atomic import atomic_write
+    from pgolf.interrupts import RunInterrupted, stop_on_signals
+    monkeypatch.setattr("pgolf.interrupts.threading.Timer", _NoWatchdog)
+    path = tmp_path / "ckpt.pt"
+
+    def write(f):
+        os.kill(os.getpid(), signal.SIGINT)  # lands mid-write
+        torch.save({"w": torch.arange(1000)}, f)
+
+    with pytest.raises(RunInterrupted, match="stopped by SIGINT"):
+        with stop_on_signals(str(tmp_path), grace_s=60):
+            atomic_write(path, write)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(1000))
+    with stop_on_signals(str(tmp_path), grace_s=60):  # nothing left pending for the next run
+        atomic_write(path, lambda f: f.write(b"x"))
+    assert path.read_bytes() == b"x"
+
+
+def test_outside_a_write_the_signal_stops_at_once(tmp_path, monkeypatch):
+    from pgolf.interrupts import RunInterrupted, stop_on_signals
+    monkeypatch.setattr("pgolf.interrupts.threading.Timer", _NoWatchdog)
+    with pytest.raises(RunInterrupted):
+        with stop_on_signals(str(tmp_path), grace_s=60):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            raise AssertionError("the signal did not stop the block")

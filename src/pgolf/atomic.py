@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from pgolf.errors import PgolfError
+from pgolf.interrupts import signals_deferred
 
 _ATOMIC_ADVICE = {
     errno.ENOSPC: "no space left on device: free disk space or write to another disk",
@@ -39,6 +40,12 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[BinaryIO], Any], *
     error, as torch.save does) becomes a one-line AtomicWriteError.
     """
     p = Path(path)
+    with signals_deferred():  # Ctrl-C mid-write would leave torch.save's writer half-closed
+        return _write_through_temp(p, write_fn, overwrite, keep_previous)
+
+
+def _write_through_temp(p: Path, write_fn: Callable[[BinaryIO], Any], overwrite: bool,
+                        keep_previous: str | os.PathLike | None) -> Path:
     tmp = None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@ Python bytecode, logs why and closes cleanly (checkpoints are written atomically
 last complete one survives). A rank blocked inside a collective (its peer already gone)
 would never get back to Python to see that exception: a watchdog thread then ends the
 process after `grace_s`, instead of leaving it orphaned until the process-group timeout.
+A signal that lands while a file is being written (`signals_deferred`) is raised once the
+write is complete: raised inside torch.save, it left the zip writer half-closed and the
+run died with that library's traceback instead of the one-line reason.
 """
 
 import os
@@ -15,6 +18,12 @@ from contextlib import contextmanager
 from pgolf.errors import TrainingError
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Deferral:
+    """Signals held back while a write is in progress (main thread only, so no lock)."""
+    depth = 0
+    pending: "RunInterrupted | None" = None
 
 
 class RunInterrupted(TrainingError):
@@ -37,8 +46,12 @@ def stop_on_signals(where: str, grace_s: float = 30.0):
         timer.daemon = True
         timer.start()
         name = signal.Signals(signum).name
-        raise RunInterrupted(f"stopped by {name}; {where} keeps the last complete checkpoint "
-                             f"(continue with --resume {where} if checkpoints were on)", signum)
+        stop = RunInterrupted(f"stopped by {name}; {where} keeps the last complete checkpoint "
+                              f"(continue with --resume {where} if checkpoints were on)", signum)
+        if _Deferral.depth:
+            _Deferral.pending = _Deferral.pending or stop
+            return
+        raise stop
 
     previous = {s: signal.signal(s, handler) for s in _SIGNALS}
     try:
@@ -46,3 +59,19 @@ def stop_on_signals(where: str, grace_s: float = 30.0):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def signals_deferred():
+    """Within the block, a stop signal waits; it is raised when the block ends cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Deferral.depth += 1
+    try:
+        yield
+    finally:
+        _Deferral.depth -= 1
+    if _Deferral.depth == 0 and _Deferral.pending is not None:
+        stop, _Deferral.pending = _Deferral.pending, None
+        raise stop
