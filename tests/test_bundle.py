@@ -270,13 +270,15 @@ def test_real_bundle_compiles_and_defines_everything(minify: bool) -> None:
 
 
 def _without_docstrings(tree: ast.AST) -> str:
-    """The tree as the minifier should leave it: no docstrings, no function annotations."""
+    """The tree as the minifier should leave it: no docstrings, function annotations or field docs."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body and \
                 isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and \
                 isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_f":
+            node.args[1] = ast.Constant("")  # config field docs
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             node.returns = None
             for arg in ast.walk(node.args):
@@ -336,26 +338,29 @@ def test_unreached_definitions_are_left_out(capsys) -> None:
 # What a record_1128 run executes, in bundle order. A new module here costs code bytes that
 # the model cannot use: check that the run really needs it before updating the list.
 RECORD_1128_MODULES = [
-    "pgolf.config_checks", "pgolf.config_tree", "pgolf.errors", "pgolf.atomic", "pgolf.config",
-    "pgolf.data.caseops", "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.tokenizer",
-    "pgolf.eval.slot_state", "pgolf.hw", "pgolf.data.loader", "pgolf.data.paths", "pgolf.dist",
-    "pgolf.checkpoint", "pgolf.eval.bpb", "pgolf.eval.forward", "pgolf.eval.lora_ttt", "pgolf.eval.sliding",
-    "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.eval.phased_ttt", "pgolf.eval.runner", "pgolf.interrupts",
-    "pgolf.model.attention", "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp",
-    "pgolf.model.stack", "pgolf.model.gpt", "pgolf.model.build", "pgolf.optim.errors",
-    "pgolf.optim.averaging", "pgolf.optim.muon", "pgolf.optim.builder", "pgolf.optim.schedule",
-    "pgolf.quant.calibration", "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip",
-    "pgolf.quant.fake_quant", "pgolf.quant.gptq", "pgolf.quant.lqer", "pgolf.quant.policy",
-    "pgolf.quant.artifact", "pgolf.runlog", "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder",
-    "pgolf.wallclock", "pgolf.train", "pgolf.run",
+    "pgolf.config_checks", "pgolf.config_tree", "pgolf.errors", "pgolf.config", "pgolf.data.caseops",
+    "pgolf.data.tokenizer", "pgolf.hw", "pgolf.dist", "pgolf.eval.bpb", "pgolf.eval.forward", "pgolf.eval.sliding",
+    "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.eval.runner", "pgolf.interrupts", "pgolf.atomic", "pgolf.checkpoint",
+    "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.loader", "pgolf.data.paths", "pgolf.model.attention",
+    "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack", "pgolf.model.gpt",
+    "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging", "pgolf.optim.muon", "pgolf.optim.builder",
+    "pgolf.optim.schedule", "pgolf.parts", "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip",
+    "pgolf.quant.fake_quant", "pgolf.quant.lqer", "pgolf.quant.policy", "pgolf.quant.artifact", "pgolf.runlog",
+    "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder", "pgolf.wallclock", "pgolf.train", "pgolf.run",
 ]
 
 
 def test_record_closure_is_pinned() -> None:
     from pgolf.bundle import BUNDLE_ENTRY, bundle_modules
-    got = bundle_modules(list(BUNDLE_ENTRY))
+    from pgolf.bundle.build import left_out_names
+    from pgolf.config import resolve_config
+    from pgolf.parts import parts_needed
+    cfg, _ = resolve_config(preset="record_1128", env={})
+    got = bundle_modules(list(BUNDLE_ENTRY), leave_out=left_out_names(parts_needed(cfg)))
     never = {"pgolf.bench", "pgolf.bench_eval", "pgolf.record", "pgolf.data.corpus", "pgolf.data.fineweb",
-             "pgolf.eval.legality", "pgolf.cli", "pgolf.plot", "pgolf.compare"}
+             "pgolf.eval.legality", "pgolf.cli", "pgolf.plot", "pgolf.compare", "pgolf.eval.lora_ttt",
+             "pgolf.eval.phased_ttt", "pgolf.eval.slot_state", "pgolf.quant.gptq", "pgolf.quant.calibration",
+             "pgolf.data.coprime"}
     assert not never & set(got), never & set(got)
     assert got == RECORD_1128_MODULES
 

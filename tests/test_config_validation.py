@@ -32,7 +32,7 @@ def literal_fields() -> dict[str, tuple]:
 # ---------------------------------------------------------------- enums
 
 BAD_ENUMS = {
-    "model.arch": "huge", "model.attn_backend": "flash", "model.embed_dtype": "fp16",
+    "data.sampling": "random", "model.arch": "huge", "model.attn_backend": "flash", "model.embed_dtype": "fp16",
     "optim.grad_clip_mode": "both", "optim.muon_coeffs": "cubic", "schedule.warmdown_mode": "cosine", "schedule.export_weights": "best",
     "quant.matrix_method": "awq", "quant.clip_search": "column", "quant.compressor": "gzip",
     "quant.qat_scope": "all", "quant.code_form": "tiny", "eval.slot_mode": "on", "run.device": "mps",

@@ -164,6 +164,24 @@ def test_record_kill_and_resume_with_ema_swa_qat(record_run, embedded_corpus, tm
     assert metrics(out)["weights_sha256"] == metrics(record_run)["weights_sha256"]
 
 
+def test_record_bundle_without_its_unused_parts_trains_identically(record_run, embedded_corpus, tmp_path):
+    # The record's train_gpt.py leaves out GPTQ, LQER, LoRA/phased TTT and causal SLOT (pgolf.parts).
+    bundle = tmp_path / "train_gpt.py"
+    pgolf(["bundle", "--out", str(bundle), "--minify"] + RECORD_TINY, embedded_corpus)
+    text = bundle.read_text()
+    assert "SHIPPED_PARTS = ()" in text and "def eval_lora_ttt(" not in text
+    env = env_for({"DATA_PATH": embedded_corpus["data_path"], "TOKENIZER_PATH": embedded_corpus["tokenizer_path"]})
+    env.pop("PYTHONPATH")
+    runner = "import runpy, sys; sys.modules['pgolf'] = None; runpy.run_path('train_gpt.py', run_name='__main__')"
+    res = subprocess.run([sys.executable, "-c", runner], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.json").is_file()]
+    assert len(runs) == 1
+    got, want = metrics(runs[0]), metrics(record_run)
+    assert got["weights_sha256"] == want["weights_sha256"] and got["val_bpb"] == want["val_bpb"]
+
+
 @pytest.mark.multiproc
 def test_torchrun_record_arch_two_processes(embedded_corpus, tmp_path):
     out = tmp_path / "ddp_record"

@@ -56,6 +56,7 @@ ENV_MAP: dict[str, str] = {
     "GRAD_CLIP_NORM": "optim.grad_clip_norm",
     "EMA_ENABLED": "schedule.ema_enabled", "EMA_DECAY": "schedule.ema_decay",
     "SWA_ENABLED": "schedule.swa_enabled", "SWA_EVERY": "schedule.swa_every",
+    "WD_TAPER_START_FRAC": "schedule.wd_taper_start", "WD_TAPER_FINAL_MULT": "schedule.wd_taper_final_mult",
     "LATE_QAT_THRESHOLD": "quant.late_qat_threshold",
     "EVAL_STRIDE": "eval.stride", "EVAL_SEQ_LEN": "eval.seq_len",
     "TTT_ENABLED": "eval.ttt_enabled", "TTT_LR": "eval.ttt_lr", "TTT_EPOCHS": "eval.ttt_epochs",

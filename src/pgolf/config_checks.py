@@ -45,6 +45,8 @@ CONFIG_RANGES: dict[str, str] = {
     "optim.grad_clip_norm": ">=0", "schedule.min_lr_mult": "[0,1)",
     "schedule.warmup_steps": ">=0", "schedule.warmdown_iters": ">=0", "schedule.ema_decay": "[0,1)",
     "schedule.swa_every": ">=1", "schedule.swa_threshold": "[0,1]",
+    "schedule.wd_taper_start": "[0,1]", "schedule.wd_taper_final_mult": ">=0",
+    "schedule.momentum_cooldown_start": "[0,1]", "schedule.momentum_cooldown_final": "[0,1)",
     "quant.matrix_bits": "bits", "quant.embed_bits": "bits", "quant.small_numel": ">=0",
     "quant.late_qat_threshold": "[0,1]", "quant.max_artifact_bytes": ">=1",
     "quant.sdclip_k_matrix": ">0", "quant.sdclip_k_embed": ">0", "quant.attn_bits": "group_bits",
@@ -194,6 +196,11 @@ def _train(cfg: Any) -> list[str]:
     if cfg.schedule.warmdown_mode == "time" and r.max_wallclock_seconds <= 0:
         out.append("schedule.warmdown_mode: 'time' needs a wall-clock cap, but run.max_wallclock_seconds is 0; "
                    "set the cap or use warmdown_mode iters or auto")
+    s = cfg.schedule
+    if s.momentum_cooldown_start < 1 and s.momentum_cooldown_final > cfg.optim.muon_momentum:
+        out.append(f"schedule.momentum_cooldown_final: {s.momentum_cooldown_final} is above optim.muon_momentum "
+                   f"{cfg.optim.muon_momentum}, so the cooldown would raise momentum; use at most "
+                   f"{cfg.optim.muon_momentum} or momentum_cooldown_start 1.0 (off)")
     q = cfg.quant
     lo, hi = COMPRESSOR_LEVELS[q.compressor]
     if not lo <= q.level <= hi:

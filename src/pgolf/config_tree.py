@@ -17,6 +17,9 @@ class DataConfig:
     val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path")
     tokenizer_path: str = _f("", "SentencePiece .model file; empty = the dataset's own")
     cache_dir: str = _f("", "where the embedded corpus is prepared; empty = ~/.cache/pgolf")
+    sampling: Literal["sequential", "coprime"] = _f(
+        "sequential", "training order: sequential reads shards in turn; coprime visits seq_len+1 windows of "
+                      "every shard once per epoch in a seeded coprime-stride order, batches mixing shards (#1058)")
 
 
 @dataclass
@@ -127,6 +130,13 @@ class ScheduleConfig:
     warmdown_mode: Literal["auto", "time", "iters"] = _f(
         "auto", "auto: whichever of time and iters ends first (iters alone with no cap); time needs the cap")
     min_lr_mult: float = _f(0.0, "the warmdown ends at this fraction of the lr instead of 0 (#1855: 0.10)")
+    wd_taper_start: float = _f(
+        0.7, "training fraction (iterations or wall clock, whichever is further) where Muon's WD taper begins")
+    wd_taper_final_mult: float = _f(
+        1.0, "Muon WD ends at this multiple of optim.muon_wd (#1729: 0.5 from 0.7); 1.0 = off; AdamW's stays")
+    momentum_cooldown_start: float = _f(
+        1.0, "fraction of training where Muon momentum starts falling to momentum_cooldown_final; 1.0 = off")
+    momentum_cooldown_final: float = _f(0.85, "Muon momentum at the end of training when the cooldown is on")
     ema_enabled: bool = _f(False, "keep an exponential moving average of the weights")
     ema_decay: float = _f(0.997, "EMA decay per step (0.997: the records' EMA)")
     swa_enabled: bool = _f(False, "average snapshots late in training")

@@ -28,6 +28,7 @@ from pgolf.model.gpt import count_params
 from pgolf.model.stack import looping_due
 from pgolf.optim.averaging import EMA, SWA
 from pgolf.optim.builder import build_optimizers
+from pgolf.parts import check_parts_shipped
 from pgolf.quant.export import export_artifact
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.runfolder import RunFolder
@@ -165,7 +166,7 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
     fwd = maybe_compile(model, cfg.model.compile)
     opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
-                                    vocab_size=cfg.model.vocab_size)
+                                    vocab_size=cfg.model.vocab_size, sampling=cfg.data.sampling, seed=cfg.run.seed)
     accum = cfg.run.accum_world // comm.world_size
     log.event(event="run", out_dir=spec.out_dir, params=count_params(model), arch=cfg.model.arch,
               attn_backend=model.attn_backend, world_size=comm.world_size, grad_accum=accum,
@@ -231,12 +232,15 @@ def resume_config(out_dir: str) -> Config:
     return read_config_file(path)
 
 
-def bundle_main(preset_text: str, code_path: str = "") -> dict[str, Any]:
-    """Entry point of a generated train_gpt.py: preset defaults, reference env vars on top."""
+def bundle_main(preset_text: str, code_path: str = "", shipped_parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Entry point of a generated train_gpt.py: preset defaults, reference env vars on top;
+    refuses a config that needs an optional part the file was generated without."""
     cfg = Config()
     apply_mapping(cfg, tomllib.loads(preset_text), "bundled preset")
     warnings = apply_env(cfg, dict(os.environ))
     finalize_config(cfg)
+    if shipped_parts is not None:
+        check_parts_shipped(cfg, shipped_parts)
     code_files = {}
     if code_path:
         # The running file is the record; a self-extracting one names its readable source beside it.

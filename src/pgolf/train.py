@@ -21,7 +21,7 @@ from pgolf.errors import TrainingError
 from pgolf.eval.bpb import eval_plain
 from pgolf.hw import compute_autocast, device_sync
 from pgolf.model.stack import looping_due
-from pgolf.optim.schedule import lr_multiplier, muon_momentum_at
+from pgolf.optim.schedule import lr_multiplier, momentum_cooldown, muon_momentum_at, wd_taper_multiplier
 from pgolf.runlog import RunLog
 from pgolf.wallclock import AutoCheckpoints, CapSchedule, TrainClock, training_cap_ms
 
@@ -52,13 +52,20 @@ def train_step(model, fwd, opt, loader, cfg: Config, accum: int, device) -> torc
 
 
 def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> float:
-    """Apply the lr multiplier, Muon momentum and late-QAT switch for the coming step."""
-    r, o = cfg.run, cfg.optim
-    mult = lr_multiplier(st.step, elapsed_ms, r.iterations, cfg.schedule.warmdown_iters,
-                         training_cap_ms(cfg), cfg.schedule.warmdown_mode, cfg.schedule.min_lr_mult)
+    """Apply the lr multiplier, Muon momentum (warm-up, late cooldown), Muon's weight-decay
+    taper and late-QAT switch for the coming step."""
+    r, o, s = cfg.run, cfg.optim, cfg.schedule
+    mult = lr_multiplier(st.step, elapsed_ms, r.iterations, s.warmdown_iters,
+                         training_cap_ms(cfg), s.warmdown_mode, s.min_lr_mult)
     opt.set_lr_multiplier(mult)
-    opt.set_muon_momentum(muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
-                                           o.muon_momentum_warmup_steps))
+    momentum = muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
+                                o.muon_momentum_warmup_steps)
+    # Both late schedules follow training_progress, so they track the wall-clock cap like
+    # the warmdown does (a taper keyed on iterations alone never fires under the cap).
+    progress = training_progress(st, cfg, elapsed_ms)
+    opt.set_muon_momentum(momentum_cooldown(momentum, progress, s.momentum_cooldown_start,
+                                            s.momentum_cooldown_final))
+    opt.set_muon_wd_multiplier(wd_taper_multiplier(progress, s.wd_taper_start, s.wd_taper_final_mult))
     thr = cfg.quant.late_qat_threshold
     if qat is not None and thr > 0 and not st.qat_active and mult < thr:
         st.qat_active = True
@@ -170,8 +177,12 @@ def log_step(log: RunLog, st: RunState, cfg: Config, loss: float, mult: float, o
     left = (r.iterations - st.step) * avg_ms
     if training_cap_ms(cfg) > 0:
         left = min(left, training_cap_ms(cfg) - st.train_ms)
+    group = opt.muon.param_groups[0]
+    # Logged only while the taper is on, so lines of runs without it keep their exact keys.
+    taper = ({"wd_mult": round(group["weight_decay"] / group["base_wd"], 4)}
+             if cfg.schedule.wd_taper_final_mult != 1.0 and group.get("base_wd") else {})
     log.event(step=f"{st.step}/{r.iterations}", train_loss=round(loss, 4), lr_mult=round(mult, 4),
-              momentum=round(opt.muon.param_groups[0]["momentum"], 4), step_ms=round(step_ms, 1),
+              momentum=round(group["momentum"], 4), **taper, step_ms=round(step_ms, 1),
               step_avg_ms=round(avg_ms, 1), tokens_per_s=int(r.train_batch_tokens / max(avg_ms, 1e-9) * 1000),
               train_time_s=round(st.train_ms / 1000, 1), eta_s=round(max(left, 0) / 1000, 1))
 

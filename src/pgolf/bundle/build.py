@@ -14,15 +14,16 @@ from pathlib import Path
 
 from pgolf.atomic import atomic_write
 from pgolf.bundle.graph import ordered_modules
-from pgolf.bundle.join import dropped_lines, reachable, rename_names, rename_plan
+from pgolf.bundle.join import dropped_lines, names_used_at_import, reachable, rename_names, rename_plan
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
 from pgolf.bundle.rules import (BUNDLE_MARK, STDLIB, BundleError, ModuleSources, checked_violations, is_docstring,
                                 is_pgolf, module_path)
-from pgolf.config import config_to_toml, load_preset_text, shippable_config
+from pgolf.config import apply_mapping, config_to_toml, finalize_config, load_preset_text, shippable_config
 from pgolf.config_tree import Config
+from pgolf.parts import OPTIONAL_PARTS, parts_needed
 
 BUNDLE_ENTRY = ("pgolf.run",)
-BUNDLE_MAIN_CALL = "bundle_main(BUNDLED_PRESET, __file__)"
+BUNDLE_MAIN_CALL = "bundle_main(BUNDLED_PRESET, __file__, SHIPPED_PARTS)"
 READABLE_NAME = "train_gpt_readable.py"
 
 
@@ -129,9 +130,15 @@ def _version() -> str:
         return str(getattr(sys.modules.get("pgolf"), "__version__", "unknown"))
 
 
-def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | None,
-            shake: bool) -> list[tuple[str, str, ast.Module, set[int]]]:
-    """(module, renamed source, tree, kept statement indices) of every module that keeps code."""
+def left_out_names(shipped_parts: set[str]) -> dict[str, str]:
+    """Definition name -> optional part, for every part not in `shipped_parts`."""
+    return {name: part for part, (_, names) in OPTIONAL_PARTS.items() if part not in shipped_parts for name in names}
+
+
+def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | None, shake: bool,
+            leave_out: dict[str, str] | None = None) -> tuple[list[tuple[str, str, ast.Module, set[int]]], list[str]]:
+    """(module, renamed source, tree, kept statement indices) of every module that keeps code,
+    and the left-out names that kept code still mentions (each gets a stub)."""
     mods = ModuleSources(sources)
     order = ordered_modules(entry_modules, mods)
     bad = checked_violations(order, mods)
@@ -145,39 +152,53 @@ def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | 
             roots = {n.id for n in ast.walk(ast.parse(main_call)) if isinstance(n, ast.Name)}
         except SyntaxError as e:
             raise BundleError(f"main call {main_call!r} does not compile: {e.msg}") from None
-        keep = reachable(trees, roots)
+        keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()), frozenset(leave_out or ()))
     else:
-        keep = {name: set(range(len(trees[name].body))) for name in order}
-    return [(name, texts[name], trees[name], keep[name]) for name in order if keep[name]]
+        keep, stubbed = {name: set(range(len(trees[name].body))) for name in order}, set()
+    for name in order:
+        early = names_used_at_import(trees[name], keep[name]) & stubbed
+        if early:
+            # A stub is bound only after every module has run, too late for import-time use.
+            raise BundleError(f"{module_path(name)} uses left-out `{sorted(early)[0]}` at import time; "
+                              "use it only inside functions")
+    return [(name, texts[name], trees[name], keep[name]) for name in order if keep[name]], sorted(stubbed)
 
 
 def bundle_modules(entry_modules: list[str], main_call: str = BUNDLE_MAIN_CALL,
-                   sources: dict[str, str] | None = None) -> list[str]:
+                   sources: dict[str, str] | None = None, leave_out: dict[str, str] | None = None) -> list[str]:
     """The modules whose code the bundle ships (reached from `main_call`), in bundle order."""
-    return [name for name, *_ in _joined(list(entry_modules), main_call, sources, True)]
+    return [name for name, *_ in _joined(list(entry_modules), main_call, sources, True, leave_out)[0]]
 
 
 def build_bundle(entry_modules: list[str], preset_toml: str, main_call: str, minify: bool = False, *,
                  preset_name: str = "", sources: dict[str, str] | None = None, version: str | None = None,
-                 shake: bool = True) -> str:
+                 shake: bool = True, shipped_parts: set[str] | None = None) -> str:
     """One self-contained script: the modules reachable from `entry_modules`, then the preset, then main.
 
     The result defines `BUNDLED_PRESET` (the preset TOML text) and runs `main_call` under
     `if __name__ == "__main__":`. With `shake`, top-level definitions `main_call` never
-    reaches are left out. `minify` returns the same program as one syntax tree without
+    reaches are left out. With `shipped_parts`, the optional parts (pgolf.parts) not in it are
+    left out too, their names bound to stubs, and `SHIPPED_PARTS` names the shipped ones (the
+    main call checks the config against it). `minify` returns the same program as one syntax tree without
     comments, docstrings and function annotations. Same inputs give the same bytes. Raises
     BundleError when the modules break the bundle rules or the result does not compile.
     """
     found: list[tuple[str, str, str]] = []
     parts: list[str] = []
-    for name, src, tree, keep in _joined(list(entry_modules), main_call, sources, shake):
+    leave_out = None if shipped_parts is None else left_out_names(shipped_parts)
+    joined, stubbed = _joined(list(entry_modules), main_call, sources, shake, leave_out)
+    for name, src, tree, keep in joined:
         found += _import_lines(tree)
         parts.append(f"# ---- {module_path(name)} ----\n{_module_body(src, tree, keep)}")
     banner = (f"# train_gpt.py: {BUNDLE_MARK}; do not edit, regenerate with `pgolf bundle`.\n"
               f"# pgolf {version or _version()} | entry: {', '.join(entry_modules)} | "
               f"preset: {preset_name or '-'}\n")
     preset = _minify_toml(preset_toml) if minify else preset_toml
-    tail = f"BUNDLED_PRESET = {_literal(preset)}\n\nif __name__ == \"__main__\":\n    {main_call}\n"
+    tail = f"BUNDLED_PRESET = {_literal(preset)}\n"
+    if shipped_parts is not None:
+        tail += f"SHIPPED_PARTS = {tuple(sorted(shipped_parts))!r}\n"
+        tail += "".join(f"{n} = unshipped({leave_out[n]!r})\n" for n in stubbed)
+    tail += f"\nif __name__ == \"__main__\":\n    {main_call}\n"
     text = "\n\n\n".join([banner + _merge_imports(found).rstrip("\n") + "\n", *parts, tail])
     try:
         compile(text, "train_gpt.py", "exec")
@@ -221,8 +242,10 @@ def _toml_items(text: str) -> list[tuple[str, str]]:
 
 
 def bundle_for_config(cfg: Config, preset_name: str, minify: bool = False) -> str:
-    """The train_gpt.py that runs `cfg` (as its preset; the reference env vars still override it)."""
-    return build_bundle(list(BUNDLE_ENTRY), bundle_preset_text(cfg), BUNDLE_MAIN_CALL, minify, preset_name=preset_name)
+    """The train_gpt.py that runs `cfg` (as its preset; the reference env vars still override it),
+    with the optional parts `cfg` uses and no others."""
+    return build_bundle(list(BUNDLE_ENTRY), bundle_preset_text(cfg), BUNDLE_MAIN_CALL, minify, preset_name=preset_name,
+                        shipped_parts=parts_needed(cfg))
 
 
 def shipped_files(cfg: Config, form: str = "") -> dict[str, str]:
@@ -256,15 +279,25 @@ def export_bundle(out_path: str | os.PathLike, preset: str, entry_modules: tuple
     """
     preset_text = Path(preset).read_text(encoding="utf-8") if preset.endswith(".toml") else load_preset_text(preset)
     name = Path(preset).stem
-    text = build_bundle(list(entry_modules), preset_text, main_call, minify, preset_name=name, sources=sources)
+    # Optional parts are a property of the run entry; another main call ships everything it reaches.
+    parts = parts_needed(_preset_config(preset_text, preset)) if main_call == BUNDLE_MAIN_CALL else None
+    text = build_bundle(list(entry_modules), preset_text, main_call, minify, preset_name=name, sources=sources,
+                        shipped_parts=parts)
     path = Path(out_path)
     write_bundle(path, text)
     sizes: dict[str, int | str] = {"path": str(path), "bytes": len(text.encode("utf-8"))}
     if compressed:
         small = text if minify else build_bundle(list(entry_modules), preset_text, main_call, True,
-                                                 preset_name=name, sources=sources)
+                                                 preset_name=name, sources=sources, shipped_parts=parts)
         packed = build_compressed_bundle(small, path.name)
         cpath = path.with_name(f"{path.stem}_compressed.py")
         write_bundle(cpath, packed)
         sizes.update(compressed_path=str(cpath), compressed_bytes=len(packed.encode("utf-8")))
     return sizes
+
+
+def _preset_config(preset_text: str, source: str) -> Config:
+    cfg = Config()
+    apply_mapping(cfg, tomllib.loads(preset_text), source)
+    finalize_config(cfg)
+    return cfg

@@ -83,26 +83,48 @@ def rename_names(name: str, src: str, mapping: dict[str, str]) -> str:
     return out
 
 
-def reachable(trees: dict[str, ast.Module], roots: set[str]) -> dict[str, set[int]]:
-    """Per module, indices of the top-level statements reachable from the names in `roots`."""
+def reachable(trees: dict[str, ast.Module], roots: set[str],
+              cut: frozenset[str] = frozenset()) -> tuple[dict[str, set[int]], set[str]]:
+    """Per module, indices of the top-level statements reachable from the names in `roots`,
+    and the names in `cut` that kept code mentions (their definitions are not followed)."""
     where: dict[str, list[tuple[str, int]]] = {}
     for mod, tree in trees.items():
         for i, node in enumerate(tree.body):
             for n in defined_names(node):
                 where.setdefault(n, []).append((mod, i))
     keep: dict[str, set[int]] = {mod: set() for mod in trees}
-    todo, seen = sorted(roots), set()
+    todo, seen, reached_cut = sorted(roots), set(), set()
     while todo:
         n = todo.pop()
         if n in seen:
             continue
         seen.add(n)
+        if n in cut:
+            reached_cut.add(n)
+            continue
         for mod, i in where.get(n, []):
             if i not in keep[mod]:
                 keep[mod].add(i)
                 node = trees[mod].body[i]
                 todo += [x.id for x in ast.walk(node) if isinstance(x, ast.Name)]
-    return keep
+    return keep, reached_cut
+
+
+def names_used_at_import(tree: ast.Module, keep: set[int]) -> set[str]:
+    """Names the kept statements read while the module is imported (outside function bodies)."""
+    found: set[str] = set()
+    todo: list[ast.AST] = [tree.body[i] for i in sorted(keep)]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo += [*getattr(node, "decorator_list", []), *node.args.defaults, *node.args.kw_defaults]
+            todo += [node.returns] if getattr(node, "returns", None) else []
+            todo += [a.annotation for a in [*node.args.args, *node.args.kwonlyargs] if a.annotation]
+            continue
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        todo += [c for c in ast.iter_child_nodes(node) if c is not None]
+    return found
 
 
 def dropped_lines(tree: ast.Module, lines: list[str], keep: set[int]) -> set[int]:

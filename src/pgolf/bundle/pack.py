@@ -15,9 +15,18 @@ from pgolf.bundle.rules import BUNDLE_MARK, DEF_NODES, BundleError, is_docstring
 _PACK_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
+# Helpers whose last argument is documentation only: config_tree's `_f(default, doc)`. The
+# field docs are a third of config_tree and nothing in a run reads them.
+DOC_ARGUMENT_HELPERS = frozenset({"_f"})
+
+
 def _strip_tree(tree: ast.Module) -> ast.Module:
-    """Docstrings and function annotations out; class-level annotations stay (dataclasses read them)."""
+    """Docstrings, function annotations and field docs out; class-level annotations stay
+    (dataclasses read them)."""
     for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DOC_ARGUMENT_HELPERS
+                and len(node.args) == 2 and isinstance(node.args[1], ast.Constant)):
+            node.args[1] = ast.Constant("")
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, *DEF_NODES)) and body and is_docstring(body[0]):
             node.body = body[1:] or [ast.Pass()]
@@ -41,7 +50,7 @@ def _one_space_indent(text: str) -> str:
 
 
 def minify_source(src: str) -> str:
-    """`src` as the same syntax tree without docstrings, comments and function annotations."""
+    """`src` as the same program without docstrings, comments, function annotations and field docs."""
     tree = _strip_tree(ast.parse(src))
     want = ast.dump(tree)
     text = ast.unparse(tree)

@@ -1,4 +1,4 @@
-"""Token streams over shards: the sequential training stream, its per-rank batching, validation."""
+"""Token streams over shards: the training stream (sequential or coprime), per-rank batching, validation."""
 
 import glob
 import os
@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from pgolf.data.coprime import CoprimeWindowSampler
 from pgolf.data.shards import load_shard, read_header
 from pgolf.data.sidecar import token_shards_only
 from pgolf.errors import PgolfError
@@ -119,13 +120,15 @@ def check_token_range(tokens: np.ndarray, vocab_size: int, source: str) -> None:
 class DistributedTokenLoader:
     """Per-rank (x, y) batches from one shared stream, identical across world sizes.
 
-    Each call consumes (local_tokens + 1) * world_size tokens and rank r keeps slice r, so
-    one process with accumulation k*W reads the same tokens as W processes with accumulation k.
+    sequential: each call consumes (local_tokens + 1) * world_size tokens and rank r keeps
+    slice r, so one process with accumulation k*W reads the same tokens as W processes with
+    accumulation k. coprime: each call draws world_size * rows windows of seq_len + 1 tokens
+    from a CoprimeWindowSampler and rank r keeps its contiguous run of rows, same invariance.
     """
 
     def __init__(self, pattern_or_files, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", val_pattern: str | None = None,
-                 vocab_size: int = 0) -> None:
+                 vocab_size: int = 0, sampling: str = "sequential", seed: int = 0) -> None:
         if isinstance(pattern_or_files, (str, os.PathLike)):
             files = find_shards(os.fspath(pattern_or_files))
         else:
@@ -133,14 +136,23 @@ class DistributedTokenLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataLoaderError(f"rank {rank} / world_size {world_size} is invalid; "
                                   "need 0 <= rank < world_size")
+        if sampling not in ("sequential", "coprime"):
+            raise DataLoaderError(f"data.sampling {sampling!r} is not one of 'sequential', 'coprime'")
         _check_not_val(files, val_pattern)
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
-        self.stream = TokenStream(files)
+        self.sampling, self.seed, self.files = sampling, int(seed), files
+        self.stream = TokenStream(files) if sampling == "sequential" else None
+        # The window length is known only at the first batch, so the sampler is built then.
+        # CoprimeWindowSampler is named only where it is built: a bundle for sequential
+        # sampling leaves it out, so its one-line SamplerStateError refusals pass through unwrapped.
+        self.sampler = None
+        self.lengths = [read_header(f) for f in files] if sampling == "coprime" else []
+        self.shard_cache: dict[int, np.ndarray] = {}
         # The first shard in full now (a wrong tokenizer fails before training), then each
         # batch as it is taken (~0.1 ms per 100k tokens).
         self.vocab_size = vocab_size
-        check_token_range(self.stream._tokens, vocab_size, files[0])
+        check_token_range(self.stream._tokens if self.stream else self.shard_tokens(0), vocab_size, files[0])
         self.staging = PinnedStaging(self.device) if pinned_staging(self.device) else None
 
     def local_tokens(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> int:
@@ -164,6 +176,8 @@ class DistributedTokenLoader:
                    grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) LongTensors of shape [local_tokens // seq_len, seq_len] on this loader's device."""
         local = self.local_tokens(global_tokens, seq_len, grad_accum_steps)
+        if self.sampling == "coprime":
+            return self.next_windows(local // seq_len, seq_len)
         span = local + 1
         chunk = self.stream.take(span * self.world_size)
         mine = chunk[self.rank * span:(self.rank + 1) * span]
@@ -173,11 +187,54 @@ class DistributedTokenLoader:
             mine = self.staging.to_device(mine)
         return mine[:-1].reshape(-1, seq_len), mine[1:].reshape(-1, seq_len)
 
+    def shard_tokens(self, index: int) -> np.ndarray:
+        if index not in self.shard_cache:
+            self.shard_cache[index] = load_shard(self.files[index])
+        return self.shard_cache[index]
+
+    def window_sampler(self, seq_len: int):
+        if self.sampler is None:
+            self.sampler = CoprimeWindowSampler(self.lengths, seq_len + 1, self.seed)
+        elif self.sampler.window != seq_len + 1:
+            raise DataLoaderError(f"seq_len changed from {self.sampler.window - 1} to {seq_len} mid-run; "
+                                  "data.sampling='coprime' needs one run.train_seq_len for its window order")
+        return self.sampler
+
+    def next_windows(self, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coprime mode: the global batch's windows, this rank's contiguous run of `rows` of them."""
+        shards, starts = self.window_sampler(seq_len).take(rows * self.world_size)
+        mine = slice(self.rank * rows, (self.rank + 1) * rows)
+        out = np.empty((rows, seq_len + 1), dtype=np.int64)
+        for i, (s, a) in enumerate(zip(shards[mine].tolist(), starts[mine].tolist())):
+            out[i] = self.shard_tokens(s)[a:a + seq_len + 1]
+        if self.vocab_size and len(out) and int(out.max()) >= self.vocab_size:
+            bad = int(np.argmax(out.max(axis=1) >= self.vocab_size))
+            check_token_range(out[bad], self.vocab_size, f"shard {self.files[int(shards[mine][bad])]}")
+        if self.staging is None:  # CPU: numpy copies the two halves far faster than torch's .contiguous()
+            return (torch.from_numpy(np.ascontiguousarray(out[:, :-1])),
+                    torch.from_numpy(np.ascontiguousarray(out[:, 1:])))
+        # One copy of the windows; x and y are column slices of it, made contiguous on the device.
+        batch = self.staging.to_device(torch.from_numpy(out))
+        return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
     def state(self) -> dict:
-        return self.stream.state()
+        if self.stream is not None:
+            return self.stream.state()
+        if self.sampler is None:  # nothing drawn yet: the sampler's fresh start
+            return {"sampling": "coprime", "seed": self.seed, "window": 0}
+        return {"sampling": "coprime", **self.sampler.state()}
 
     def load_state(self, state: dict) -> None:
-        self.stream.load_state(state)
+        saved = state.get("sampling", "sequential")
+        if saved != self.sampling:
+            raise DataLoaderError(f"loader state was saved with data.sampling={saved!r}, this run has "
+                                  f"{self.sampling!r}; resume with the same data.sampling")
+        if self.stream is not None:
+            self.stream.load_state(state)
+            return
+        self.sampler = None  # window 0: saved before the first batch, a fresh start
+        if int(state["window"]):
+            self.window_sampler(int(state["window"]) - 1).load_state(state)
 
 
 class PinnedStaging:

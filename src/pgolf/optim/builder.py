@@ -25,7 +25,7 @@ _BUILDER_CLIP_MODES = ("local", "global")
 
 
 class OptimizerSet:
-    """Muon + AdamW driven together; every param group keeps its "base_lr"."""
+    """Muon + AdamW driven together; every param group keeps its "base_lr", Muon's its "base_wd"."""
 
     def __init__(self, muon: Muon, adam: torch.optim.Optimizer, comm: Comm) -> None:
         self.muon, self.adam, self.comm = muon, adam, comm
@@ -35,6 +35,8 @@ class OptimizerSet:
         self.other_params = [p for g in adam.param_groups for p in g["params"]
                              if id(p) not in muon_ids]
         self._flat: dict[torch.dtype, torch.Tensor] = {}  # reused all-reduce buffer per grad dtype
+        for group in muon.param_groups:
+            group.setdefault("base_wd", group["weight_decay"])
 
     def set_lr_multiplier(self, mult: float) -> None:
         for opt in self.optimizers:
@@ -44,6 +46,16 @@ class OptimizerSet:
     def set_muon_momentum(self, momentum: float) -> None:
         for group in self.muon.param_groups:
             group["momentum"] = momentum
+
+    def set_muon_wd_multiplier(self, mult: float) -> None:
+        """Muon weight decay = its "base_wd" x mult (the late taper); AdamW's is left alone, as #1729 did.
+
+        Muon reads group["weight_decay"] as a Python float each step: nothing recompiles."""
+        for group in self.muon.param_groups:
+            # A checkpoint saved before "base_wd" existed loads groups without it; their
+            # weight_decay was never tapered, so it is the base.
+            base = group.setdefault("base_wd", group["weight_decay"])
+            group["weight_decay"] = base * mult
 
     def all_params(self) -> list[torch.Tensor]:
         return self.muon_params + self.other_params
@@ -122,7 +134,7 @@ def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
     matrices = list(model.matrix_params())
     if not matrices:
         raise OptimError("build_optimizers: model.matrix_params() is empty; Muon needs block matrices")
-    muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr)], lr=ocfg.matrix_lr,
+    muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr, base_wd=ocfg.muon_wd)], lr=ocfg.matrix_lr,
                 momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
                 backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm,
                 compile_ns=compile_ns, coeffs=ocfg.muon_coeffs, row_norm=ocfg.muon_row_norm)

@@ -1,4 +1,5 @@
-"""Pure schedule functions: Muon momentum warm-up and the lr warmdown multiplier."""
+"""Pure schedule functions: Muon momentum warm-up and cooldown, the lr warmdown multiplier
+and the late weight-decay taper."""
 
 from pgolf.optim.errors import OptimError
 
@@ -15,6 +16,39 @@ def muon_momentum_at(step: int, start: float, final: float, warmup_steps: int) -
         return final
     frac = min(max(step, 0) / warmup_steps, 1.0)
     return (1.0 - frac) * start + frac * final
+
+
+def late_fraction(progress: float, start_frac: float) -> float:
+    """How far past `start_frac` training is, 0..1: clamp((progress - start_frac) / (1 - start_frac));
+    always 0 when start_frac >= 1 (the schedule is off)."""
+    if start_frac >= 1.0:
+        return 0.0
+    return min(max((progress - start_frac) / (1.0 - start_frac), 0.0), 1.0)
+
+
+def wd_taper_multiplier(progress: float, start_frac: float, final_mult: float) -> float:
+    """Factor on Muon's weight decay (#1729: start_frac 0.70, final_mult 0.50).
+
+    mult = 1 for progress <= start_frac, then 1 + (final_mult - 1) * (progress - start_frac)
+    / (1 - start_frac), reaching final_mult at progress 1 (progress is clamped to [0, 1]).
+    final_mult = 1 or start_frac >= 1 is off (exactly 1.0).
+    """
+    if final_mult == 1.0:
+        return 1.0
+    return 1.0 + (final_mult - 1.0) * late_fraction(progress, start_frac)
+
+
+def momentum_cooldown(momentum: float, progress: float, start_frac: float, final: float) -> float:
+    """Muon momentum brought down late in training (modded-nanogpt style).
+
+    Returns `momentum` (the warm-up value) while progress <= start_frac, then the linear
+    blend (1 - f) * momentum + f * final with f = (progress - start_frac) / (1 - start_frac),
+    clamped to [0, 1]; `final` at progress 1. start_frac >= 1 is off (momentum unchanged).
+    """
+    if start_frac >= 1.0:
+        return momentum
+    frac = late_fraction(progress, start_frac)
+    return (1.0 - frac) * momentum + frac * final
 
 
 def _iters(step: int, iterations: int, warmdown_iters: int) -> float:
