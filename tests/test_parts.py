@@ -113,3 +113,12 @@ def test_bundle_refuses_an_env_var_that_needs_a_left_out_part_before_any_work(tm
     assert res.returncode != 0
     assert "generated without lqer" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train_gpt.py"]  # no run folder, no log
+
+
+@pytest.mark.parametrize("preset, parts", [
+    ("smoke", set()), ("record_1128", set()), ("record_1128_fixed", {"causal_slot"}),
+    ("record_1128_gptq", {"gptq", "lqer"}), ("record_1855", {"gptq", "lqer", "phased_ttt"}),
+])
+def test_each_preset_ships_the_parts_its_record_used(preset, parts):
+    cfg, _ = resolve_config(preset=preset, env={})
+    assert parts_needed(cfg) == parts
