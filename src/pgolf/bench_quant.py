@@ -122,7 +122,8 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
         if log:
             log(format_quant(rows[-1:]).splitlines()[-1])
     if out:
-        _write_json(out, {"run_dir": run_dir, "device": device_label(device), "torch": torch.__version__,
+        # Results are committed: name the run, not this machine's path to it.
+        _write_json(out, {"run_dir": f"<local>/{Path(run_dir).resolve().name}", "device": device_label(device), "torch": torch.__version__,
                                 "eval_tokens": int(val.tokens.numel() - 1), "float_val_bpb": base, "rows": rows})
     return rows
 
