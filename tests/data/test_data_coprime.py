@@ -1,28 +1,24 @@
 """data.sampling='coprime': every window once per epoch, seeded order, world-size invariance, resume."""
 
 import math
+import sys
 from collections import Counter
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from pgolf.data.coprime import CoprimeWindowSampler, SamplerStateError, coprime_stride
 from pgolf.data.loader import DataLoaderError, DistributedTokenLoader
-from pgolf.data.shards import write_shard
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shard_helpers import position_shards  # noqa: E402
 
 T = 8  # seq_len; windows are T + 1 tokens
 
 
-def _make(tmp_path, sizes):
-    """Shards whose tokens are their global positions, so a window names its source."""
-    files, start = [], 0
-    for i, n in enumerate(sizes):
-        p = tmp_path / f"fineweb_train_{i:06d}.bin"
-        write_shard(p, np.arange(start, start + n) % 65536)
-        files.append(str(p))
-        start += n
-    return files
+def _make(tmp_path, sizes, prefix="fineweb_train_"):
+    return position_shards(tmp_path, sizes, prefix)
 
 
 def _loader(files, rank=0, world=1, seed=7, **kw):

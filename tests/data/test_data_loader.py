@@ -1,3 +1,6 @@
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -5,15 +8,12 @@ import torch
 from pgolf.data.loader import DataLoaderError, DistributedTokenLoader, TokenStream, find_shards, load_validation_tokens
 from pgolf.data.shards import write_shard
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shard_helpers import position_shards  # noqa: E402
+
 
 def _make(tmp_path, sizes, prefix="fineweb_train_"):
-    files, start = [], 0
-    for i, n in enumerate(sizes):
-        p = tmp_path / f"{prefix}{i:06d}.bin"
-        write_shard(p, np.arange(start, start + n) % 65536)
-        files.append(str(p))
-        start += n
-    return files
+    return position_shards(tmp_path, sizes, prefix)
 
 
 def test_find_shards_sorted_and_error(tmp_path):
