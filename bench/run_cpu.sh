@@ -17,4 +17,15 @@ python -m pgolf bench eval "$RUN" \
   --set eval.max_tokens=16384 --set eval.ttt_chunk_tokens=8192 --audit --threads 1 --json > "$OUT/slot_fineweb_small.json"
 python -m pgolf bench quant "$RUN" --threads 1 --set quant.small_numel=8192 --set eval.max_tokens=16384 \
   --out "$OUT/quant_fineweb_small.json"
+python -m pgolf bench quant "$RUN" --threads 1 --set quant.small_numel=8192 --set eval.max_tokens=16384 \
+  --variant gptq_lite:matrix_method=gptq_lite,clip_rule=quantile,clip_search=matrix \
+  --variant gptq_lite_int7:matrix_method=gptq_lite,clip_rule=quantile,clip_search=matrix,matrix_bits=7 \
+  --variant gptq_sdclip:matrix_method=gptq,clip_rule=sdclip \
+  --variant gptq_sdclip_k18:matrix_method=gptq,clip_rule=sdclip,sdclip_k_matrix=18 \
+  --variant gptq_sdclip_k22:matrix_method=gptq,clip_rule=sdclip,sdclip_k_matrix=22 \
+  --variant gptq_sdclip_k26:matrix_method=gptq,clip_rule=sdclip,sdclip_k_matrix=26 \
+  --variant rtn_sdclip_k22:matrix_method=gptq_lite,clip_rule=sdclip,sdclip_k_matrix=22 \
+  --out "$OUT/quant_equal_bytes_fineweb_small.json"
 python -m pgolf plot "$RUN" --out docs/plots/fineweb_small_curves.png
+# The frontier ablation (14 small trainings, about 40 minutes on 2 cores).
+python bench/ablation.py runs/ablation
