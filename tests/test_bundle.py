@@ -400,3 +400,51 @@ def test_log_starts_with_the_shipped_code(tmp_path) -> None:
     assert lines[0] == f"event:code sha256:{sha} bytes:{len(files['train_gpt.py'])} form:compressed"
     assert lines[1:4] == ["=== shipped train_gpt.py ===", "# readable", "x = 1"]
     assert lines[4] == "=== shipped train_gpt.py ===" and lines[5].startswith("event:config")
+
+
+PARTED = {
+    "pgolf.zz_lib": '''def gptq_quantize(x):
+    return lib_only_for_gptq(x)
+
+
+def lib_only_for_gptq(x):
+    return x + 1
+''',
+    "pgolf.zz_main": '''import json
+
+from pgolf.parts import unshipped
+from pgolf.zz_lib import gptq_quantize
+
+
+def part_main(flag):
+    print(json.dumps(gptq_quantize(1) if flag else "plain"))
+''',
+}
+
+
+def test_a_left_out_part_is_a_stub_and_what_only_it_uses_is_gone(capsys) -> None:
+    lean = build_bundle(["pgolf.zz_main"], "", "part_main(False)", sources=PARTED, shipped_parts=set())
+    assert "def lib_only_for_gptq" not in lean and "gptq_quantize = unshipped('gptq')" in lean
+    assert "SHIPPED_PARTS = ()" in lean
+    assert _printed(lean, capsys) == "plain"
+    scope = _run(lean, name="not_main")
+    with pytest.raises(scope["UnshippedPartError"], match="without gptq"):  # the bundle's own class
+        scope["part_main"](True)
+    full = build_bundle(["pgolf.zz_main"], "", "part_main(True)", sources=PARTED, shipped_parts={"gptq"})
+    assert "def lib_only_for_gptq" in full and "unshipped('gptq')" not in full
+    assert _printed(full, capsys) == 2
+
+
+def test_a_left_out_name_used_at_import_time_is_refused() -> None:
+    bad = dict(PARTED)
+    bad["pgolf.zz_main"] += "\n\nPART_TABLE = {'q': gptq_quantize}\n\n\ndef table_main():\n    return PART_TABLE\n"
+    with pytest.raises(BundleError, match="zz_main.py uses left-out `gptq_quantize` at import time"):
+        build_bundle(["pgolf.zz_main"], "", "table_main()", sources=bad, shipped_parts=set())
+    build_bundle(["pgolf.zz_main"], "", "table_main()", sources=bad, shipped_parts={"gptq"})
+
+
+def test_stubs_need_the_unshipped_helper() -> None:
+    alone = {"pgolf.zz_lib": PARTED["pgolf.zz_lib"],
+             "pgolf.zz_main": PARTED["pgolf.zz_main"].replace("from pgolf.parts import unshipped\n", "")}
+    with pytest.raises(BundleError, match="need pgolf.parts.unshipped"):
+        build_bundle(["pgolf.zz_main"], "", "part_main(False)", sources=alone, shipped_parts=set())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pgolf.atomic import atomic_write
 from pgolf.bundle.graph import ordered_modules
-from pgolf.bundle.join import dropped_lines, names_used_at_import, reachable, rename_names, rename_plan
+from pgolf.bundle.join import defined_names, dropped_lines, names_used_at_import, reachable, rename_names, rename_plan
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
 from pgolf.bundle.rules import (BUNDLE_MARK, STDLIB, BundleError, ModuleSources, checked_violations, is_docstring,
                                 is_pgolf, module_path)
@@ -155,6 +155,8 @@ def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | 
         keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()), frozenset(leave_out or ()))
     else:
         keep, stubbed = {name: set(range(len(trees[name].body))) for name in order}, set()
+    if stubbed and not any("unshipped" in defined_names(trees[m].body[i]) for m in order for i in keep[m]):
+        raise BundleError("left-out parts need pgolf.parts.unshipped in the bundle; import it in the entry module")
     for name in order:
         early = names_used_at_import(trees[name], keep[name]) & stubbed
         if early:
