@@ -58,27 +58,6 @@ class SyntheticTokens:
         return self.batch()
 
 
-def byte_tables(vocab: int, seed: int = 0):
-    """Tables shaped like build_byte_tables' output: ids 0..3 are 0-byte boundaries."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(1, 6, size=vocab).astype(np.int16)
-    space = rng.random(vocab) < 0.4
-    boundary = np.zeros(vocab, dtype=bool)
-    base[:4], space[:4], boundary[:4] = 0, False, True
-    return base, space, boundary
-
-
-def token_stream(n_targets: int, vocab: int, seed: int = 0) -> torch.Tensor:
-    """A learnable stream (a repeating motif with 20% noise) of n_targets + 1 tokens."""
-    g = torch.Generator().manual_seed(seed)
-    motif = torch.randint(4, vocab, (11,), generator=g)
-    t = motif.repeat(n_targets // 11 + 2)[:n_targets + 1].clone()
-    noise = torch.rand(n_targets + 1, generator=g) < 0.2
-    t[noise] = torch.randint(4, vocab, (int(noise.sum()),), generator=g)
-    t[0] = 1
-    return t
-
-
 def synthetic_documents(n_docs: int, seed: int = 0) -> list[str]:
     """English-like text from a fixed random lexicon with a Zipf law: enough distinct
     substrings for a BPE vocabulary, and word statistics a tiny model can learn."""

@@ -5,10 +5,14 @@ import copy
 import dataclasses
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from _gpu_helpers import TINY_RECORD, byte_tables, filled_model, record_cfg, token_stream
+from _gpu_helpers import TINY_RECORD, filled_model, record_cfg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from _eval_helpers import make_tables, make_tokens  # noqa: E402
 
 from pgolf.dist import Comm
 from pgolf.eval.runner import evaluate, mode_to_eval_config
@@ -25,8 +29,8 @@ def _setup():
                      "eval.ttt_epochs=1", "eval.ttt_batch_seqs=2", "eval.slot_steps=3", "eval.max_tokens=0",
                      "model.embed_dtype=fp32")
     model = filled_model(cfg, torch.device("cpu"), sigma=0.12).eval()
-    tokens = token_stream(N_TARGETS, cfg.model.vocab_size)
-    return cfg, model, tokens, byte_tables(cfg.model.vocab_size)
+    tokens = make_tokens(N_TARGETS, cfg.model.vocab_size)
+    return cfg, model, tokens, make_tables(cfg.model.vocab_size)
 
 
 def _run_modes(cfg, model, tokens, tables, device) -> dict:
@@ -48,17 +52,19 @@ def fp32_autocast(monkeypatch):
             monkeypatch.setattr(mod, "compute_autocast", lambda device: torch.autocast(device.type, enabled=False))
 
 
-def _compare(ref: dict, got: dict) -> dict:
-    return {m: {"cpu_bpb": ref[m]["val_bpb"], "device_bpb": got[m]["val_bpb"],
-                "rel_diff": abs(got[m]["val_bpb"] - ref[m]["val_bpb"]) / ref[m]["val_bpb"]} for m in ref}
-
-
-def test_eval_modes_fp32_device_equals_cpu(dev, report, fp32_autocast, fp32_exact):
+def _device_against_cpu(dev, report, name: str) -> tuple[dict, dict, dict]:
+    """Every mode on the CPU and on `dev` from the same model and data: (cpu, device, comparison)."""
     cfg, model, tokens, tables = _setup()
     ref = _run_modes(cfg, model, tokens, tables, torch.device("cpu"))
     got = _run_modes(cfg, copy.deepcopy(model).to(dev), tokens, tables, dev)
-    cmp = _compare(ref, got)
-    report.record("eval_modes_fp32", cmp)
+    cmp = {m: {"cpu_bpb": ref[m]["val_bpb"], "device_bpb": got[m]["val_bpb"],
+               "rel_diff": abs(got[m]["val_bpb"] - ref[m]["val_bpb"]) / ref[m]["val_bpb"]} for m in ref}
+    report.record(name, cmp)
+    return ref, got, cmp
+
+
+def test_eval_modes_fp32_device_equals_cpu(dev, report, fp32_autocast, fp32_exact):
+    ref, got, cmp = _device_against_cpu(dev, report, "eval_modes_fp32")
     for mode in MODES:
         assert math.isfinite(got[mode]["val_bpb"]), mode
         # Same windows, same targets, same byte tables: counts are exact.
@@ -71,11 +77,7 @@ def test_eval_modes_fp32_device_equals_cpu(dev, report, fp32_autocast, fp32_exac
 
 
 def test_eval_modes_bf16_device_close_to_cpu(dev, cuda_only, report):
-    cfg, model, tokens, tables = _setup()
-    ref = _run_modes(cfg, model, tokens, tables, torch.device("cpu"))
-    got = _run_modes(cfg, copy.deepcopy(model).to(dev), tokens, tables, dev)
-    cmp = _compare(ref, got)
-    report.record("eval_modes_bf16", cmp)
+    ref, got, cmp = _device_against_cpu(dev, report, "eval_modes_bf16")
     for mode in MODES:
         assert (got[mode]["tokens"], got[mode]["bytes"]) == (ref[mode]["tokens"], ref[mode]["bytes"]), mode
         # The production recipe on CUDA (bf16 autocast, fp32 logits and loss) against fp32 on
