@@ -35,8 +35,6 @@ class OptimizerSet:
         self.other_params = [p for g in adam.param_groups for p in g["params"]
                              if id(p) not in muon_ids]
         self._flat: dict[torch.dtype, torch.Tensor] = {}  # reused all-reduce buffer per grad dtype
-        for group in muon.param_groups:
-            group.setdefault("base_wd", group["weight_decay"])
 
     def set_lr_multiplier(self, mult: float) -> None:
         for opt in self.optimizers:
