@@ -46,6 +46,14 @@ class ByteTables:
         return self.base[tgt] + (self.space[tgt] & ~self.boundary[prev.long()]).long()
 
 
+def target_bytes(tables: Any, lo: int, hi: int, prev: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """int64 bytes of targets [lo, hi) of the stream: the sidecar's counts at those positions,
+    else the tables' count of each (previous, target) pair."""
+    if hasattr(tables, "window_bytes"):
+        return tables.window_bytes(torch.tensor([lo], device=tables.device), hi - lo)[0].to(tgt.device)
+    return tables.token_bytes(prev, tgt)
+
+
 def as_byte_tables(tables: Any, device: torch.device | str) -> ByteTables:
     """Accept a ByteTables (moved if needed) or the 3-tuple from build_byte_tables."""
     dev = torch.device(device)
@@ -73,6 +81,10 @@ class BpbAccumulator:
             nbytes: torch.Tensor | None = None) -> None:
         """Add per-token NLL [..] of targets tgt (prev = the tokens before them) where mask;
         nbytes, when given, are the targets' bytes (a sidecar) instead of the tables'."""
+        if nbytes is None and hasattr(tables, "window_bytes"):
+            # A sidecar's count belongs to a stream position, which tokens alone do not give.
+            raise EvalInputError("byte sidecar: this scorer must pass the targets' bytes "
+                                 "(target_bytes(tables, lo, hi, ...)); token tables cannot count them")
         nbytes = (tables.token_bytes(prev, tgt) if nbytes is None else nbytes).double()
         nll = nll.double()
         if mask is None:

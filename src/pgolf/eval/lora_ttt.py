@@ -28,7 +28,7 @@ import torch
 from pgolf.config_checks import LORA_TARGET_NAMES
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, ByteTables, EvalInputError, EvalProgress, ScoreRecorder, as_byte_tables,
-                            eval_emit_event, eval_rank_span, val_tokens_tensor)
+                            eval_emit_event, eval_rank_span, target_bytes, val_tokens_tensor)
 from pgolf.hw import compute_autocast
 
 # Roles of the rows of each bank, in units of num_layers (see model/banks.py BANK_LAYOUT).
@@ -210,7 +210,8 @@ def adapt_document(work: torch.nn.Module, lora: DocLora, tokens: torch.Tensor, d
         if lora.wants_head and not lora.head_seen:
             raise EvalInputError("eval.ttt_lora_targets has head, but this model does not pass its "
                                  "head weight through weight_transform; drop head from the targets")
-        acc.add(nll.detach(), tokens[lo:hi].to(device), tokens[lo + 1:hi + 1].to(device), tables)
+        prev, tgt = tokens[lo:hi].to(device), tokens[lo + 1:hi + 1].to(device)
+        acc.add(nll.detach(), prev, tgt, tables, nbytes=target_bytes(tables, lo, hi, prev, tgt))
         if recorder is not None:
             recorder.add(lo, nll.detach())
         eval_emit_event(events, "score", lo, hi)
