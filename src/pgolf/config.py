@@ -64,10 +64,12 @@ ENV_MAP: dict[str, str] = {
     "TTT_MOMENTUM": "eval.ttt_momentum", "TTT_BATCH_SEQS": "eval.ttt_batch_seqs",
     "TTT_GRAD_CLIP": "eval.ttt_grad_clip",
     "SLOT_LR": "eval.slot_lr", "SLOT_STEPS": "eval.slot_steps",
+    "EMBED_WD": "optim.embed_wd", "GPTQ_RESERVE_SECONDS": "quant.gptq_reserve_seconds",
+    "ENABLE_LOOPING_AT": "model.loop_enable_at", "MUON_ROW_NORMALIZE": "optim.muon_row_norm",
 }
 
 # Reference names with a translated meaning rather than a plain field.
-ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT")
+ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT", "WARMDOWN_FRAC", "MIN_LR")
 
 # Names that appear in reference run commands but have no effect there or here; setting
 # one is reported so nobody believes it did something.
@@ -189,6 +191,14 @@ def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
         cfg.eval.slot_mode = "batch" if _coerce(env["SLOT_ENABLED"], "bool", "SLOT_ENABLED") else "off"
     if "LATE_QAT" in env and not _coerce(env["LATE_QAT"], "bool", "LATE_QAT"):
         cfg.quant.late_qat_threshold = 0.0
+    # #1855's schedule: WARMDOWN_FRAC is a fraction of training (warmdown_mode frac) and MIN_LR
+    # floors the multiplier with max(), not by rescaling it.
+    if "WARMDOWN_FRAC" in env:
+        set_value(cfg, "schedule.warmdown_frac", env["WARMDOWN_FRAC"])
+        cfg.schedule.warmdown_mode = "frac"
+    if "MIN_LR" in env:
+        set_value(cfg, "schedule.min_lr_mult", env["MIN_LR"])
+        cfg.schedule.min_lr_form = "max"
     sections = config_sections(cfg)
     for name, raw in env.items():
         if not name.startswith("PGOLF_"):

@@ -47,6 +47,7 @@ CONFIG_RANGES: dict[str, str] = {
     "schedule.swa_every": ">=1", "schedule.swa_threshold": "[0,1]",
     "schedule.wd_taper_start": "[0,1]", "schedule.wd_taper_final_mult": ">=0",
     "schedule.momentum_cooldown_start": "[0,1]", "schedule.momentum_cooldown_final": "[0,1)",
+    "schedule.warmdown_frac": "[0,1]", "optim.embed_wd": ">=0", "optim.muon_pe_safety": ">0",
     "quant.matrix_bits": "bits", "quant.embed_bits": "bits", "quant.small_numel": ">=0",
     "quant.late_qat_threshold": "[0,1]", "quant.max_artifact_bytes": ">=1",
     "quant.sdclip_k_matrix": ">0", "quant.sdclip_k_embed": ">0", "quant.attn_bits": "group_bits",

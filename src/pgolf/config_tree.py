@@ -87,6 +87,11 @@ class ModelConfig:
                                     "one's last token (#1855's fix)")
     doc_mask: bool = _f(False, "attention never crosses a BOS (document start): FA3 varlen where present, "
                                "a masked SDPA elsewhere; training and evaluation alike")
+    rope_precision: Literal["fp64", "fp32", "bf16_freq"] = _f(
+        "fp64", "RoPE tables: fp64 angles (pgolf, exact to the last bit); fp32 as #1855 builds them; bf16_freq "
+                "also rounds the frequencies to bf16, as #1855 ran (its model cast to bf16 casts that buffer)")
+    init_bf16: bool = _f(False, "round every initial weight to bf16, as #1855's cast of its fresh model to bf16 "
+                                "does (parallel_resid_lambdas start at 1.1015625); False keeps the fp32 init")
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -121,14 +126,30 @@ class OptimConfig:
     grad_clip_norm: float = _f(0.0, "clip the gradient norm; 0 disables")
     grad_clip_mode: Literal["local", "global"] = _f(
         "local", "local: clip each rank's gradient before reduction (reference); global: after")
+    embed_wd: float | None = _f(
+        None, "AdamW weight decay of the embedding tables; None = optim.adam_wd (#1855: EMBED_WD 0.085 on "
+              "tok_emb beside adam_wd 0.02 on the scalars)")
+    muon_pe_safety: float = _f(
+        1.02, "Polar Express input divided by this x its Frobenius norm: 1.02 is the paper's safety factor "
+              "(singular values safely below 1); #1855 divides by the plain norm (1.0)")
+    muon_momentum_dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "Muon momentum buffer, Nesterov blend and row normalization dtype: fp32 keeps small momentum "
+                "contributions; bf16 is #1855's (buffer of the bf16 grads)")
+    muon_ns_norm_dtype: Literal["fp32", "bf16"] = _f(
+        "fp32", "dtype of the Newton-Schulz input norm and division: fp32 (a tiny grad never rounds to a zero "
+                "scale); bf16 rounds the norm as #1855 does")
+    muon_row_norm_eps: Literal["add", "clamp"] = _f(
+        "add", "MuonEq-R denominator: row norm + 1e-7 (pgolf) or max(row norm, 1e-7) (#1855); they differ only "
+               "in the last bits, and on near-zero rows")
 
 
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = _f(20, "compile-priming steps, undone afterwards (weights, optimizer, data)")
     warmdown_iters: int = _f(1200, "length of the linear lr warmdown, in steps")
-    warmdown_mode: Literal["auto", "time", "iters"] = _f(
-        "auto", "auto: whichever of time and iters ends first (iters alone with no cap); time needs the cap")
+    warmdown_mode: Literal["auto", "time", "iters", "frac"] = _f(
+        "auto", "auto: whichever of time and iters ends first (iters alone with no cap); time needs the cap; "
+                "frac: the last schedule.warmdown_frac of training progress (#1855)")
     min_lr_mult: float = _f(0.0, "the warmdown ends at this fraction of the lr instead of 0 (#1855: 0.10)")
     wd_taper_start: float = _f(
         0.7, "training fraction (iterations or wall clock, whichever is further) where Muon's WD taper begins")
@@ -144,6 +165,12 @@ class ScheduleConfig:
     swa_threshold: float = _f(0.2, "take SWA snapshots once the lr multiplier is below this")
     export_weights: Literal["auto", "raw", "ema", "swa", "ema_swa"] = _f(
         "auto", "which weights get exported; auto = ema when EMA is on, else raw")
+    warmdown_frac: float = _f(
+        0.0, "warmdown_mode frac: the lr falls linearly to 0 over this last fraction of training "
+             "(wall clock of the capped budget; #1855: WARMDOWN_FRAC 0.85); 0 = no warmdown")
+    min_lr_form: Literal["lerp", "max"] = _f(
+        "lerp", "how min_lr_mult floors the warmdown: lerp = floor + (1-floor)*m, reaching the floor at "
+                "the end (pgolf); max = max(m, floor), same slope, floor held at the end (#1855's MIN_LR)")
 
 
 @dataclass

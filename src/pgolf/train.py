@@ -21,7 +21,8 @@ from pgolf.errors import TrainingError
 from pgolf.eval.bpb import eval_plain
 from pgolf.hw import compute_autocast, device_sync
 from pgolf.model.stack import looping_due
-from pgolf.optim.schedule import lr_multiplier, momentum_cooldown, muon_momentum_at, wd_taper_multiplier
+from pgolf.optim.schedule import (lr_multiplier, momentum_cooldown, muon_momentum_at, training_fraction,
+                                  wd_taper_multiplier)
 from pgolf.runlog import RunLog
 from pgolf.wallclock import AutoCheckpoints, CapSchedule, TrainClock, training_cap_ms
 
@@ -56,7 +57,7 @@ def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> floa
     taper and late-QAT switch for the coming step."""
     r, o, s = cfg.run, cfg.optim, cfg.schedule
     mult = lr_multiplier(st.step, elapsed_ms, r.iterations, s.warmdown_iters,
-                         training_cap_ms(cfg), s.warmdown_mode, s.min_lr_mult)
+                         training_cap_ms(cfg), s.warmdown_mode, s.min_lr_mult, s.warmdown_frac, s.min_lr_form)
     opt.set_lr_multiplier(mult)
     momentum = muon_momentum_at(st.step, o.muon_momentum_warmup_start, o.muon_momentum,
                                 o.muon_momentum_warmup_steps)
@@ -74,12 +75,9 @@ def set_schedule(opt, qat, cfg: Config, st: RunState, elapsed_ms: float) -> floa
 
 
 def training_progress(st: RunState, cfg: Config, elapsed_ms: float) -> float:
-    """How far training is, 0..1: whichever of the iteration and wall-clock budgets is further."""
-    r = cfg.run
-    done = st.step / max(r.iterations, 1)
-    if training_cap_ms(cfg) > 0:
-        done = max(done, elapsed_ms / training_cap_ms(cfg))
-    return min(done, 1.0)
+    """How far training is, 0..1: whichever of the iteration and wall-clock budgets is further
+    (the same fraction drives warmdown_mode "frac", the loop switch and the late schedules)."""
+    return training_fraction(st.step, elapsed_ms, cfg.run.iterations, training_cap_ms(cfg))
 
 
 def set_looping(model, cfg: Config, st: RunState, elapsed_ms: float) -> bool:

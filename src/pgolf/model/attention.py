@@ -32,11 +32,13 @@ def ntk_rope_base(base: float, rope_dims: int, seq_len: int, train_len: int) -> 
 class Rotary(nn.Module):
     """cos/sin tables for the first `rope_dims` dims of each head, cached per length."""
 
-    def __init__(self, head_dim: int, rope_dims: int, base: float, train_len: int) -> None:
+    def __init__(self, head_dim: int, rope_dims: int, base: float, train_len: int,
+                 precision: str = "fp64") -> None:
         super().__init__()
         self.rope_dims = rope_dims or head_dim
         self.base = base
         self.train_len = train_len
+        self.precision = precision  # model.rope_precision
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype):
@@ -51,10 +53,25 @@ class Rotary(nn.Module):
     def _tables(self, seq_len: int, device: torch.device, dtype: torch.dtype):
         rd = self.rope_dims
         base = ntk_rope_base(self.base, rd, seq_len, self.train_len)
+        if self.precision != "fp64":
+            return self._tables_fp32(base, seq_len, device, dtype)
         inv_freq = 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
         t = torch.arange(seq_len, dtype=torch.float64, device=device)
         freqs = torch.outer(t, inv_freq)
         # Shaped [1, T, 1, rd/2] to broadcast over [B, T, H, rd/2].
+        return (freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype))
+
+
+    def _tables_fp32(self, base: float, seq_len: int, device: torch.device, dtype: torch.dtype):
+        """#1855's tables: frequencies made in fp32 on the CPU (where its model is built), angles
+        and cos/sin in fp32 on the device; "bf16_freq" also rounds the frequencies to bf16, as the
+        record's cast of the whole model to bf16 does to its frequency buffer."""
+        rd = self.rope_dims
+        inv_freq = 1.0 / base ** (torch.arange(0, rd, 2, dtype=torch.float32) / rd)
+        if self.precision == "bf16_freq":
+            inv_freq = inv_freq.to(torch.bfloat16).float()
+        t = torch.arange(seq_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq.to(device))
         return (freqs.cos()[None, :, None, :].to(dtype), freqs.sin()[None, :, None, :].to(dtype))
 
 

@@ -116,13 +116,19 @@ class GPT(nn.Module):
             self.parallel_post_lambdas = nn.Parameter(torch.ones(L, 2, 2))
             self.parallel_resid_lambdas = nn.Parameter(torch.full((L, 2), 1.1))
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
-        self.rotary = Rotary(head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len)
+        self.rotary = Rotary(head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len, cfg.rope_precision)
         self.attn_backend = "sdpa"
         # A seam for transforms applied from outside (late QAT): called as
         # weight_transform(group, w) on "blocks" (block matrices) and "projections"
         # (BigramHash / VE projections); None = weights used as stored.
         self.weight_transform: nn.Module | None = None
         self.reset_parameters()
+        if cfg.init_bf16:
+            # #1855 casts its fresh model to bf16 and restores most tensors to fp32: every initial
+            # value is then a bf16 number (parallel_resid_lambdas start at 1.1015625, not 1.1).
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(p.to(torch.bfloat16))
         if cfg.embed_dtype == "bf16":
             # The reference trains these tables in bf16 (the model is cast to bf16 and only
             # small/control tensors and linear layers are restored to fp32).

@@ -115,7 +115,8 @@ def _adam_groups(model: Any, ocfg: OptimConfig) -> list[dict[str, Any]]:
     embed = [p for p in model.embedding_params() if id(p) not in head_ids]
     scalars = [p for p in model.scalar_params() if id(p) not in head_ids]
     embed_lr = ocfg.tied_embed_lr if tied else ocfg.embed_lr
-    groups = [dict(params=embed, lr=embed_lr, base_lr=embed_lr),
+    embed_wd = ocfg.adam_wd if ocfg.embed_wd is None else ocfg.embed_wd
+    groups = [dict(params=embed, lr=embed_lr, base_lr=embed_lr, weight_decay=embed_wd),
               dict(params=scalars, lr=ocfg.scalar_lr, base_lr=ocfg.scalar_lr)]
     if head_params:
         groups.append(dict(params=head_params, lr=ocfg.head_lr, base_lr=ocfg.head_lr))
@@ -135,7 +136,10 @@ def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
     muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr, base_wd=ocfg.muon_wd)], lr=ocfg.matrix_lr,
                 momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
                 backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm,
-                compile_ns=compile_ns, coeffs=ocfg.muon_coeffs, row_norm=ocfg.muon_row_norm)
+                compile_ns=compile_ns, coeffs=ocfg.muon_coeffs, row_norm=ocfg.muon_row_norm,
+                pe_safety=ocfg.muon_pe_safety,
+                momentum_dtype=torch.bfloat16 if ocfg.muon_momentum_dtype == "bf16" else torch.float32,
+                ns_norm_fp32=ocfg.muon_ns_norm_dtype == "fp32", row_norm_clamp=ocfg.muon_row_norm_eps == "clamp")
     groups = _adam_groups(model, ocfg)
     if not groups:
         raise OptimError("build_optimizers: the model has no embedding or scalar params; AdamW needs some")

@@ -9,7 +9,7 @@ The same code path serves one process (no-op `Comm`) and many ("Parallel Muon"):
    first, so rank k receives the mean grads of matrices [k*s, (k+1)*s), s = n_pad/world.
    On one process both collectives are identities and are skipped.
 2. `step()`: per param in the same order, wait, Nesterov momentum on the local shard
-   (fp32 buffer of the shard only), batched Newton–Schulz, scale by sqrt(max(1, r/c)),
+   (a buffer of the shard only, fp32 unless momentum_dtype says bf16), batched Newton–Schulz, scale by sqrt(max(1, r/c)),
    async all-gather of the update; the previous param's gathered update is applied while
    the current one is orthogonalized (decoupled weight decay, then p -= lr * update).
 
@@ -45,12 +45,15 @@ POLAR_EXPRESS_COEFFS = (
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.bfloat16, coeffs: str = "quintic") -> torch.Tensor:
+                  dtype: torch.dtype = torch.bfloat16, coeffs: str = "quintic",
+                  safety: float = 1.02, norm_fp32: bool = True) -> torch.Tensor:
     """Approximately orthogonalize each matrix of G [..., m, n].
 
     coeffs "quintic": the fixed (3.4445, -4.7750, 2.0315) iteration; singular values end
     roughly in [0.7, 1.2] after 5 steps (Muon only needs "near 1"). "polar_express": the
-    per-iteration coefficients above (steps beyond 5 repeat the last one), closer to 1.
+    per-iteration coefficients above (steps beyond 5 repeat the last one), closer to 1; the
+    input is divided by `safety` x its Frobenius norm (+ eps). norm_fp32=False takes the norm
+    and divides in `dtype` (the norm itself rounded to bf16), as #1855 does.
     """
     if G.ndim < 2:
         raise OptimError(f"newton_schulz: got shape {tuple(G.shape)}; pass a [..., m, n] tensor")
@@ -60,9 +63,14 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7,
     if tall:
         # X X^T is then the small (n x n) Gram matrix: cheaper and better conditioned.
         X = X.mT
-    # The norm in fp32 keeps tiny grads from underflowing to a zero scale in bf16.
-    norm = X.float().norm(dim=(-2, -1), keepdim=True) * (1.02 if polar else 1.0)
-    X = (X.float() / (norm + eps)).to(dtype)
+    if norm_fp32:
+        # The norm in fp32 keeps tiny grads from underflowing to a zero scale in bf16.
+        norm = X.float().norm(dim=(-2, -1), keepdim=True) * (safety if polar else 1.0)
+        X = (X.float() / (norm + eps)).to(dtype)
+    else:
+        norm = X.norm(dim=(-2, -1), keepdim=True)
+        norm = norm * safety if polar and safety != 1.0 else norm
+        X = X / (norm + eps)
     for i in range(steps):
         a, b, c = POLAR_EXPRESS_COEFFS[min(i, len(POLAR_EXPRESS_COEFFS) - 1)] if polar else NS_COEFFS
         A = X @ X.mT
@@ -109,7 +117,9 @@ class Muon(torch.optim.Optimizer):
                  nesterov: bool = True, backend_steps: int = 5, weight_decay: float = 0.0,
                  comm: Comm | None = None, ns_dtype: torch.dtype = torch.bfloat16,
                  reduce_dtype: torch.dtype = torch.bfloat16, compile_ns: bool = False,
-                 coeffs: str = "quintic", row_norm: bool = False) -> None:
+                 coeffs: str = "quintic", row_norm: bool = False, pe_safety: float = 1.02,
+                 momentum_dtype: torch.dtype = torch.float32, ns_norm_fp32: bool = True,
+                 row_norm_clamp: bool = False) -> None:
         if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1:
             raise OptimError(f"Muon: lr={lr}, momentum={momentum}, backend_steps={backend_steps}; "
                              "need lr >= 0, 0 <= momentum < 1, backend_steps >= 1")
@@ -121,6 +131,9 @@ class Muon(torch.optim.Optimizer):
         self.reduce_dtype = reduce_dtype
         self.compile_ns = compile_ns
         self.coeffs, self.row_norm = coeffs, row_norm
+        # #1855's numerics when set: bf16 momentum, bf16 NS norm, no safety factor, clamped row norm.
+        self.pe_safety, self.momentum_dtype = pe_safety, momentum_dtype
+        self.ns_norm_fp32, self.row_norm_clamp = ns_norm_fp32, row_norm_clamp
         self._ns_fn: Any = None
         self._pending: list[_Pending] | None = None
         # Outside self.state on purpose: state_dict() must not carry scratch buffers.
@@ -178,7 +191,7 @@ class Muon(torch.optim.Optimizer):
         self._pending = pending
 
     def _update(self, p: torch.Tensor, group: dict, shard: torch.Tensor) -> torch.Tensor:
-        g = shard.float()
+        g = shard.to(self.momentum_dtype)
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(g)
@@ -189,8 +202,12 @@ class Muon(torch.optim.Optimizer):
         if self.row_norm:
             # MuonEq-R: equalize the rows before orthogonalizing, so a few large-gradient rows
             # do not dominate the polar factor (the later records' MuonEq-R).
-            g = g / (g.norm(dim=-1, keepdim=True) + 1e-7)
-        update = self._ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype, coeffs=self.coeffs)
+            if self.row_norm_clamp:
+                g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(g.dtype)
+            else:
+                g = g / (g.norm(dim=-1, keepdim=True) + 1e-7)
+        update = self._ns()(g, steps=group["backend_steps"], dtype=self.ns_dtype, coeffs=self.coeffs,
+                            safety=self.pe_safety, norm_fp32=self.ns_norm_fp32)
         _, r, c = bank_shape(p)
         return update.mul_(math.sqrt(max(1.0, r / c)))
 
@@ -259,10 +276,10 @@ class Muon(torch.optim.Optimizer):
         self._drop_pending()
         base = {k: v for k, v in state_dict.items() if k not in ("muon_world_size", "muon_rank")}
         super().load_state_dict(base)
-        # torch casts loaded state to the param dtype; keep the buffers fp32 as saved.
+        # torch casts loaded state to the param dtype; keep the buffers in Muon's momentum dtype.
         params = [p for g in self.param_groups for p in g["params"]]
         for idx, saved in state_dict["state"].items():
             buf = saved.get("momentum_buffer")
             if buf is not None:
                 p = params[idx]
-                self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=torch.float32).clone()
+                self.state[p]["momentum_buffer"] = buf.to(device=p.device, dtype=self.momentum_dtype).clone()

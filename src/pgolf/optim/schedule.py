@@ -3,7 +3,8 @@ and the late weight-decay taper."""
 
 from pgolf.optim.errors import OptimError
 
-_SCHED_MODES = ("auto", "time", "iters")
+_SCHED_MODES = ("auto", "time", "iters", "frac")
+_FLOOR_FORMS = ("lerp", "max")
 
 
 def muon_momentum_at(step: int, start: float, final: float, warmup_steps: int) -> float:
@@ -68,11 +69,47 @@ def _time(step: int, elapsed_ms: float, warmdown_iters: int, max_wallclock_ms: f
     return remaining_ms / warmdown_ms if remaining_ms < warmdown_ms else 1.0
 
 
+def training_fraction(step: int, elapsed_ms: float, iterations: int, max_wallclock_ms: float) -> float:
+    """How far training is, 0..1: whichever of step / iterations and elapsed_ms / max_wallclock_ms
+    (when there is a cap) is further along, clamped to 1."""
+    done = step / max(iterations, 1)
+    if max_wallclock_ms > 0:
+        done = max(done, elapsed_ms / max_wallclock_ms)
+    return min(done, 1.0)
+
+
+def frac_warmdown(progress: float, warmdown_frac: float) -> float:
+    """1 until progress reaches 1 - warmdown_frac, then (1 - progress) / warmdown_frac, 0 at the
+    end (#1855's WARMDOWN_FRAC schedule); warmdown_frac <= 0 disables it (always 1)."""
+    if warmdown_frac <= 0 or progress < 1.0 - warmdown_frac:
+        return 1.0
+    return max((1.0 - progress) / warmdown_frac, 0.0)
+
+
+def floored(mult: float, floor: float, form: str = "lerp") -> float:
+    """The multiplier kept above `floor`: "lerp" rescales it to floor + (1 - floor) * mult (the
+    whole warmdown is compressed, floor reached only at the end); "max" cuts it at the floor,
+    max(mult, floor), so the slope is unchanged and the floor holds over the last stretch (#1855)."""
+    if form not in _FLOOR_FORMS:
+        raise OptimError(f"min_lr_form={form!r} is unknown; use one of {_FLOOR_FORMS}")
+    return max(mult, floor) if form == "max" else floor + (1.0 - floor) * mult
+
+
 def lr_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
-                  max_wallclock_ms: float, mode: str = "auto", floor: float = 0.0) -> float:
-    """The warmdown multiplier (see warmdown_multiplier), lifted to end at `floor` instead of 0."""
-    mult = warmdown_multiplier(step, elapsed_ms, iterations, warmdown_iters, max_wallclock_ms, mode)
-    return floor + (1.0 - floor) * mult
+                  max_wallclock_ms: float, mode: str = "auto", floor: float = 0.0,
+                  warmdown_frac: float = 0.0, floor_form: str = "lerp") -> float:
+    """The warmdown multiplier (see warmdown_multiplier), kept above `floor` (see floored).
+
+    mode "frac" runs frac_warmdown on training_fraction (the wall-clock fraction of the capped
+    budget whenever it is ahead of the iteration fraction, as in every capped run).
+    """
+    if mode not in _SCHED_MODES:
+        raise OptimError(f"warmdown_mode={mode!r} is unknown; use one of {_SCHED_MODES}")
+    if mode == "frac":
+        mult = frac_warmdown(training_fraction(step, elapsed_ms, iterations, max_wallclock_ms), warmdown_frac)
+    else:
+        mult = warmdown_multiplier(step, elapsed_ms, iterations, warmdown_iters, max_wallclock_ms, mode)
+    return floored(mult, floor, floor_form)
 
 
 def warmdown_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_iters: int,
@@ -89,10 +126,11 @@ def warmdown_multiplier(step: int, elapsed_ms: float, iterations: int, warmdown_
       It reaches 0 exactly when the wall-clock budget is spent.
     - "auto": whichever of "time" and "iters" is lower when max_wallclock_ms > 0 (a run
       that stops on `iterations` long before the cap still anneals), else "iters".
-    warmdown_iters <= 0 disables the warmdown (always 1.0).
+    warmdown_iters <= 0 disables the warmdown (always 1.0). ("frac" lives in lr_multiplier.)
     """
-    if mode not in _SCHED_MODES:
-        raise OptimError(f"warmdown_mode={mode!r} is unknown; use one of {_SCHED_MODES}")
+    if mode not in _SCHED_MODES[:3]:
+        raise OptimError(f"warmdown_mode={mode!r} is unknown here; use one of {_SCHED_MODES[:3]} "
+                         "(lr_multiplier also takes 'frac')")
     if mode == "auto":
         if max_wallclock_ms <= 0:
             return _iters(step, iterations, warmdown_iters)
