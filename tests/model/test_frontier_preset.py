@@ -137,7 +137,9 @@ def test_record_1855_forward_equals_the_scripts_forward_on_the_same_weights():
     # The preset at a small width (depth, loops, lanes, gates, XSA, smear as the record).
     cfg, _ = resolve_config("record_1855", env={}, sets=[
         "model.vocab_size=64", "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2",
-        "model.rope_dims=4", "model.gate_window=6", "model.compile=false"])
+        "model.rope_dims=4", "model.gate_window=6", "model.compile=false",
+        # The architecture in fp32: the transcription below builds fp32 RoPE frequencies.
+        "model.rope_precision=fp32", "model.embed_dtype=fp32"])
     torch.manual_seed(0)
     model = GPT(cfg.model)
     with torch.no_grad():
