@@ -40,7 +40,7 @@ BAD_ENUMS = {
     "quant.calib_source": "val", "quant.clip_rule": "mse", "quant.clip_weighting": "fisher",
     "quant.code_order": "zigzag", "quant.fp16_layout": "packed",
     "schedule.min_lr_form": "lerp_max", "model.rope_precision": "fp16", "optim.muon_momentum_dtype": "fp16",
-    "optim.muon_row_norm_eps": "none", "optim.muon_ns_norm_dtype": "fp64",
+    "optim.muon_row_norm_eps": "none", "optim.muon_ns_norm_dtype": "fp64", "schedule.ema_form": "mean",
 }
 
 

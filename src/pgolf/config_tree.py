@@ -171,6 +171,9 @@ class ScheduleConfig:
     min_lr_form: Literal["lerp", "max"] = _f(
         "lerp", "how min_lr_mult floors the warmdown: lerp = floor + (1-floor)*m, reaching the floor at "
                 "the end (pgolf); max = max(m, floor), same slope, floor held at the end (#1855's MIN_LR)")
+    ema_form: Literal["lerp", "scale_add"] = _f(
+        "lerp", "EMA update arithmetic: lerp (one rounding per step) or decay*shadow then + (1-decay)*param "
+                "(#1855's two roundings); the same average to fp32 rounding")
 
 
 @dataclass

@@ -173,7 +173,7 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
               device=device_label(device).replace(" ", "_"), val_tokens=spec.val.tokens.numel() - 1,
               config_hash=config_hash(cfg))
     st = RunState()
-    ema = EMA(model, cfg.schedule.ema_decay) if cfg.schedule.ema_enabled else None
+    ema = EMA(model, cfg.schedule.ema_decay, cfg.schedule.ema_form) if cfg.schedule.ema_enabled else None
     swa = SWA("ema" if cfg.schedule.export_weights == "ema_swa" else "raw") if cfg.schedule.swa_enabled else None
     if spec.checkpoint is not None:
         restore_checkpoint(spec.checkpoint, model, opt, loader, ema, swa, st, qat)

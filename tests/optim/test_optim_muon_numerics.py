@@ -107,3 +107,20 @@ def test_embed_wd_decays_the_embedding_only(embed_wd, want_embed):
     opts.adam.step()
     assert torch.allclose(model.tok_emb.weight, emb0 * (1 - 0.5 * want_embed), rtol=0, atol=1e-7)
     assert torch.allclose(model.gain, gain0 * (1 - 0.5 * 0.02), rtol=0, atol=1e-7)
+
+
+def test_ema_scale_add_rounds_twice_and_agrees_with_lerp_to_rounding():
+    from pgolf.optim.averaging import EMA
+    g = torch.Generator().manual_seed(4)
+    p = torch.nn.Parameter(torch.randn(256, generator=g))
+    emas = {form: EMA([("w", p)], 0.9965, form) for form in ("lerp", "scale_add")}
+    manual = p.detach().clone()
+    for _ in range(50):
+        with torch.no_grad():
+            p.add_(0.01 * torch.randn(256, generator=g))
+        for ema in emas.values():
+            ema.update([("w", p)])
+        manual.mul_(0.9965).add_(p.detach(), alpha=1.0 - 0.9965)
+    assert torch.equal(emas["scale_add"].shadow["w"], manual)
+    assert not torch.equal(emas["lerp"].shadow["w"], manual)
+    assert torch.allclose(emas["lerp"].shadow["w"], manual, rtol=1e-5, atol=0)

@@ -45,12 +45,15 @@ def _merge(model: torch.nn.Module | None, avg: dict[str, torch.Tensor]) -> dict[
 
 
 class EMA:
-    """fp32 exponential moving average: shadow <- decay * shadow + (1 - decay) * param."""
+    """fp32 exponential moving average: shadow <- decay * shadow + (1 - decay) * param, computed
+    as a lerp (one rounding) or as #1855's scale-then-add ("scale_add")."""
 
-    def __init__(self, model_or_params: Any, decay: float) -> None:
+    def __init__(self, model_or_params: Any, decay: float, form: str = "lerp") -> None:
         if not 0.0 <= decay < 1.0:
             raise OptimError(f"EMA decay={decay} is outside [0, 1); use e.g. 0.997")
-        self.decay = decay
+        if form not in ("lerp", "scale_add"):
+            raise OptimError(f"EMA form={form!r} is unknown; use 'lerp' or 'scale_add'")
+        self.decay, self.form = decay, form
         self.num_updates = 0
         self.shadow = {n: t.detach().float().clone() for n, t in _named_float(model_or_params)}
 
@@ -62,7 +65,12 @@ class EMA:
             raise OptimError(f"EMA.update: params {missing[:3]} are missing; pass the model the EMA was built from")
         shadows = list(self.shadow.values())
         values = [current[n].detach().float() for n in self.shadow]
-        torch._foreach_lerp_(shadows, values, 1.0 - self.decay)
+        if self.form == "scale_add":
+            # decay * shadow + (1 - decay) * param, rounded as #1855 rounds it (mul_, then add_).
+            torch._foreach_mul_(shadows, self.decay)
+            torch._foreach_add_(shadows, values, alpha=1.0 - self.decay)
+        else:
+            torch._foreach_lerp_(shadows, values, 1.0 - self.decay)
         self.num_updates += 1
 
     @torch.no_grad()
