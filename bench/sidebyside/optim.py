@@ -8,6 +8,7 @@ Rows (quantity, record, pgolf, diff, target, ok):
       vocab 512, 64 tokens), its state dict loaded into pgolf's record_1855 model at the same
       width, both fp32, loop on and off; RoPE with fp32 frequencies (the record built in fp32)
       and with bf16 frequencies (the record as it ran: its cast to bf16 reaches that buffer).
+  (a') the record's model cast to bf16 as it trains (bf16 embedding and stream) beside pgolf's.
   (b) one Newton-Schulz call on the same bank (fed fp32 and bf16): max relative difference.
   (c) two Muon steps on the same banks and grads: relative difference of the update.
   (d) lr multiplier and loop state at every step line of the record's log, and on a synthetic
@@ -59,7 +60,8 @@ def record_h(mod):
 def pgolf_cfg(*sets):
     return resolve_config("record_1855", env={}, sets=[
         f"model.vocab_size={VOCAB}", f"model.model_dim={DIM}", f"model.num_heads={HEADS}",
-        f"model.num_kv_heads={KV}", "model.compile=false", "model.embed_dtype=fp32", *sets])[0]
+        f"model.num_kv_heads={KV}", "model.compile=false", "model.embed_dtype=fp32", "model.stream_dtype=fp32",
+        *sets])[0]
 
 
 # ---------------------------------------------------------------- (a) logits
@@ -111,6 +113,39 @@ def logits_rows(mod):
                 target = "bitwise" if exact else "info (fp64 tables)" if rope == "fp64" else "info (attention kernel)"
                 out.append(row(label, a.abs().max().item(), b.abs().max().item(), d, target, bitwise or not exact))
                 out[-1]["pgolf"] = f"{out[-1]['pgolf']} (bitwise {bitwise})"
+    return out
+
+
+def as_run_rows(mod):
+    """The record's model as it trains: cast to bf16, then restore_fp32_params (tok_emb and the RoPE
+    frequency buffer stay bf16), run without autocast on CPU; pgolf's record_1855 model (bf16
+    table and stream, bf16 frequencies) holding its state dict. The hidden state before the head
+    is compared; the logits differ by design (the record soft-caps in bf16, pgolf in fp32)."""
+    mod.BOS_ID = 1
+    torch.manual_seed(0)
+    ref = mod.GPT(record_h(mod))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref = ref.bfloat16()
+    mod.restore_fp32_params(ref)
+    ref.eval()
+    sd = {k: v.detach().clone() for k, v in ref.state_dict().items()}
+    ids = torch.randint(2, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(1))
+    out = []
+    for stream in ("embed", "fp32"):
+        ours = GPT(pgolf_cfg("model.embed_dtype=bf16", f"model.stream_dtype={stream}").model).eval()
+        ours.load_state_dict(sd)
+        for loop in (False, True):
+            ref.looping_active = ours.looping_active = loop
+            with torch.no_grad():
+                a, b = ref._forward_hidden(ids), ours.forward_hidden(ids)
+            d = (a.float() - b.float()).abs().max().item()
+            exact = stream == "embed"
+            out.append(row(f"(a') hidden max|diff|, record cast to bf16 as it trains vs pgolf stream_dtype={stream} "
+                           f"(bf16 table, bf16_freq), loop {'on' if loop else 'off'}, no autocast",
+                           str(a.dtype), f"{b.dtype} (bitwise {torch.equal(a, b)})", d,
+                           "bitwise" if exact else "info (pgolf's fp32 stream)", torch.equal(a, b) or not exact))
     return out
 
 
@@ -275,7 +310,7 @@ def _first(pred, hi):
 
 def rows(record_module, log_path: str | None = None) -> list[dict]:
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    return logits_rows(record_module) + ns_rows(record_module) + muon_rows(record_module) + \
+    return logits_rows(record_module) + as_run_rows(record_module) + ns_rows(record_module) + muon_rows(record_module) + \
         schedule_rows(record_module, log_path)
 
 

@@ -90,6 +90,9 @@ class ModelConfig:
     rope_precision: Literal["fp64", "fp32", "bf16_freq"] = _f(
         "fp64", "RoPE tables: fp64 angles (pgolf, exact to the last bit); fp32 as #1855 builds them; bf16_freq "
                 "also rounds the frequencies to bf16, as #1855 ran (its model cast to bf16 casts that buffer)")
+    stream_dtype: Literal["fp32", "embed"] = _f(
+        "fp32", "residual stream: fp32 from the embedding on (pgolf); embed = the table's dtype, so with "
+                "embed_dtype bf16 the stream is bf16 as #1855 ran it (torch 2.9 autocast keeps rms_norm bf16)")
     init_bf16: bool = _f(False, "round every initial weight to bf16, as #1855's cast of its fresh model to bf16 "
                                 "does (parallel_resid_lambdas start at 1.1015625); False keeps the fp32 init")
 

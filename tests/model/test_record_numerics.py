@@ -92,3 +92,11 @@ def test_fp32_tables_round_the_angle_to_fp32_before_the_cosine():
     rounded_angle = exact_angle.float().double()            # the angle as an fp32 number
     assert (cos - torch.cos(rounded_angle)).abs().max() < 1e-6
     assert (cos - torch.cos(exact_angle)).abs().max() > 2e-5
+
+
+def test_stream_dtype_embed_keeps_a_bf16_table_s_dtype_through_the_stack():
+    ids = torch.randint(2, 64, (1, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert small_model().eval().forward_hidden(ids).dtype == torch.bfloat16
+        assert small_model("model.stream_dtype=fp32").eval().forward_hidden(ids).dtype == torch.float32
+        assert small_model("model.embed_dtype=fp32").eval().forward_hidden(ids).dtype == torch.float32

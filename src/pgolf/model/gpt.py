@@ -230,7 +230,10 @@ class GPT(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         # Tables may be stored in bf16 (model.embed_dtype); compute stays in fp32 here and
         # autocast decides the matmul precision.
-        x = self.tok_emb(ids).float()
+        x = self.tok_emb(ids)
+        # model.stream_dtype "embed" keeps the table's dtype: a bf16 table then makes the whole
+        # residual stream bf16, as in #1855 (torch 2.9's autocast keeps rms_norm in bf16).
+        x = x if self.cfg.stream_dtype == "embed" else x.float()
         if self.bigram is not None:
             x = x + self.bigram(ids, self._weight("projections", self.bigram.proj.weight))
         keep = not_bos_mask(ids, self.cfg.bos_id, x.dtype) if self.cfg.smear_bos_fix else None
