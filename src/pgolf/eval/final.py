@@ -39,6 +39,7 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     phases.update({f"ttt_{k}": res[k] for k in ("score_seconds", "train_seconds") if k in res})
     out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
            "eval_causal": res["causal"], "eval_seconds": res["eval_seconds"],
+           "val_tokens_scored": int(res["tokens"]), "val_bytes_scored": int(res["bytes"]),
            "pre_quant_val_bpb": before["val_bpb"], "post_quant_plain_val_bpb": after["val_bpb"],
            "quant_penalty_bpb": after["val_bpb"] - before["val_bpb"]}
     if ec.audit and auditor is not None:
@@ -57,5 +58,5 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     out["eval_phase_seconds"] = phases
     log.event(event="eval_time", **{k: round(v, 2) for k, v in phases.items()}, budget_s=ec.budget_seconds)
     log.event(event="final", val_loss=round(res["val_loss"], 5), val_bpb=round(res["val_bpb"], 5),
-              mode=res["mode"], legal=out["legal"])
+              mode=res["mode"], legal=out["legal"], tokens=int(res["tokens"]), bytes=int(res["bytes"]))
     return out
