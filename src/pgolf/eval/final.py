@@ -14,6 +14,13 @@ from pgolf.quant.export import load_round_trip
 from pgolf.runlog import RunLog
 
 
+def plain_whole_batch_windows(cfg: Config) -> int:
+    """Windows per rank per plain-eval batch when eval.plain_whole_batches drops partial batches
+    (the record's VAL_BATCH_TOKENS / (world * grad_accum) / seq_len), else 0 (score all)."""
+    ec = cfg.eval
+    return ec.batch_tokens // (cfg.run.accum_world * ec.seq_len) if ec.plain_whole_batches else 0
+
+
 def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm: Comm, device,
                      log: RunLog, auditor: Callable | None = None) -> dict[str, Any]:
     """Plain bpb before/after quantization, then the configured eval mode and its audit.
@@ -26,10 +33,13 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     ec = cfg.eval
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
-    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line)
+    whole = plain_whole_batch_windows(cfg)
+    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line,
+                        whole_batch_windows=whole)
     del pre
     model = load_round_trip(artifact, cfg, device)
-    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line)
+    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line,
+                       whole_batch_windows=whole)
     phases["quant_check_s"] = time.perf_counter() - t0
     log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
               post_quant_val_bpb=round(after["val_bpb"], 5),
