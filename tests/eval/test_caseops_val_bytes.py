@@ -11,6 +11,7 @@ import torch
 
 from pgolf.config import resolve_config
 from pgolf.data.paths import load_val
+from pgolf.data.sidecar import SidecarBytes
 from pgolf.dist import Comm
 from pgolf.eval.bpb import eval_plain
 from pgolf.eval.final import plain_whole_batch_windows
@@ -81,3 +82,11 @@ def test_record_plain_eval_scores_whole_32_window_batches_per_rank(record_val, w
         expected += int(counts[lo * 2048 + 1:(lo + kept) * 2048 + 1].sum())
     assert tokens == {1: 288, 8: 256}[world] * 2048
     assert charged == expected < KEPT_TARGET_BYTES
+
+
+@pytest.mark.parametrize("whole,scored", [(3, 3), (4, 4), (5, 4), (0, 4)])
+def test_whole_batches_drop_the_partial_one_unless_nothing_would_be_left(whole, scored):
+    tokens = torch.arange(4 * 16 + 1) % 7 + 1
+    tables = SidecarBytes(torch.ones(tokens.numel(), dtype=torch.int64), 8)
+    out = eval_plain(ZeroNLL(), tokens, 16, 64, tables, Comm(), torch.device("cpu"), whole_batch_windows=whole)
+    assert out["tokens"] == out["bytes"] == scored * 16
