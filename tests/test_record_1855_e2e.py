@@ -64,7 +64,9 @@ def run(tmp_path_factory):
 def test_run_reaches_its_final_val_bpb_line(run):
     last = run["stdout"].strip().splitlines()[-1]
     assert last.startswith("val_bpb:"), last
-    assert np.isfinite(run["metrics"]["val_bpb"])
+    m = run["metrics"]
+    # bpb of a 6-step model sits near ln(8192)/ln(2) bits per token, far above 0 per byte.
+    assert all(np.isfinite(m[k]) and m[k] > 1 for k in ("val_bpb", "pre_quant_val_bpb", "post_quant_plain_val_bpb"))
     assert Path(run["metrics"]["tokenizer_path"]).resolve() == CASEOPS_TOKENIZER.resolve()
 
 
