@@ -58,6 +58,8 @@ def test_train_recipe_keeps_the_record_architecture_at_reduced_width(env):
     assert not m.compile and cfg.data.path.endswith("fineweb_legal_sp8192_caseops")
     assert cfg.quant.matrix_method == "gptq" and cfg.quant.lqer_rank > 0 and cfg.quant.small_numel <= 8192
     assert cfg.eval.ttt_enabled and cfg.eval.ttt_kind == "phased"
+    e = cfg.eval  # the record's whole-batch plain eval must find one whole batch in the slice
+    assert e.batch_tokens // (cfg.run.accum_world * e.seq_len) <= e.max_tokens // e.seq_len
 
 
 def test_quant_table_variants_validate_on_the_run_config():

@@ -28,5 +28,6 @@ PYTHONPATH=src ${DRY_RUN:+echo} python -m pgolf train --preset record_1855 --out
   --set optim.muon_momentum_warmup_steps=$MOMENTUM_RAMP \
   --set quant.small_numel=8192 --set quant.gptq_reserve_seconds=0 \
   --set quant.calib_seqs=16 --set quant.calib_batch_seqs=4 \
-  --set eval.seq_len=${SEQ:-512} --set eval.max_tokens=${EVAL_TOKENS:-32768} --set eval.batch_tokens=${EVAL_TOKENS:-32768} \
+  --set eval.seq_len=${SEQ:-512} --set eval.max_tokens=${EVAL_TOKENS:-32768} \
+  --set eval.batch_tokens=${EVAL_TOKENS:-32768} \
   --set eval.ttt_phased_prefix_docs=12 --set eval.audit=false

@@ -12,7 +12,8 @@ RUN=${1:?give the run folder of caseops_1855.sh}
 OUT=${2:-bench/results/quant_equal_bytes_caseops_1855.json}
 # The record's pipeline spelled out, so the row is the record's whatever the run's preset says.
 # quant.sdclip_k_attn / sdclip_k_mlp and lqer_format join it where this checkout has them.
-FIELDS=$(PYTHONPATH=src python -c "from pgolf.config_tree import QuantConfig as Q; print(' '.join(Q.__dataclass_fields__))")
+FIELDS=$(PYTHONPATH=src python -c \
+  "from pgolf.config_tree import QuantConfig as Q; print(' '.join(Q.__dataclass_fields__))")
 has() { [[ " $FIELDS " == *" $1 "* ]]; }
 RECORD="matrix_method=gptq,clip_rule=sdclip,matrix_bits=6,sdclip_k_matrix=12.85,sdclip_k_embed=14.0,embed_bits=7"
 RECORD+=",gptq_embed=true,lqer_rank=4,lqer_top_k=3,lqer_bits=4"
