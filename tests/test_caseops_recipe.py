@@ -44,7 +44,8 @@ def test_recipes_are_valid_bash(script):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 
-@pytest.mark.parametrize("env", [{}, {"STEPS": "100", "DIM": "128", "HEADS": "4", "KV_HEADS": "2"}])
+@pytest.mark.parametrize("env", [{}, {"STEPS": "24", "DIM": "128", "HEADS": "4", "KV_HEADS": "2", "BATCH": "4096",
+                                 "SEQ": "256", "EVAL_TOKENS": "16384"}])
 def test_train_recipe_keeps_the_record_architecture_at_reduced_width(env):
     cfg = train_config(**env)
     ref, _ = resolve_config("record_1855", env={}, sets=[])
