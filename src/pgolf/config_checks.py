@@ -246,6 +246,9 @@ def _eval(cfg: Any) -> list[str]:
     if e.slot_bos_id >= cfg.model.vocab_size:
         out.append(f"eval.slot_bos_id: {e.slot_bos_id} is not a token id (model.vocab_size="
                    f"{cfg.model.vocab_size}); use 0..{cfg.model.vocab_size - 1} or -1")
+    if e.plain_whole_batches and e.batch_tokens < cfg.run.accum_world * seq:
+        out.append(f"eval.plain_whole_batches: eval.batch_tokens {e.batch_tokens} gives no whole window per "
+                   f"micro-batch (run.accum_world {cfg.run.accum_world} x seq_len {seq}); raise batch_tokens")
     out += _lora_ttt(e, seq)
     if e.ttt_freeze_blocks > cfg.model.num_layers:
         out.append(f"eval.ttt_freeze_blocks: {e.ttt_freeze_blocks} is more than model.num_layers="

@@ -287,6 +287,11 @@ class EvalConfig:
     audit: bool = _f(True, "run the legality audit on a small slice before the final number")
     audit_tokens: int = _f(2048, "validation tokens used by the audit")
     budget_seconds: float = _f(600.0, "evaluation time budget (the challenge's 10 min); warn when over")
+    plain_whole_batches: bool = _f(False, "the final pre/post-quant plain evals score only each rank's whole "
+                                          "batches of batch_tokens/(accum_world*seq_len) windows, dropping "
+                                          "the rest as #1855's eval_val does (its own TODO says not to; up "
+                                          "to 31 windows per rank), all windows where a rank would keep "
+                                          "none; false scores every window")
 
 
 @dataclass

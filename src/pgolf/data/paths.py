@@ -9,7 +9,7 @@ import torch
 from pgolf.config_tree import Config
 from pgolf.data.caseops import tokenizer_has_caseops
 from pgolf.data.loader import check_token_range, find_shards, load_validation_tokens
-from pgolf.data.sidecar import SidecarBytes, load_validation_bytes, token_shards_only
+from pgolf.data.sidecar import SidecarBytes, is_sidecar, load_validation_bytes, token_shards_only
 from pgolf.data.tokenizer import TokenizerError, build_byte_tables, load_tokenizer
 from pgolf.errors import TrainingError
 
@@ -42,16 +42,24 @@ def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
                             "folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     train_glob = os.path.join(d.path, d.train_pattern)
     val_glob = os.path.join(d.path, d.val_pattern)
-    tok = d.tokenizer_path
-    if not tok:
-        candidates = sorted(glob.glob(os.path.join(d.path, "*.model")))
-        candidates += sorted(glob.glob(os.path.join(d.path, "..", "..", "tokenizers",
-                                                    f"*_{cfg.model.vocab_size}_bpe.model")))
-        if not candidates:
-            raise TrainingError(f"no tokenizer found beside {d.path}: set TOKENIZER_PATH "
-                                "(or --set data.tokenizer_path=FILE)")
-        tok = candidates[0]
+    tok = d.tokenizer_path or find_tokenizer(d.path, cfg.model.vocab_size, val_glob)
     return train_glob, val_glob, tok
+
+
+def find_tokenizer(data_path: str, vocab_size: int, val_glob: str) -> str:
+    """A *.model beside the shards, else <data_path>/../../tokenizers/*_<vocab>_bpe.model; a
+    folder whose validation shards carry byte sidecars (CaseOps) takes a *_<vocab>_bpe_*caseops*
+    tokenizer first, which the plain pattern does not match."""
+    candidates = sorted(glob.glob(os.path.join(data_path, "*.model")))
+    tok_dir = os.path.join(data_path, "..", "..", "tokenizers")
+    plain = sorted(glob.glob(os.path.join(tok_dir, f"*_{vocab_size}_bpe.model")))
+    if any(is_sidecar(f) for f in glob.glob(val_glob)):
+        candidates += sorted(glob.glob(os.path.join(tok_dir, f"*_{vocab_size}_bpe_*caseops*.model")))
+    candidates += plain
+    if not candidates:
+        raise TrainingError(f"no tokenizer found beside {data_path}: set TOKENIZER_PATH "
+                            "(or --set data.tokenizer_path=FILE)")
+    return candidates[0]
 
 
 def default_data_path(cfg: Config) -> str:

@@ -268,8 +268,12 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, windows: list, s
 def eval_plain(model: torch.nn.Module, val_tokens: Any, seq_len: int, batch_tokens: int,
                tables: Any, comm: Comm, device: torch.device, log: Callable | None = None,
                recorder: ScoreRecorder | None = None, budget_seconds: float = 0.0,
-               scorer: Callable | None = None) -> dict:
-    """Non-overlapping windows of seq_len (a short last one if needed), split over ranks."""
+               scorer: Callable | None = None, whole_batch_windows: int = 0) -> dict:
+    """Non-overlapping windows of seq_len (a short last one if needed), split over ranks.
+
+    whole_batch_windows > 0 keeps only a multiple of that many of each rank's windows
+    (eval.plain_whole_batches: #1855's eval_val drops each rank's partial last batch); when
+    some rank would keep none (where the record reports NaN), every window is scored."""
     t0 = time.perf_counter()
     tokens = val_tokens_tensor(val_tokens)
     n = tokens.numel() - 1
@@ -279,6 +283,8 @@ def eval_plain(model: torch.nn.Module, val_tokens: Any, seq_len: int, batch_toke
     windows = [(s, s, min(s + seq_len, n)) for s in range(0, n, seq_len)]
     lo, hi = eval_rank_span(len(windows), comm.rank, comm.world_size)
     mine = windows[lo:hi]
+    if 0 < whole_batch_windows <= len(windows) // comm.world_size:
+        mine = mine[:len(mine) // whole_batch_windows * whole_batch_windows]
     per_rank = max(1, batch_tokens // (seq_len * comm.world_size))
     acc = BpbAccumulator(device)
     prog = EvalProgress(log if comm.is_main else None, "plain", "windows", len(mine), budget_seconds)

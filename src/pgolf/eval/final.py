@@ -14,6 +14,13 @@ from pgolf.quant.export import load_round_trip
 from pgolf.runlog import RunLog
 
 
+def plain_whole_batch_windows(cfg: Config) -> int:
+    """Windows per rank per plain-eval batch when eval.plain_whole_batches drops partial batches
+    (the record's VAL_BATCH_TOKENS / (world * grad_accum) / seq_len), else 0 (score all)."""
+    ec = cfg.eval
+    return ec.batch_tokens // (cfg.run.accum_world * ec.seq_len) if ec.plain_whole_batches else 0
+
+
 def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm: Comm, device,
                      log: RunLog, auditor: Callable | None = None) -> dict[str, Any]:
     """Plain bpb before/after quantization, then the configured eval mode and its audit.
@@ -26,10 +33,13 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     ec = cfg.eval
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
-    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line)
+    whole = plain_whole_batch_windows(cfg)
+    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line,
+                        whole_batch_windows=whole)
     del pre
     model = load_round_trip(artifact, cfg, device)
-    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line)
+    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line,
+                       whole_batch_windows=whole)
     phases["quant_check_s"] = time.perf_counter() - t0
     log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
               post_quant_val_bpb=round(after["val_bpb"], 5),
@@ -39,6 +49,7 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     phases.update({f"ttt_{k}": res[k] for k in ("score_seconds", "train_seconds") if k in res})
     out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
            "eval_causal": res["causal"], "eval_seconds": res["eval_seconds"],
+           "val_tokens_scored": int(res["tokens"]), "val_bytes_scored": int(res["bytes"]),
            "pre_quant_val_bpb": before["val_bpb"], "post_quant_plain_val_bpb": after["val_bpb"],
            "quant_penalty_bpb": after["val_bpb"] - before["val_bpb"]}
     if ec.audit and auditor is not None:
@@ -57,5 +68,5 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     out["eval_phase_seconds"] = phases
     log.event(event="eval_time", **{k: round(v, 2) for k, v in phases.items()}, budget_s=ec.budget_seconds)
     log.event(event="final", val_loss=round(res["val_loss"], 5), val_bpb=round(res["val_bpb"], 5),
-              mode=res["mode"], legal=out["legal"])
+              mode=res["mode"], legal=out["legal"], tokens=int(res["tokens"]), bytes=int(res["bytes"]))
     return out
