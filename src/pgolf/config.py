@@ -64,10 +64,17 @@ ENV_MAP: dict[str, str] = {
     "TTT_MOMENTUM": "eval.ttt_momentum", "TTT_BATCH_SEQS": "eval.ttt_batch_seqs",
     "TTT_GRAD_CLIP": "eval.ttt_grad_clip",
     "SLOT_LR": "eval.slot_lr", "SLOT_STEPS": "eval.slot_steps",
+    "MATRIX_BITS": "quant.matrix_bits", "EMBED_BITS": "quant.embed_bits",
+    "MATRIX_CLIP_SIGMAS": "quant.sdclip_k_matrix", "EMBED_CLIP_SIGMAS": "quant.sdclip_k_embed",
+    "ATTN_CLIP_SIGMAS": "quant.sdclip_k_attn", "MLP_CLIP_SIGMAS": "quant.sdclip_k_mlp",
+    "LQER_RANK": "quant.lqer_rank", "LQER_TOP_K": "quant.lqer_top_k", "LQER_FACTOR_BITS": "quant.lqer_bits",
+    "LQER_ASYM_GROUP": "quant.lqer_asym_group", "GATED_ATTN_QUANT_GATE": "quant.gate_int8",
 }
 
 # Reference names with a translated meaning rather than a plain field.
-ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT")
+ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT", "LQER_ENABLED", "LQER_ASYM_ENABLED")
+# LQER_ENABLED=1 without a rank turns LQER on at the reference's LQER_RANK default.
+_LQER_DEFAULT_RANK = 4
 
 # Names that appear in reference run commands but have no effect there or here; setting
 # one is reported so nobody believes it did something.
@@ -189,6 +196,12 @@ def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
         cfg.eval.slot_mode = "batch" if _coerce(env["SLOT_ENABLED"], "bool", "SLOT_ENABLED") else "off"
     if "LATE_QAT" in env and not _coerce(env["LATE_QAT"], "bool", "LATE_QAT"):
         cfg.quant.late_qat_threshold = 0.0
+    if "LQER_ENABLED" in env:
+        on = _coerce(env["LQER_ENABLED"], "bool", "LQER_ENABLED")
+        cfg.quant.lqer_rank = (cfg.quant.lqer_rank or _LQER_DEFAULT_RANK) if on else 0
+    if "LQER_ASYM_ENABLED" in env:
+        asym = _coerce(env["LQER_ASYM_ENABLED"], "bool", "LQER_ASYM_ENABLED")
+        cfg.quant.lqer_format = "asym" if asym else "sym"
     sections = config_sections(cfg)
     for name, raw in env.items():
         if not name.startswith("PGOLF_"):

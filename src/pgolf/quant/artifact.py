@@ -15,7 +15,9 @@ integer codes first, then per-row scales, then fp16 tensors, then raw tensors, b
 similar bytes side by side compress better. Bytes are a pure function of the inputs.
 Optional per-entry layout keys (absent = the original layout, so older files read as before):
 "order": "columns" stores a matrix's codes transposed; "shuffle": 1 stores its fp16 bytes as
-all low bytes then all high bytes. LQER factors (pgolf.quant.lqer) are ordinary int entries.
+all low bytes then all high bytes. LQER factors (pgolf.quant.lqer) and int8 gate rows are
+ordinary int entries, told apart by their method; the reader checks that a tensor's factors
+fit its shape before it multiplies them.
 """
 
 import hashlib
