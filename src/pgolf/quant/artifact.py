@@ -330,6 +330,8 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
             raise ArtifactError(f"{source}: body is {len(body):,} bytes, the header declares {limit:,}; "
                                 "re-copy or re-export it")
         payload, manifest = deserialize_payload(body)
+        # LQER factors that do not fit their tensor are refused here (pgolf.quant.lqer)
+        state = dequantize_state_dict(payload)
     except ArtifactError:
         raise
     except CodecError as e:
@@ -339,7 +341,7 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
         raise ArtifactError(f"{source}: undecodable payload ({detail}); re-export it") from None
     header["body_bytes"] = len(body)
     header["manifest"] = [{k: m[k] for k in ("name", "shape", "dtype", "method", "bits")} for m in manifest]
-    return dequantize_state_dict(payload), header
+    return state, header
 
 
 def write_artifact(path: str | os.PathLike, blob: bytes, overwrite: bool = False) -> Path:

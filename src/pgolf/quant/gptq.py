@@ -62,8 +62,10 @@ def gptq_record_quantize(w2: Tensor, hessian: Tensor, scale: Tensor, qmax: int, 
     h = hessian.detach().float().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1
-    h.diagonal().add_(damp * h.diagonal().mean())
-    perm = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(cols)
+    # torch.diag copies: a mean over the contiguous copy sums in the record's order, which the
+    # strided view need not (one ulp of damping flips a rounding tie now and then).
+    h.diagonal().add_(damp * torch.diag(h).mean())
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols)
     W = w2[:, perm].clone()
     W[:, dead[perm]] = 0
     h = h[perm][:, perm]
