@@ -39,6 +39,7 @@ BAD_ENUMS = {
     "eval.ttt_kind": "chunky", "model.parallel_final": "both", "model.attn_gate": "on", "model.smear_kind": "token",
     "quant.calib_source": "val", "quant.clip_rule": "mse", "quant.clip_weighting": "fisher",
     "quant.code_order": "zigzag", "quant.fp16_layout": "packed",
+    "quant.sdclip_std": "mad", "quant.gptq_numerics": "fp16", "quant.lqer_format": "int2",
 }
 
 
