@@ -202,23 +202,18 @@ class QuantConfig:
         "rows", "integer codes stored row-major or transposed (columns) before compression")
     fp16_layout: Literal["plain", "shuffled"] = _f(
         "plain", "fp16 scales/tensors stored as is or byte-shuffled (all low bytes, then all high)")
-    sdclip_k_attn: float = _f(0.0, "SDClip k for attention matrices (.attn.); 0 = sdclip_k_matrix (#1855: 13.0)")
-    sdclip_k_mlp: float = _f(0.0, "SDClip k for MLP matrices (.mlp.); 0 = sdclip_k_matrix (#1855: 11.5)")
+    sdclip_k_attn: float = _f(0.0, "SDClip k for attention matrices; 0 = sdclip_k_matrix (#1855: 13.0)")
+    sdclip_k_mlp: float = _f(0.0, "SDClip k for MLP matrices; 0 = sdclip_k_matrix (#1855: 11.5)")
     sdclip_std: Literal["biased", "unbiased"] = _f(
-        "biased", "SDClip's row std: biased (/n, pgolf) or unbiased (/(n-1), #1855's torch.std); a "
-                  "sqrt(n/(n-1)) difference in the clip, kept so record presets reproduce their codes")
+        "biased", "SDClip row std: biased (/n) or unbiased (/(n-1), #1855's torch.std, for its codes)")
     gptq_numerics: Literal["pgolf", "record"] = _f(
-        "pgolf", "pgolf: float64 sweep, stable act order, dead columns (zero Hessian diagonal) rounded from "
-                 "their weights afterwards (they carry no output error either way, and rounding keeps them "
-                 "faithful); record: #1855's float32 sweep, dead columns zeroed first and their sweep codes kept")
+        "pgolf", "pgolf: float64 sweep, dead columns rounded from their weights; record: #1855's float32 "
+                 "sweep, dead columns zeroed (pgolf.quant.gptq)")
     lqer_format: Literal["pgolf", "sym", "asym"] = _f(
-        "pgolf", "LQER factor storage: pgolf = A^T, B per-row at lqer_bits (balanced U*sqrt(S), sqrt(S)*V^T "
-                 "split, float64 SVD); sym = #1855's fallback, A = U*S and B = V^T per-row at lqer_bits; asym = "
-                 "#1855's LQER_ASYM: A int2 with one scale, B int4 in groups of lqer_asym_group (sym when B's "
-                 "size is not a multiple of the group)")
-    lqer_asym_group: int = _f(64, "LQER asym: B's elements per fp16 scale, over the flattened factor (#1855: 64)")
-    gate_int8: bool = _f(False, "store 2-D attention-gate weights (*.attn_gate_w, 32..8192 elements) as int8 "
-                                "per row instead of fp16 (#1855's GATED_ATTN_QUANT_GATE=1)")
+        "pgolf", "LQER factor storage: pgolf, or #1855's sym (per-row) / asym (int2 A, grouped int4 B) "
+                 "(pgolf.quant.lqer)")
+    lqer_asym_group: int = _f(64, "LQER asym: B elements per fp16 scale (#1855: 64)")
+    gate_int8: bool = _f(False, "attention-gate weights as int8 rows, not fp16 (#1855's GATED_ATTN_QUANT_GATE)")
 
 
 @dataclass
