@@ -10,6 +10,7 @@ activations with uneven column scales, one of them with two dead columns.
 """
 
 import argparse
+import lzma
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from record_import import import_record  # noqa: E402
 
 from pgolf.config import resolve_config  # noqa: E402
+from pgolf.quant.artifact import serialize_payload  # noqa: E402
 from pgolf.quant.gptq import gptq_quantize  # noqa: E402
 from pgolf.quant.lqer import lqer_correction, lqer_entries  # noqa: E402
 from pgolf.quant.policy import dequantize_entry, dequantize_state_dict, quantize_state_dict  # noqa: E402
@@ -144,21 +146,27 @@ def _pgolf_own_rows(sd, hs, rec, rec_dq, rec_t, pay) -> list[dict]:
     """Informative: pgolf's own numerics and LQER format on the same inputs (record_1855_fixed)."""
     out = []
     same = total = 0
-    for n in SHAPES:
+    for n in [n for n in SHAPES if n.startswith("blocks.0.")]:
         e = pay[n]
         q = gptq_quantize(sd[n], hs[n], e["scale"].float(), e["bits"], numerics="pgolf")
         same += int((rec[n + ".q"] == q).sum())
         total += q.numel()
     pct = 100.0 * same / total
-    out.append(_row("info: codes identical with gptq_numerics=pgolf (%)", 100.0, round(pct, 4), round(100 - pct, 4),
+    out.append(_row("info: block 0 codes identical with gptq_numerics=pgolf (%)", 100.0, round(pct, 4), round(100 - pct, 4),
                     "info", True))
+    factors = {"asym": {}, "pgolf": {}}
     for name in rec_t:
         w = sd[name].float()
         err = w - dequantize_entry(pay[name])
-        own = dict(lqer_entries(name, err, 4, 4, "pgolf"), **{name: pay[name]})
-        after = float((err - lqer_correction(own, name)).norm())
+        own = lqer_entries(name, err, 4, 4, "pgolf")
+        factors["pgolf"].update(own)
+        factors["asym"].update({k: v for k, v in pay.items() if k.startswith(name + ".lqer")})
+        after = float((err - lqer_correction(dict(own, **{name: pay[name]}), name)).norm())
         out.append(_row(f"info: LQER ||E|| after, asym (record) vs lqer_format=pgolf, {name}",
                         float((w - rec_dq[name].float()).norm()), after, "", "info", True))
+    size = {k: len(lzma.compress(serialize_payload(v))) for k, v in factors.items()}
+    out.append(_row("info: LQER factor bytes (lzma, byte layout), asym vs lqer_format=pgolf", size["asym"],
+                    size["pgolf"], size["pgolf"] - size["asym"], "info", True))
     h = hs["tok_emb.weight"].double()
     w = sd["tok_emb.weight"].double()
     rtn, _ = quantize_state_dict({"tok_emb.weight": sd["tok_emb.weight"]}, _pgolf_cfg(gptq_embed=False, lqer_rank=0))

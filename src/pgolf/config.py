@@ -69,6 +69,7 @@ ENV_MAP: dict[str, str] = {
     "ATTN_CLIP_SIGMAS": "quant.sdclip_k_attn", "MLP_CLIP_SIGMAS": "quant.sdclip_k_mlp",
     "LQER_RANK": "quant.lqer_rank", "LQER_TOP_K": "quant.lqer_top_k", "LQER_FACTOR_BITS": "quant.lqer_bits",
     "LQER_ASYM_GROUP": "quant.lqer_asym_group", "GATED_ATTN_QUANT_GATE": "quant.gate_int8",
+    "GPTQ_RESERVE_SECONDS": "quant.gptq_reserve_seconds",
 }
 
 # Reference names with a translated meaning rather than a plain field.

@@ -249,6 +249,8 @@ def test_record_env_vars_and_preset():
         13.0, 11.5, 14.0, 12.85, 7)
     assert (q.sdclip_std, q.gptq_numerics, q.gptq_embed, q.lqer_format, q.gate_int8) == (
         "unbiased", "record", True, "asym", True)
+    assert (q.gptq_reserve_seconds, q.calib_seqs, q.calib_seq_len) == (0.5, 768, 2048)
+    assert resolve_config("smoke", env={"GPTQ_RESERVE_SECONDS": "0.5"})[0].quant.gptq_reserve_seconds == 0.5
     for preset in ("record_549", "record_1128"):
         q = resolve_config(preset, env={})[0].quant
         assert (q.sdclip_k_attn, q.sdclip_k_mlp, q.sdclip_std, q.gptq_numerics, q.lqer_format, q.gate_int8) == (
