@@ -42,6 +42,7 @@ BAD_ENUMS = {
     "schedule.min_lr_form": "lerp_max", "model.rope_precision": "fp16", "optim.muon_momentum_dtype": "fp16",
     "optim.muon_row_norm_eps": "none", "optim.muon_ns_norm_dtype": "fp64", "schedule.ema_form": "mean",
     "model.stream_dtype": "bf16",
+    "quant.sdclip_std": "mad", "quant.gptq_numerics": "fp16", "quant.lqer_format": "int2",
 }
 
 

@@ -118,7 +118,7 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
                      "model_bytes": len(blob), "val_bpb": bpb, "float_val_bpb": base,
                      "penalty_bpb": bpb - base, "calib_seconds": round(calib_s, 3),
                      "pack_seconds": round(pack_s, 3), "groups": group_byte_report(payload, q),
-                     "lqer_tensors": sorted(n for n, e in payload.items() if e.get("method") == "lqer")})
+                     "lqer_tensors": sorted(n for n, e in payload.items() if e.get("category") == "lqer")})
         if log:
             log(format_quant(rows[-1:]).splitlines()[-1])
     if out:

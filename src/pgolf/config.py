@@ -66,10 +66,17 @@ ENV_MAP: dict[str, str] = {
     "SLOT_LR": "eval.slot_lr", "SLOT_STEPS": "eval.slot_steps",
     "EMBED_WD": "optim.embed_wd", "GPTQ_RESERVE_SECONDS": "quant.gptq_reserve_seconds",
     "ENABLE_LOOPING_AT": "model.loop_enable_at", "MUON_ROW_NORMALIZE": "optim.muon_row_norm",
+    "MATRIX_BITS": "quant.matrix_bits", "EMBED_BITS": "quant.embed_bits",
+    "MATRIX_CLIP_SIGMAS": "quant.sdclip_k_matrix", "EMBED_CLIP_SIGMAS": "quant.sdclip_k_embed",
+    "ATTN_CLIP_SIGMAS": "quant.sdclip_k_attn", "MLP_CLIP_SIGMAS": "quant.sdclip_k_mlp",
+    "LQER_RANK": "quant.lqer_rank", "LQER_TOP_K": "quant.lqer_top_k", "LQER_FACTOR_BITS": "quant.lqer_bits",
+    "LQER_ASYM_GROUP": "quant.lqer_asym_group", "GATED_ATTN_QUANT_GATE": "quant.gate_int8",
 }
 
 # Reference names with a translated meaning rather than a plain field.
-ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT", "WARMDOWN_FRAC", "MIN_LR")
+ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT", "WARMDOWN_FRAC", "MIN_LR", "LQER_ENABLED", "LQER_ASYM_ENABLED")
+# LQER_ENABLED=1 without a rank turns LQER on at the reference's LQER_RANK default.
+_LQER_DEFAULT_RANK = 4
 
 # Names that appear in reference run commands but have no effect there or here; setting
 # one is reported so nobody believes it did something.
@@ -199,6 +206,12 @@ def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
     if "MIN_LR" in env:
         set_value(cfg, "schedule.min_lr_mult", env["MIN_LR"])
         cfg.schedule.min_lr_form = "max"
+    if "LQER_ENABLED" in env:
+        on = _coerce(env["LQER_ENABLED"], "bool", "LQER_ENABLED")
+        cfg.quant.lqer_rank = (cfg.quant.lqer_rank or _LQER_DEFAULT_RANK) if on else 0
+    if "LQER_ASYM_ENABLED" in env:
+        asym = _coerce(env["LQER_ASYM_ENABLED"], "bool", "LQER_ASYM_ENABLED")
+        cfg.quant.lqer_format = "asym" if asym else "sym"
     sections = config_sections(cfg)
     for name, raw in env.items():
         if not name.startswith("PGOLF_"):

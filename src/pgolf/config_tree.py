@@ -235,6 +235,18 @@ class QuantConfig:
         "rows", "integer codes stored row-major or transposed (columns) before compression")
     fp16_layout: Literal["plain", "shuffled"] = _f(
         "plain", "fp16 scales/tensors stored as is or byte-shuffled (all low bytes, then all high)")
+    sdclip_k_attn: float = _f(0.0, "SDClip k for attention matrices; 0 = sdclip_k_matrix (#1855: 13.0)")
+    sdclip_k_mlp: float = _f(0.0, "SDClip k for MLP matrices; 0 = sdclip_k_matrix (#1855: 11.5)")
+    sdclip_std: Literal["biased", "unbiased"] = _f(
+        "biased", "SDClip row std: biased (/n) or unbiased (/(n-1), #1855's torch.std, for its codes)")
+    gptq_numerics: Literal["pgolf", "record"] = _f(
+        "pgolf", "pgolf: float64 sweep, dead columns rounded from their weights; record: #1855's float32 "
+                 "sweep, dead columns zeroed (pgolf.quant.gptq)")
+    lqer_format: Literal["pgolf", "sym", "asym"] = _f(
+        "pgolf", "LQER factor storage: pgolf, or #1855's sym (per-row) / asym (int2 A, grouped int4 B) "
+                 "(pgolf.quant.lqer)")
+    lqer_asym_group: int = _f(64, "LQER asym: B elements per fp16 scale (#1855: 64)")
+    gate_int8: bool = _f(False, "attention-gate weights as int8 rows, not fp16 (#1855's GATED_ATTN_QUANT_GATE)")
 
 
 @dataclass

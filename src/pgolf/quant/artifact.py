@@ -15,7 +15,9 @@ integer codes first, then per-row scales, then fp16 tensors, then raw tensors, b
 similar bytes side by side compress better. Bytes are a pure function of the inputs.
 Optional per-entry layout keys (absent = the original layout, so older files read as before):
 "order": "columns" stores a matrix's codes transposed; "shuffle": 1 stores its fp16 bytes as
-all low bytes then all high bytes. LQER factors (pgolf.quant.lqer) are ordinary int entries.
+all low bytes then all high bytes. LQER factors (pgolf.quant.lqer) and int8 gate rows are
+ordinary int entries, told apart by their method; the reader checks that a tensor's factors
+fit its shape before it multiplies them.
 """
 
 import hashlib
@@ -328,6 +330,8 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
             raise ArtifactError(f"{source}: body is {len(body):,} bytes, the header declares {limit:,}; "
                                 "re-copy or re-export it")
         payload, manifest = deserialize_payload(body)
+        # LQER factors that do not fit their tensor are refused here (pgolf.quant.lqer)
+        state = dequantize_state_dict(payload)
     except ArtifactError:
         raise
     except CodecError as e:
@@ -337,7 +341,7 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
         raise ArtifactError(f"{source}: undecodable payload ({detail}); re-export it") from None
     header["body_bytes"] = len(body)
     header["manifest"] = [{k: m[k] for k in ("name", "shape", "dtype", "method", "bits")} for m in manifest]
-    return dequantize_state_dict(payload), header
+    return state, header
 
 
 def write_artifact(path: str | os.PathLike, blob: bytes, overwrite: bool = False) -> Path:

@@ -5,6 +5,11 @@ not yet quantized through the Cholesky factor of the damped inverse Hessian, so 
 output X W^T, not W itself, is what stays close. Per-row scales are fixed before the sweep
 (by a clip rule, pgolf.quant.clip), so the codes and scales have exactly the layout of
 round-to-nearest and the artifact reads them the same way.
+
+numerics="record" reproduces #1855's sweep: float32 throughout, the act order taken after dead
+columns get their unit diagonal (torch's default argsort), dead columns zeroed before the sweep
+and their sweep codes kept. pgolf's own ("pgolf") sweeps in float64 and rounds dead columns from
+their weights.
 """
 
 import torch
@@ -37,12 +42,59 @@ def gptq_inverse_factor(hessian: Tensor, damp: float, perm: Tensor | None = None
                      "raise quant.gptq_damp or use more calibration tokens (quant.calib_seqs)")
 
 
+def _cholesky_upper_inverse(h: Tensor, mean: float) -> Tensor:
+    for extra in (0.0, 1e-6, 1e-4, 1e-2):
+        try:
+            hh = h if extra == 0.0 else h + torch.eye(h.shape[0], dtype=h.dtype) * (extra * mean)
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(hh))
+            return torch.linalg.cholesky(inv, upper=True)
+        except torch.linalg.LinAlgError:
+            continue
+    raise QuantError("GPTQ: the calibration Hessian is not positive definite even with damping; "
+                     "raise quant.gptq_damp or use more calibration tokens (quant.calib_seqs)")
+
+
+@torch.no_grad()
+def gptq_record_quantize(w2: Tensor, hessian: Tensor, scale: Tensor, qmax: int, block_size: int,
+                         damp: float, act_order: bool) -> Tensor:
+    """#1855's float32 sweep (see the module doc) -> codes [rows, cols] as float32."""
+    rows, cols = w2.shape
+    h = hessian.detach().float().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1
+    # torch.diag copies: a mean over the contiguous copy sums in the record's order, which the
+    # strided view need not (one ulp of damping flips a rounding tie now and then).
+    h.diagonal().add_(damp * torch.diag(h).mean())
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols)
+    W = w2[:, perm].clone()
+    W[:, dead[perm]] = 0
+    h = h[perm][:, perm]
+    hinv = _cholesky_upper_inverse(h, float(torch.diagonal(h).mean()))
+    s = scale.float()
+    Q = torch.zeros(rows, cols)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, H1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        Err = torch.zeros(rows, i2 - i1)
+        for i in range(i2 - i1):
+            col = W1[:, i]
+            q = torch.clamp(torch.round(col / s), -qmax, qmax)
+            Q[:, i1 + i] = q
+            err = (col - q * s) / H1[i, i]
+            Err[:, i] = err
+            W1[:, i:] -= err.unsqueeze(1) * H1[i, i:].unsqueeze(0)
+        if i2 < cols:
+            W[:, i2:] -= Err @ hinv[i1:i2, i2:]
+    return Q[:, torch.argsort(perm)]
+
+
 @torch.no_grad()
 def gptq_quantize(w: Tensor, hessian: Tensor, scale: Tensor, bits: int, block_size: int = 128,
-                  damp: float = 0.01, act_order: bool = True) -> Tensor:
+                  damp: float = 0.01, act_order: bool = True, numerics: str = "pgolf") -> Tensor:
     """GPTQ codes of w ([rows, cols], float) for fixed per-row scales -> int8 codes shaped like w.
 
-    hessian: X^T X of the layer input ([cols, cols]); scale: float32 [rows] (fp16-representable).
+    hessian: X^T X of the layer input ([cols, cols]); scale: float32 [rows] (fp16-representable);
+    numerics: pgolf | record (quant.gptq_numerics, see the module doc).
     """
     qmax = quant_qmax(bits)
     w2 = quant_row_view(w).double()
@@ -51,6 +103,11 @@ def gptq_quantize(w: Tensor, hessian: Tensor, scale: Tensor, bits: int, block_si
         raise QuantError(f"GPTQ: Hessian {tuple(hessian.shape)} does not match a matrix with {cols} columns")
     if block_size < 1:
         raise QuantError(f"quant.gptq_block_size={block_size}; use >= 1")
+    if numerics == "record":
+        q = gptq_record_quantize(quant_row_view(w), hessian, scale, qmax, block_size, damp, act_order)
+        return q.to(torch.int8).reshape(w.shape)
+    if numerics != "pgolf":
+        raise QuantError(f"quant.gptq_numerics={numerics!r}; use pgolf or record")
     perm = torch.argsort(torch.diagonal(hessian).double(), descending=True, stable=True) if act_order else None
     hinv, dead = gptq_inverse_factor(hessian, damp, perm)
     W = (w2[:, perm] if perm is not None else w2).clone()

@@ -2,6 +2,8 @@
 
 Order of the rules (first match wins):
   non-float tensor                      -> "raw"   (stored as is)
+  quant.gate_int8, a 2-D *.attn_gate_w
+  of 32..8192 elements                  -> int8 per row, scale max|row|/127 (group gate, #1855)
   numel <= qcfg.small_numel             -> "fp16"  (category small)
   name names an embedding table         -> qcfg.embed_bits per row, clip 0.9999984 (category embed)
   >= 2-D                                -> qcfg.matrix_bits per row, qcfg.matrix_method (category matrix)
@@ -11,7 +13,8 @@ embed, bigram, ve) may take its own width (quant.attn_bits ...; 0 = the category
 Methods of a matrix: rowwise (fixed quantile), gptq_lite (round to nearest, clip by
 quant.clip_rule; the reference's GPTQ-lite when that is quantile and unweighted) and gptq
 (pgolf.quant.gptq with the calibration Hessians; a matrix without one is rounded). With
-quant.clip_rule=sdclip embedding tables take k = quant.sdclip_k_embed; quant.gptq_embed runs
+quant.clip_rule=sdclip embedding tables take k = quant.sdclip_k_embed, attention and MLP
+matrices quant.sdclip_k_attn / _mlp when set (else sdclip_k_matrix); quant.gptq_embed runs
 GPTQ on the tied table against the head's Hessian. quant.lqer_rank > 0 adds LQER factors
 (pgolf.quant.lqer) for the quant.lqer_top_k tensors with the largest error. The newer paths
 (SDClip, Hessian weighting, GPTQ) floor scales at the smallest fp16 normal, not the reference's
@@ -27,15 +30,18 @@ from torch import Tensor
 from pgolf.config_tree import QuantConfig
 from pgolf.quant.clip import choose_row_scales
 from pgolf.quant.gptq import gptq_quantize
-from pgolf.quant.lqer import is_lqer_name, lqer_correction, lqer_entries, pick_lqer_targets
+from pgolf.quant.lqer import LQER_METHODS, is_lqer_name, lqer_correction, lqer_entries, pick_lqer_targets
 from pgolf.quant.quantizers import (GPTQ_CLIP_QUANTILES, QUANT_FP16_TINY, ROWWISE_CLIP_QUANTILE, QuantError,
-                                    dequantize_rows, gptq_lite_quantize, quant_codes, quant_qmax, quant_row_view,
-                                    quantize_rows)
+                                    dequantize_rows, gptq_lite_quantize, peak_grid_codes, quant_codes, quant_qmax,
+                                    quant_row_view, quantize_rows)
 
 EMBED_NAME_KEYS: tuple[str, ...] = ("tok_emb", "bigram.embed", "ve.embed", "lm_head")
 MATRIX_METHODS: tuple[str, ...] = ("rowwise", "gptq_lite", "gptq")
 # Tensor groups that may take their own width, and the field that holds it.
 GROUP_BITS_FIELDS = {"attn": "attn_bits", "mlp": "mlp_bits", "bigram": "bigram_bits", "ve": "ve_bits"}
+# Attention-gate weights quant.gate_int8 stores as int8 rows: the name's end and the size range.
+GATE_NAME_SUFFIX = ".attn_gate_w"
+GATE_NUMEL_RANGE = (32, 8192)
 
 
 def quant_category(name: str, t: Tensor, small_numel: int) -> str:
@@ -76,15 +82,36 @@ def _check(qcfg: QuantConfig) -> None:
         raise QuantError(f"quant.clip_search={qcfg.clip_search!r}; use matrix or row")
 
 
-def _scales(t: Tensor, bits: int, cat: str, qcfg: QuantConfig, h: Tensor | None) -> Tensor:
+def sdclip_k(qcfg: QuantConfig, group: str) -> float:
+    """The SDClip k of a tensor group: its own field when set, else the category's."""
+    if group in ("embed", "bigram", "ve"):
+        return qcfg.sdclip_k_embed
+    own = qcfg.sdclip_k_attn if group == "attn" else qcfg.sdclip_k_mlp if group == "mlp" else 0.0
+    return own or qcfg.sdclip_k_matrix
+
+
+def is_gate_tensor(name: str, t: Tensor) -> bool:
+    """An attention-gate weight quant.gate_int8 stores as int8 rows."""
+    lo, hi = GATE_NUMEL_RANGE
+    return t.is_floating_point() and t.dim() == 2 and name.endswith(GATE_NAME_SUFFIX) and lo <= t.numel() <= hi
+
+
+def gate_int8_entry(t: Tensor) -> dict[str, Any]:
+    q, s = peak_grid_codes(t.detach().float(), 127.0, -127, 127)
+    return {"kind": "int", "bits": 8, "method": "gate_int8", "q": q, "scale": s, "clips": [1.0]}
+
+
+def _scales(t: Tensor, bits: int, cat: str, qcfg: QuantConfig, h: Tensor | None, group: str) -> Tensor:
     """Per-row scales by quant.clip_rule (embedding tables keep the fixed quantile unless SDClip)."""
     weight_h = h if qcfg.clip_weighting == "hessian" else None
+    unbiased = qcfg.sdclip_std == "unbiased"
     if cat == "embed":
         if qcfg.clip_rule != "sdclip":
             return choose_row_scales(t, bits, "quantile", quantiles=(ROWWISE_CLIP_QUANTILE,), floor=QUANT_FP16_TINY)
-        return choose_row_scales(t, bits, "sdclip", qcfg.sdclip_k_embed, weight_h, floor=QUANT_FP16_TINY)
-    return choose_row_scales(t, bits, qcfg.clip_rule, qcfg.sdclip_k_matrix, weight_h, qcfg.clip_search,
-                             GPTQ_CLIP_QUANTILES, floor=QUANT_FP16_TINY)
+        return choose_row_scales(t, bits, "sdclip", sdclip_k(qcfg, group), weight_h, floor=QUANT_FP16_TINY,
+                                 unbiased=unbiased)
+    return choose_row_scales(t, bits, qcfg.clip_rule, sdclip_k(qcfg, group), weight_h, qcfg.clip_search,
+                             GPTQ_CLIP_QUANTILES, floor=QUANT_FP16_TINY, unbiased=unbiased)
 
 
 def _int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConfig,
@@ -102,10 +129,11 @@ def _int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConfig,
         q, s = quantize_rows(t, bits, ROWWISE_CLIP_QUANTILE)
         return {"kind": "int", "bits": bits, "method": "rowwise", "q": q, "scale": s,
                 "clips": [ROWWISE_CLIP_QUANTILE]}
-    scale = _scales(t, bits, cat, qcfg, h)
+    scale = _scales(t, bits, cat, qcfg, h, tensor_group(name, cat))
     rule = "sdclip" if qcfg.clip_rule == "sdclip" else "quantile"
     if h is not None and qcfg.matrix_method == "gptq":
-        q = gptq_quantize(t, h, scale, bits, qcfg.gptq_block_size, qcfg.gptq_damp, qcfg.gptq_act_order)
+        q = gptq_quantize(t, h, scale, bits, qcfg.gptq_block_size, qcfg.gptq_damp, qcfg.gptq_act_order,
+                          qcfg.gptq_numerics)
         method = f"gptq_{rule}"
     else:
         q = quant_codes(quant_row_view(t), scale, quant_qmax(bits)).to(torch.int8).reshape(t.shape)
@@ -133,7 +161,9 @@ def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict
             raise QuantError(f"tensor {name} has NaN/inf values; fix training before export")
         group = tensor_group(name, cat)
         bits = group_bits(qcfg, group) if cat in ("embed", "matrix") else 16
-        if cat == "raw":
+        if qcfg.gate_int8 and is_gate_tensor(name, t):
+            e, group, cat = gate_int8_entry(t), "gate", "small"
+        elif cat == "raw":
             e = {"kind": "raw", "data": t.contiguous()}
         elif bits == 16:
             e = {"kind": "fp16", "data": t.to(torch.float16).contiguous()}
@@ -151,7 +181,8 @@ def _add_lqer(sd: dict[str, Tensor], payload: dict[str, dict[str, Any]], qcfg: Q
     errs = {n: sd[n].detach().cpu().float() - dequantize_entry(e) for n, e in payload.items()
             if e["kind"] == "int" and e["category"] in ("matrix", "embed")}
     for name in pick_lqer_targets({n: float(e.pow(2).sum()) for n, e in errs.items()}, qcfg.lqer_top_k):
-        payload.update(lqer_entries(name, errs[name], qcfg.lqer_rank, qcfg.lqer_bits))
+        payload.update(lqer_entries(name, errs[name], qcfg.lqer_rank, qcfg.lqer_bits, qcfg.lqer_format,
+                                    qcfg.lqer_asym_group))
 
 
 def dequantize_entry(e: dict[str, Any]) -> Tensor:
@@ -168,7 +199,7 @@ def dequantize_state_dict(payload: dict[str, dict[str, Any]]) -> dict[str, Tenso
     LQER correction added to its tensor and the factor entries themselves dropped."""
     out = {}
     for name, e in payload.items():
-        if is_lqer_name(name) and e.get("method") == "lqer":
+        if is_lqer_name(name) and e.get("method") in LQER_METHODS:
             continue
         t = dequantize_entry(e)
         corr = lqer_correction(payload, name)

@@ -90,14 +90,28 @@ def row_abs_quantiles(w: Tensor, quantiles: tuple[float, ...]) -> Tensor:
     return torch.stack(out)
 
 
-def quantize_rows(w: Tensor, bits: int, clip_quantile: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Per-row quantization with one fixed clip quantile -> (int8 codes shaped like w, fp16 scale [rows])."""
+def quantize_rows(w: Tensor, bits: int, clip_quantile: float = 1.0,
+                  floor: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-row quantization with one fixed clip quantile -> (int8 codes shaped like w, fp16 scale [rows]);
+    floor: the smallest scale (None = the reference's 1/qmax)."""
     qmax = quant_qmax(bits)
     w2 = quant_row_view(w)
     clip = w2.abs().amax(dim=1) if clip_quantile >= 1.0 else row_abs_quantiles(w2, (clip_quantile,))[0]
-    scale = quant_scale_from_clip(clip, qmax)
+    scale = quant_scale_from_clip(clip, qmax, floor)
     q = quant_codes(w2, scale, qmax).to(torch.int8)
     return q.reshape(w.shape), scale.to(torch.float16)
+
+
+def peak_grid_codes(x: Tensor, div: float, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    """Codes of each row of x ([n, m]) on the grid scale = fp16(max|row| / div), clamped to
+    [lo, hi] -> (int8 codes [n, m], fp16 scales [n]): #1855's grid for gates and LQER factors.
+
+    An all-zero row gets scale 0 and codes 0 (its reconstruction is exactly 0)."""
+    peak = x.float().abs().amax(dim=1).clamp_min(1e-10)
+    s = (peak / div).to(torch.float16)
+    sf = s.float().unsqueeze(1)
+    q = torch.clamp(torch.round(x.float() / torch.where(sf > 0, sf, 1.0)), lo, hi)
+    return torch.where(sf > 0, q, 0.0).to(torch.int8), s
 
 
 def dequantize_rows(q: Tensor, scale: Tensor) -> Tensor:
