@@ -63,6 +63,14 @@ ENV_MAP: dict[str, str] = {
     "TTT_CHUNK_TOKENS": "eval.ttt_chunk_tokens", "TTT_FREEZE_BLOCKS": "eval.ttt_freeze_blocks",
     "TTT_MOMENTUM": "eval.ttt_momentum", "TTT_BATCH_SEQS": "eval.ttt_batch_seqs",
     "TTT_GRAD_CLIP": "eval.ttt_grad_clip",
+    "TTT_LORA_RANK": "eval.ttt_lora_rank", "TTT_LORA_ALPHA": "eval.ttt_lora_alpha",
+    "TTT_LORA_LR": "eval.ttt_lora_lr", "TTT_BETA1": "eval.ttt_lora_beta1", "TTT_BETA2": "eval.ttt_lora_beta2",
+    "TTT_WEIGHT_DECAY": "eval.ttt_lora_wd", "TTT_CHUNK_SIZE": "eval.ttt_lora_chunk",
+    "TTT_GRAD_STEPS": "eval.ttt_lora_steps", "TTT_WARM_START_A": "eval.ttt_lora_warm_a",
+    "TTT_BATCH_SIZE": "eval.ttt_lora_batch", "TTT_EVAL_SEQ_LEN": "eval.ttt_lora_eval_seq_len",
+    "TTT_K_LORA": "eval.ttt_lora_k", "TTT_O_LORA": "eval.ttt_lora_o", "TTT_MLP_LORA": "eval.ttt_lora_mlp",
+    "GLOBAL_TTT_RESPECT_DOC_BOUNDARIES": "eval.ttt_global_doc_mask",
+    "PHASED_TTT_PREFIX_DOCS": "eval.ttt_phased_prefix_docs", "PHASED_TTT_NUM_PHASES": "eval.ttt_phased_phases",
     "SLOT_LR": "eval.slot_lr", "SLOT_STEPS": "eval.slot_steps",
 }
 
