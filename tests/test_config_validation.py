@@ -38,7 +38,7 @@ BAD_ENUMS = {
     "quant.qat_scope": "all", "quant.code_form": "tiny", "eval.slot_mode": "on", "run.device": "mps",
     "eval.ttt_kind": "chunky", "model.parallel_final": "both", "model.attn_gate": "on", "model.smear_kind": "token",
     "quant.calib_source": "val", "quant.clip_rule": "mse", "quant.clip_weighting": "fisher",
-    "quant.code_order": "zigzag", "quant.fp16_layout": "packed",
+    "quant.code_order": "zigzag", "quant.fp16_layout": "packed", "eval.ttt_lora_method": "batched",
 }
 
 

@@ -117,7 +117,7 @@ def test_bundle_refuses_an_env_var_that_needs_a_left_out_part_before_any_work(tm
 
 @pytest.mark.parametrize("preset, parts", [
     ("smoke", set()), ("record_1128", set()), ("record_1128_fixed", {"causal_slot"}),
-    ("record_1128_gptq", {"gptq", "lqer"}), ("record_1855", {"gptq", "lqer", "phased_ttt"}),
+    ("record_1128_gptq", {"gptq", "lqer"}), ("record_1855", {"gptq", "lqer", "record_ttt"}),
 ])
 def test_each_preset_ships_the_parts_its_record_used(preset, parts):
     cfg, _ = resolve_config(preset=preset, env={})

@@ -5,10 +5,10 @@
 A tiny record-architecture model (6 blocks of width 64 with blocks 1-2 looped three times and
 parallel lanes from block 4, fp32, token ids folded into a vocabulary of 1024) is built by the record's own GPT class; its
 weights, perturbed so every block acts, are loaded into pgolf's GPT. Both score the same
-documents cut from the CaseOps validation shard, with the shard's byte sidecar, in batches of 4
+documents cut from the CaseOps validation shard, with the shard's byte sidecar, in batches of 3
 documents and 48-token chunks. The adapters' A come from the torch generator seeded alike on
 both sides (the record draws from the global one). Rows: the no-TTT bpb (the same windows with
-a zero learning rate), LoRA TTT, phased TTT (a prefix of 10 documents in 3 phases, boundaries 3/6/10 inside the 4-document batches), each record
+a zero learning rate), LoRA TTT, phased TTT (a prefix of 7 documents in 3 phases, boundaries 2/4/7 inside the 3-document batches), each record
 beside pgolf, and pgolf's per-document method for comparison.
 """
 
@@ -38,11 +38,11 @@ from pgolf.model.gpt import GPT  # noqa: E402
 
 DATA = HERE.parents[1] / ".." / "shared" / "data" / "datasets" / "fineweb_legal_sp8192_caseops"
 VAL = "fineweb_val_000000.bin"
-N_DOCS, MAX_DOC, VOCAB = 16, 240, 1024
+N_DOCS, MAX_DOC, VOCAB = 12, 200, 1024
 ARCH = dict(num_layers=6, model_dim=64, num_heads=4, num_kv_heads=2, loop_start=1, loop_end=2, num_loops=2,
             xsa_last_n=6)
-TTT = dict(rank=80, batch=4, chunk=48, seq=128, lora_lr=1e-4, wd=0.5, beta2=0.99, global_lr=0.01,
-           global_chunk=512, global_seqs=2, prefix=10, phases=3)
+TTT = dict(rank=80, batch=3, chunk=48, seq=128, lora_lr=1e-4, wd=0.5, beta2=0.99, global_lr=0.01,
+           global_chunk=512, global_seqs=2, prefix=7, phases=3)
 TARGET = 1e-4
 
 

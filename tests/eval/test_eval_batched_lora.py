@@ -295,3 +295,19 @@ def test_runner_logs_the_method_and_the_legality_note(kind):
     evaluate(build_real_gpt(), _tokens(), make_tables(), _cfg(ttt_kind=kind), Comm(), CPU, log=lines.append)
     head = [ln for ln in lines if ln.startswith("eval:record-ttt ")][0]
     assert ("NOT CAUSAL" in head) == (kind == "phased")
+
+
+@pytest.mark.multiproc
+def test_two_ranks_score_every_target_once_and_agree(tmp_path):
+    import torch.multiprocessing as mp
+
+    from _eval_helpers import record_ttt_dist_worker
+    kw = {f.name: getattr(_cfg(ttt_kind="phased"), f.name) for f in dataclasses.fields(EvalConfig)}
+    mp.spawn(record_ttt_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path), kw, N, DOC_STARTS),
+             nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"record_ttt_rank{r}.pt") for r in (0, 1)]
+    one = evaluate(build_real_gpt(), _tokens(), make_tables(), _cfg(ttt_kind="phased"), Comm(), CPU)
+    assert got[0]["out"]["val_bpb"] == got[1]["out"]["val_bpb"]
+    assert got[0]["out"]["tokens"] == one["tokens"] == N and got[0]["out"]["bytes"] == one["bytes"]
+    assert got[0]["out"]["phases"] == 2
+    np.testing.assert_array_equal(got[0]["count"].numpy(), np.ones(N))

@@ -34,9 +34,7 @@ import torch
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalProgress, ScoreRecorder, as_byte_tables, eval_emit_event,
                             val_tokens_tensor)
-from pgolf.eval.lora_ttt import doc_bos_id
 from pgolf.hw import compute_autocast
-from pgolf.model.stack import layer_schedule
 
 # The adapters' A is drawn from a generator of its own, so the draws do not depend on what
 # ran before the evaluation.
@@ -81,7 +79,7 @@ class SideAdapters:
         cfg = model.cfg
         d, rank = cfg.model_dim, ecfg.ttt_lora_rank
         kv = d // cfg.num_heads * cfg.num_kv_heads
-        slots = len(layer_schedule(cfg, getattr(model, "looping_active", False)))
+        slots = model.side_path_slots()
         self.bsz, self.gen, self.warm_a = bsz, gen, ecfg.ttt_lora_warm_a
         self.scale = ecfg.ttt_lora_alpha / rank if ecfg.ttt_lora_alpha > 0 else 1.0
         # (point, in, out, slots) in the order the record draws its A's.
@@ -274,7 +272,7 @@ def eval_record_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: 
     t0 = time.perf_counter()
     phased = ecfg.ttt_kind == "phased" if phased is None else phased
     tokens = val_tokens_tensor(val_tokens)
-    bos = doc_bos_id(model, bos_id)
+    bos = int(model.cfg.bos_id if bos_id is None else bos_id)
     docs = record_documents(tokens, bos)
     batches = record_batches(docs, ecfg.ttt_lora_batch)
     tables = as_byte_tables(tables, device)

@@ -230,6 +230,10 @@ class GPT(nn.Module):
             return [(qo[i], kv[i], kv[L + i], qo[L + i], up[i], down[i]) for i in range(L)], loop
         return [tuple(ws[6 * i:6 * i + 6]) for i in range(L)], list(zip(ws[6 * L::2], ws[6 * L + 1::2]))
 
+    def side_path_slots(self) -> int:
+        """How many schedule slots side_paths is asked about (each pass of a looped block is one)."""
+        return len(layer_schedule(self.cfg, self.looping_active))
+
     # ---- forward ----
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         # Tables may be stored in bf16 (model.embed_dtype); compute stays in fp32 here and
