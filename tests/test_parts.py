@@ -59,6 +59,8 @@ RUNS = {
     "lora-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=lora", "eval.seq_len=64", "eval.ttt_chunk_tokens=128"],
     "phased-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=phased", "eval.seq_len=64", "eval.ttt_chunk_tokens=128"],
     "coprime": ["data.sampling=coprime"],
+    "record-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=phased", "eval.ttt_lora_method=record", "eval.seq_len=64",
+                   "eval.ttt_chunk_tokens=128", "eval.ttt_lora_batch=4"],
 }
 
 
