@@ -205,7 +205,7 @@ def segment_starts(x: torch.Tensor, bos_id: int, max_len: int) -> torch.Tensor:
 
 
 def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, comm: Comm, device: torch.device,
-                      bos_id: int, events: Any = None) -> int:
+                      bos_id: int) -> int:
     """SGD of every base weight over tokens (concatenated scored documents): cosine lr over
     ttt_chunk_tokens chunks, the last skipped; each step one packed row of up to ttt_batch_seqs
     sequences of seq_len, split over ranks. Returns the optimizer steps taken."""
@@ -244,7 +244,6 @@ def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, co
                         starts[:, 0] = True
                     with torch.enable_grad(), compute_autocast(device):
                         work(x, y, starts).backward()
-                    eval_emit_event(events, "train", lo, hi - 1)
                 if world > 1:
                     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                                       for p in params])
@@ -311,7 +310,9 @@ def eval_record_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: 
             continue
         seen = sorted((i, pos, d) for i, b in batches[:r0 + world] for pos, d in enumerate(b))[:bounds[phase]]
         prefix = torch.cat([tokens[s:s + n] for _, _, (s, n) in seen]) if seen else tokens[:0]
-        steps = record_global_sgd(work, prefix, ecfg, comm, device, bos, events)
+        for _, _, (s, n) in seen:  # stream targets the phase trains on, for the legality audit
+            eval_emit_event(events, "train", s, s + n - 1)
+        steps = record_global_sgd(work, prefix, ecfg, comm, device, bos)
         if log is not None and comm.is_main:
             log(f"eval:record-ttt phase:{phase + 1}/{phases} docs:{len(seen)} scored:{counted} "
                 f"sgd_steps:{steps} running_bpb:{acc.val_bpb:.6f}")
