@@ -2,14 +2,15 @@
 
     python bench/sidebyside/ttt.py --record-script PATH/train_gpt.py
 
-A tiny record-architecture model (6 blocks of width 64 with blocks 1-2 looped three times and
-parallel lanes from block 4, fp32, token ids folded into a vocabulary of 1024) is built by the record's own GPT class; its
-weights, perturbed so every block acts, are loaded into pgolf's GPT. Both score the same
-documents cut from the CaseOps validation shard, with the shard's byte sidecar, in batches of 3
-documents and 48-token chunks. The adapters' A come from the torch generator seeded alike on
-both sides (the record draws from the global one). Rows: the no-TTT bpb (the same windows with
-a zero learning rate), LoRA TTT, phased TTT (a prefix of 7 documents in 3 phases, boundaries 2/4/7 inside the 3-document batches), each record
-beside pgolf, and pgolf's per-document method for comparison.
+A tiny record-architecture model (6 blocks of width 64, blocks 1-2 looped three times, parallel
+lanes from block 4, fp32, token ids folded into a vocabulary of 1024) is built by the record's
+own GPT class; its weights, perturbed so every block acts, are loaded into pgolf's GPT. Both
+score the same 12 documents cut from the CaseOps validation shard, with the shard's byte
+sidecar, in batches of 3 documents and 48-token chunks. The adapters' A come from the torch
+generator seeded alike on both sides (the record draws from the global one). Rows: the no-TTT
+bpb (the same windows with a zero learning rate), LoRA TTT, phased TTT (a prefix of 7 documents
+in 3 phases, boundaries 2/4/7 inside the 3-document batches), each record beside pgolf, and the
+gains of pgolf's per-document method (record_1855's eval fields, per_doc) for comparison.
 """
 
 import argparse
