@@ -360,7 +360,7 @@ def test_record_closure_is_pinned() -> None:
     never = {"pgolf.bench", "pgolf.bench_eval", "pgolf.record", "pgolf.data.corpus", "pgolf.data.fineweb",
              "pgolf.eval.legality", "pgolf.cli", "pgolf.plot", "pgolf.compare", "pgolf.eval.lora_ttt",
              "pgolf.eval.phased_ttt", "pgolf.eval.slot_state", "pgolf.quant.gptq", "pgolf.quant.calibration",
-             "pgolf.data.coprime"}
+             "pgolf.data.coprime", "pgolf.eval.batched_lora"}
     assert not never & set(got), never & set(got)
     assert got == RECORD_1128_MODULES
 

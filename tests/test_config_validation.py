@@ -43,6 +43,7 @@ BAD_ENUMS = {
     "optim.muon_row_norm_eps": "none", "optim.muon_ns_norm_dtype": "fp64", "schedule.ema_form": "mean",
     "model.stream_dtype": "bf16",
     "quant.sdclip_std": "mad", "quant.gptq_numerics": "fp16", "quant.lqer_format": "int2",
+    "eval.ttt_lora_method": "batched",
 }
 
 

@@ -67,6 +67,7 @@ CONFIG_RANGES: dict[str, str] = {
     "eval.ttt_lora_rank": ">=0", "eval.ttt_lora_alpha": ">=0", "eval.ttt_lora_lr": ">=0",
     "eval.ttt_lora_beta1": "[0,1)", "eval.ttt_lora_beta2": "[0,1)", "eval.ttt_lora_wd": ">=0",
     "eval.ttt_lora_chunk": ">=1", "eval.ttt_lora_steps": ">=1", "eval.ttt_phased_prefix_docs": ">=0",
+    "eval.ttt_lora_batch": ">=1", "eval.ttt_lora_eval_seq_len": ">=0",
     "eval.ttt_phased_phases": ">=1",
     "run.iterations": ">=1", "run.max_wallclock_seconds": ">=0", "run.train_batch_tokens": ">=1",
     "run.train_seq_len": ">=1", "run.accum_world": ">=1", "run.val_loss_every": ">=0",

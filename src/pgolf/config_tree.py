@@ -270,7 +270,7 @@ class EvalConfig:
                   "scored prefix, with the ttt_* SGD fields above (#1626; #1855: ttt_lr 0.001, ttt_epochs 1)")
     ttt_lora_rank: int = _f(80, "LoRA TTT adapter rank (#1855: 80, which beat 96 on all 3 seeds); 0 = no adapters")
     ttt_lora_alpha: float = _f(0.0, "adapter output scale alpha/rank, so the step size does not grow with the "
-                                    "rank (#1767: 144); 0 = unscaled B@A (#1855)")
+                                    "rank (#1767, #1855: 144); 0 = unscaled B@A")
     ttt_lora_lr: float = _f(1e-4, "LoRA TTT Adam learning rate (#1530..#1855)")
     ttt_lora_beta1: float = _f(0.0, "LoRA TTT Adam beta1 (#1855: 0, each chunk's gradient alone)")
     ttt_lora_beta2: float = _f(0.99, "LoRA TTT Adam beta2 (#1855: 0.99, faster than 0.999)")
@@ -304,6 +304,20 @@ class EvalConfig:
                                           "the rest as #1855's eval_val does (its own TODO says not to; up "
                                           "to 31 windows per rank), all windows where a rank would keep "
                                           "none; false scores every window")
+    ttt_lora_method: Literal["per_doc", "record"] = _f(
+        "per_doc", "how lora/phased TTT run: per_doc = one document at a time in stream order with weight-delta "
+                   "adapters reset per document (causal); record = #1855's batches of length-sorted documents with "
+                   "side-path adapters whose A carries over (its phases train on later-in-stream documents)")
+    ttt_lora_warm_a: bool = _f(True, "record method: A keeps its trained values from batch to batch, only B and "
+                                     "the optimizer restart (#1855's TTT_WARM_START_A=1); false = A redrawn")
+    ttt_lora_batch: int = _f(64, "record method: documents scored together, one adapter set each (#1855: 64)")
+    ttt_lora_eval_seq_len: int = _f(0, "record method: longest scoring window of a chunk; 0 = eval.seq_len "
+                                       "(#1855: 2048)")
+    ttt_lora_k: bool = _f(True, "record method: adapt the key projection (#1855: on)")
+    ttt_lora_o: bool = _f(True, "record method: an output adapter from the block's normed input (#1855: on)")
+    ttt_lora_mlp: bool = _f(True, "record method: an MLP side path from the MLP's normed input (#1855: on)")
+    ttt_global_doc_mask: bool = _f(True, "record method: the global phases' packed rows attend within documents "
+                                         "(and within eval.seq_len pieces of long ones), as #1855")
 
 
 @dataclass

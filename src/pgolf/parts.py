@@ -18,8 +18,12 @@ class UnshippedPartError(PgolfError, RuntimeError):
 
 # part -> (does the config use it, the top-level definitions only that part calls)
 OPTIONAL_PARTS: dict[str, tuple[Callable[[Config], bool], tuple[str, ...]]] = {
-    "lora_ttt": (lambda c: c.eval.ttt_enabled and c.eval.ttt_kind == "lora", ("eval_lora_ttt",)),
-    "phased_ttt": (lambda c: c.eval.ttt_enabled and c.eval.ttt_kind == "phased", ("eval_phased_ttt",)),
+    "lora_ttt": (lambda c: c.eval.ttt_enabled and c.eval.ttt_kind == "lora" and c.eval.ttt_lora_method == "per_doc",
+                 ("eval_lora_ttt",)),
+    "phased_ttt": (lambda c: c.eval.ttt_enabled and c.eval.ttt_kind == "phased"
+                   and c.eval.ttt_lora_method == "per_doc", ("eval_phased_ttt",)),
+    "record_ttt": (lambda c: c.eval.ttt_enabled and c.eval.ttt_kind != "global" and c.eval.ttt_lora_method == "record",
+                   ("eval_record_ttt",)),
     "causal_slot": (lambda c: c.eval.slot_mode == "causal", ("SlotCarry", "slot_doc_masks")),
     "gptq": (lambda c: c.quant.matrix_method == "gptq", ("gptq_quantize", "calibrate")),
     "lqer": (lambda c: c.quant.lqer_rank > 0, ("lqer_entries", "pick_lqer_targets")),

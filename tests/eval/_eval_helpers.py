@@ -126,3 +126,26 @@ def ttt_dist_worker(rank: int, world: int, store: str, out_dir: str, cfg_kwargs:
     finally:
         tdist.barrier()  # see ProcessGroupComm.close: leave together or gloo may abort
         tdist.destroy_process_group()
+
+
+def record_ttt_dist_worker(rank: int, world: int, store: str, out_dir: str, cfg_kwargs: dict,
+                           n_targets: int, doc_starts: list) -> None:
+    """Run eval_record_ttt (#1855's batched TTT) in a gloo group and save each rank's results."""
+    import torch.distributed as tdist
+
+    from pgolf.config_tree import EvalConfig
+    from pgolf.dist import ProcessGroupComm
+    from pgolf.eval.batched_lora import eval_record_ttt
+    from pgolf.eval.bpb import ScoreRecorder
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        comm = ProcessGroupComm(torch.device("cpu"))
+        rec = ScoreRecorder(n_targets)
+        out = eval_record_ttt(build_real_gpt(), make_documents(n_targets, doc_starts), EvalConfig(**cfg_kwargs),
+                              make_tables(), comm, torch.device("cpu"), recorder=rec)
+        torch.save(dict(out=out, count=rec.count), f"{out_dir}/record_ttt_rank{rank}.pt")
+    finally:
+        tdist.barrier()
+        tdist.destroy_process_group()

@@ -8,7 +8,8 @@ of its own document, THEN (unless it is the document's last chunk) Adam steps on
 mean NLL train the adapters. Every document starts from the same adapters (B = 0, A = one fixed
 draw, fresh optimizer state), so its scores depend on its own tokens only.
 
-Where pgolf differs from the records, and why:
+This is eval.ttt_lora_method = per_doc; `record` runs #1855's own batched form instead
+(eval/batched_lora.py). Where per_doc differs from the records, and why:
 - the adapters are real LoRA deltas W + s*B@A of the block matrices, applied from outside
   through GPT.weight_transform (the model never imports eval); the records' "o" and "mlp"
   adapters are low-rank side paths from the block input instead;
@@ -110,7 +111,7 @@ class DocLora:
                  seed: int = 0) -> None:
         self.inner = getattr(model, "weight_transform", None)
         self.rank = rank
-        # alpha/rank keeps the update size independent of the rank (#1767); 0 = plain B@A (#1855).
+        # alpha/rank keeps the update size independent of the rank (#1767, #1855: 144/80); 0 = plain B@A.
         self.scale = alpha / rank if alpha > 0 and rank > 0 else 1.0
         self.slots: dict[int, tuple[str, torch.Tensor | None]] = {}
         self.A: dict[str, torch.Tensor] = {}

@@ -8,6 +8,7 @@ import torch
 
 from pgolf.config_tree import EvalConfig
 from pgolf.dist import Comm
+from pgolf.eval.batched_lora import eval_record_ttt
 from pgolf.eval.bpb import EvalInputError, ScoreRecorder, eval_plain, val_tokens_tensor
 from pgolf.eval.forward import Forwards, PlainScorer
 from pgolf.eval.lora_ttt import eval_lora_ttt
@@ -117,6 +118,8 @@ def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalCon
             raise EvalInputError(f"eval.slot_mode {ecfg.slot_mode} does not combine with eval.ttt_kind="
                                  f"{ecfg.ttt_kind}; set eval.slot_mode off")
         run_doc_ttt = eval_lora_ttt if ecfg.ttt_kind == "lora" else eval_phased_ttt
+        if ecfg.ttt_lora_method == "record":
+            run_doc_ttt = eval_record_ttt
         out = run_doc_ttt(model, tokens, ecfg, tables, comm, device, log, recorder, events)
     elif ecfg.ttt_enabled:
         out = eval_ttt(model, tokens, ecfg, tables, comm, device, log, scorer, recorder, events)

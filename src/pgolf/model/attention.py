@@ -5,7 +5,7 @@ weights (baseline) and slices of parameter banks (record).
 """
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -112,16 +112,21 @@ def document_ids(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
 def doc_layout(ids: torch.Tensor, bos_id: int, kernel: str) -> DocLayout:
     """Computed once per forward and shared by every layer. Depends on tokens <= t only for the
     rows/columns of position t, so causality holds."""
-    b, t = ids.shape
+    return segment_layout(ids == bos_id, kernel)
+
+
+def segment_layout(starts: torch.Tensor, kernel: str) -> DocLayout:
+    """DocLayout of segments that begin where starts [B,T] (bool) is True; a row always begins one."""
+    b, t = starts.shape
     if kernel == "varlen":
-        starts = ids == bos_id
+        starts = starts.clone()
         starts[:, 0] = True  # each row is its own sequence: no document spans two rows
         flat = starts.reshape(-1).nonzero().flatten().to(torch.int32)
-        end = torch.tensor([b * t], dtype=torch.int32, device=ids.device)
+        end = torch.tensor([b * t], dtype=torch.int32, device=starts.device)
         # T bounds every segment, which spares the device->host sync of computing the true max.
         return DocLayout(None, torch.cat((flat, end)), t)
-    docs = document_ids(ids, bos_id)
-    causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+    docs = starts.to(torch.int32).cumsum(dim=1)
+    causal = torch.ones(t, t, dtype=torch.bool, device=starts.device).tril()
     same = docs[:, :, None] == docs[:, None, :]
     return DocLayout((same & causal)[:, None], None, t)
 
@@ -218,15 +223,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
                 wo: torch.Tensor, rotary: Rotary, backend: str, xsa: bool,
-                v_extra: torch.Tensor | None = None, docs: DocLayout | None = None) -> torch.Tensor:
+                v_extra: torch.Tensor | None = None, docs: DocLayout | None = None,
+                side: Callable | None = None) -> torch.Tensor:
+        """side(point, x), when given, returns an addition to projection q, k, v or o (or None)."""
         b, t, c = x.shape
         h, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q = F.linear(x, wq.to(x.dtype)).view(b, t, h, d)
-        k = F.linear(x, wk.to(x.dtype)).view(b, t, hkv, d)
-        v = F.linear(x, wv.to(x.dtype))
+        q, k, v = F.linear(x, wq.to(x.dtype)), F.linear(x, wk.to(x.dtype)), F.linear(x, wv.to(x.dtype))
+        if side is not None:
+            q, k, v = (_plus(z, side(name, x)) for name, z in (("q", q), ("k", k), ("v", v)))
         if v_extra is not None:
             v = v + v_extra.to(v.dtype)
-        v = v.view(b, t, hkv, d)
+        q, k, v = q.view(b, t, h, d), k.view(b, t, hkv, d), v.view(b, t, hkv, d)
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = rotary(t, x.device, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -236,4 +243,9 @@ class Attention(nn.Module):
             y = xsa_remove_self_value(y, v)
         if self.gate != "off":
             y = y * head_gate(self.gate, x, self.attn_gate_w, self.gate_window, self.gate_scale)[..., None]
-        return F.linear(y.reshape(b, t, c), wo.to(x.dtype))
+        out = F.linear(y.reshape(b, t, c), wo.to(x.dtype))
+        return out if side is None else _plus(out, side("o", x))
+
+
+def _plus(z: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    return z if extra is None else z + extra.to(z.dtype)

@@ -20,7 +20,7 @@ from torch import nn
 from pgolf.config import parse_layers
 from pgolf.config_tree import ModelConfig
 from pgolf.hw import doc_attention_kernel
-from pgolf.model.attention import Attention, Rotary, doc_layout, rms_norm
+from pgolf.model.attention import Attention, Rotary, doc_layout, rms_norm, segment_layout
 from pgolf.model.banks import block_bank_indices
 from pgolf.model.embeddings import BigramHash, SmearGate, ValueEmbedding, input_smear, not_bos_mask
 from pgolf.model.mlp import MLP
@@ -40,17 +40,22 @@ class Block(nn.Module):
         self.ln_mult = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
 
-    def forward(self, x, x0, w: tuple, rotary: Rotary, backend: str, v_extra=None, docs=None):
+    def forward(self, x, x0, w: tuple, rotary: Rotary, backend: str, v_extra=None, docs=None, side=None):
         wq, wk, wv, wo, w_up, w_down = w
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        a = self.attn(rms_norm(x) * self.ln_mult, wq, wk, wv, wo, rotary, backend, self.xsa, v_extra, docs)
+        a = self.attn(rms_norm(x) * self.ln_mult, wq, wk, wv, wo, rotary, backend, self.xsa, v_extra, docs, side)
         x = x + self.attn_scale.to(x.dtype) * a
-        m = self.mlp(rms_norm(x) * self.ln_mult, w_up, w_down)
+        m = self._mlp(rms_norm(x) * self.ln_mult, w_up, w_down, side)
         return x + self.mlp_scale.to(x.dtype) * m
 
+    def _mlp(self, n, w_up, w_down, side):
+        m = self.mlp(n, w_up, w_down)
+        extra = None if side is None else side("mlp", n)
+        return m if extra is None else m + extra.to(m.dtype)
+
     def forward_parallel(self, lane0, lane1, x0, w: tuple, rotary: Rotary, backend: str,
-                         post: torch.Tensor, resid: torch.Tensor, v_extra=None, docs=None):
+                         post: torch.Tensor, resid: torch.Tensor, v_extra=None, docs=None, side=None):
         """Parallel residual lanes (#1530): attention reads lane0 (mixed with x0), the MLP reads
         lane1, both from the block's input; post[s, l] routes output s (0 attention, 1 MLP)
         into lane l, resid[l] scales what lane l keeps."""
@@ -59,8 +64,8 @@ class Block(nn.Module):
         mix = self.resid_mix.to(dt)
         a_in = mix[0] * lane0 + mix[1] * x0
         a = self.attn_scale.to(dt) * self.attn(rms_norm(a_in) * self.ln_mult, wq, wk, wv, wo, rotary,
-                                               backend, self.xsa, v_extra, docs)
-        m = self.mlp_scale.to(dt) * self.mlp(rms_norm(lane1) * self.ln_mult, w_up, w_down)
+                                               backend, self.xsa, v_extra, docs, side)
+        m = self.mlp_scale.to(dt) * self._mlp(rms_norm(lane1) * self.ln_mult, w_up, w_down, side)
         post, resid = post.to(dt), resid.to(dt)
         return (resid[0] * lane0 + post[0, 0] * a + post[1, 0] * m,
                 resid[1] * lane1 + post[0, 1] * a + post[1, 1] * m)
@@ -122,6 +127,11 @@ class GPT(nn.Module):
         # weight_transform(group, w) on "blocks" (block matrices) and "projections"
         # (BigramHash / VE projections); None = weights used as stored.
         self.weight_transform: nn.Module | None = None
+        # A seam for side paths added from outside (batched LoRA TTT): called as
+        # side_paths(point, slot, x) -> tensor or None, with point q/k/v/o (x = the block's normed
+        # attention input), mlp (x = the MLP's normed input) or head (x = the final hidden
+        # state, slot 0), slot = the position in the layer schedule; None = no side paths.
+        self.side_paths = None
         self.reset_parameters()
         if cfg.init_bf16:
             # #1855 casts its fresh model to bf16 and restores most tensors to fp32: every initial
@@ -226,6 +236,10 @@ class GPT(nn.Module):
             return [(qo[i], kv[i], kv[L + i], qo[L + i], up[i], down[i]) for i in range(L)], loop
         return [tuple(ws[6 * i:6 * i + 6]) for i in range(L)], list(zip(ws[6 * L::2], ws[6 * L + 1::2]))
 
+    def side_path_slots(self) -> int:
+        """How many schedule slots side_paths is asked about (each pass of a looped block is one)."""
+        return len(layer_schedule(self.cfg, self.looping_active))
+
     # ---- forward ----
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         # Tables may be stored in bf16 (model.embed_dtype); compute stays in fp32 here and
@@ -252,11 +266,14 @@ class GPT(nn.Module):
         kind = self.cfg.parallel_final
         return lane0 if kind == "attn" else lane1 if kind == "mlp" else 0.5 * (lane0 + lane1)
 
-    def forward_hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """Everything up to and including the final RMSNorm: [B, T, d]."""
+    def forward_hidden(self, ids: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything up to and including the final RMSNorm: [B, T, d]. starts [B,T] (bool), when
+        given, marks where attention segments begin (else BOS does when model.doc_mask)."""
         x = x0 = self.embed(ids)
         docs = None
-        if self.cfg.doc_mask:
+        if starts is not None:
+            docs = segment_layout(starts, doc_attention_kernel(self.attn_backend))
+        elif self.cfg.doc_mask:
             docs = doc_layout(ids, self.cfg.bos_id, doc_attention_kernel(self.attn_backend))
         ve = self.ve(ids, self._weight("projections", self.ve.proj.weight)) if self.ve is not None else None
         weights, loop_weights = self._layer_weights()
@@ -283,12 +300,14 @@ class GPT(nn.Module):
                 else:
                     x = self._add_skip(x, j, skips.pop())
             blk = self.blocks[i]
+            hook = self.side_paths
+            side = None if hook is None else (lambda p, z, s=pos: hook(p, s, z))
             if parallel:
                 lanes = blk.forward_parallel(*lanes, x0, w, self.rotary, self.attn_backend,
                                              self.parallel_post_lambdas[i], self.parallel_resid_lambdas[i],
-                                             v_extra, docs)
+                                             v_extra, docs, side)
             else:
-                x = blk(x, x0, w, self.rotary, self.attn_backend, v_extra, docs)
+                x = blk(x, x0, w, self.rotary, self.attn_backend, v_extra, docs, side)
             if pos < n_enc:
                 skips.append(x)
         return rms_norm(self._merge_lanes(*lanes) if lanes is not None else x)
@@ -297,6 +316,9 @@ class GPT(nn.Module):
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         w = self._weight("head", w)
         logits = F.linear(h, w.to(h.dtype)).float()
+        extra = None if self.side_paths is None else self.side_paths("head", 0, h)
+        if extra is not None:
+            logits = logits + extra.float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
@@ -307,8 +329,8 @@ class GPT(nn.Module):
         logits = self.forward_logits(ids)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.forward_logits(ids)
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.compute_logits(self.forward_hidden(ids, starts))
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
