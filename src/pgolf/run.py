@@ -166,7 +166,8 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
     fwd = maybe_compile(model, cfg.model.compile)
     opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
-                                    vocab_size=cfg.model.vocab_size, sampling=cfg.data.sampling, seed=cfg.run.seed)
+                                    vocab_size=cfg.model.vocab_size, sampling=cfg.data.sampling, seed=cfg.run.seed,
+                                    packing=cfg.data.packing, bos_id=cfg.model.bos_id)
     accum = cfg.run.accum_world // comm.world_size
     log.event(event="run", out_dir=spec.out_dir, params=count_params(model), arch=cfg.model.arch,
               attn_backend=model.attn_backend, world_size=comm.world_size, grad_accum=accum,
