@@ -31,6 +31,7 @@ from pgolf.optim.builder import build_optimizers
 from pgolf.parts import check_parts_shipped
 from pgolf.quant.export import export_artifact
 from pgolf.quant.fake_quant import attach_late_qat
+from pgolf.quant.pergroup import pergroup_setup
 from pgolf.runfolder import RunFolder
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
 from pgolf.train import RunState, prime, run_loop
@@ -90,6 +91,10 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
     `auditor` (the legality audit), `code_files` (the shipped source, logged), `sinks`
     (run_dir -> callables that receive every log event: trackers).
     """
+    missing, fallback = pergroup_setup(cfg.quant)
+    if missing:  # a program the export needs: refuse now, not after ten minutes of training
+        raise TrainingError(missing)
+    warnings = (warnings or []) + ([fallback] if fallback else [])
     comm = init_comm(cfg.run.device, cfg.run.collective_timeout_seconds)
     try:
         check_world_size(cfg, comm.world_size)

@@ -34,8 +34,8 @@ from torch import Tensor
 from pgolf.atomic import atomic_write
 from pgolf.config_tree import QuantConfig
 from pgolf.errors import PgolfError
-from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes, decompress_bytes, pack_codes,
-                               unpack_codes)
+from pgolf.quant.codec import INT_LAYOUTS, CodecError, pack_codes, unpack_codes
+from pgolf.quant.pergroup import ARTIFACT_COMPRESSORS, compress_body, decompress_body
 from pgolf.quant.policy import dequantize_state_dict, quantize_state_dict
 
 ARTIFACT_MAGIC = b"PGOLF\x00"
@@ -222,8 +222,12 @@ def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> 
     for g, part in sorted(groups.items()):
         body = _body(part, qcfg)
         out[g] = {"tensors": len(part), "params": sum(math.prod(e["shape"]) for e in part.values()),
-                  "body_bytes": len(body), "compressed_bytes": len(compress_bytes(body, qcfg.compressor, qcfg.level))}
+                  "body_bytes": len(body), "compressed_bytes": len(_compress(body, qcfg))}
     return out
+
+
+def _compress(body: bytes, qcfg: QuantConfig) -> bytes:
+    return compress_body(body, qcfg.compressor, qcfg.level, getattr(qcfg, "compressor_fallback", "error"))
 
 
 def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
@@ -235,13 +239,14 @@ def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash
     hessians: calibration Hessians for quant.matrix_method=gptq (pgolf.quant.calibration);
     payload_out, when given, receives the quantized payload (for group_byte_report).
     """
-    if qcfg.compressor not in COMPRESSORS:
-        raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; use one of {', '.join(COMPRESSORS)}")
+    if qcfg.compressor not in ARTIFACT_COMPRESSORS:
+        raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; "
+                            f"use one of {', '.join(ARTIFACT_COMPRESSORS)}")
     payload, stats = quantize_state_dict(state_dict, qcfg, hessians)
     if payload_out is not None:
         payload_out.update(payload)
     body = _body(payload, qcfg, int_layout)
-    comp = compress_bytes(body, qcfg.compressor, qcfg.level)
+    comp = _compress(body, qcfg)
     header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level, "body_bytes": len(body),
                          "config_hash": config_hash, "meta": meta or {}},
                         sort_keys=True, separators=(",", ":")).encode()
@@ -285,9 +290,9 @@ def _check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     if not isinstance(header, dict):
         raise ArtifactError(f"{source}: header is not a JSON object; re-export it with pgolf")
     header.update(version=version, payload_len=plen, payload_sha256=sha.hex(), total_bytes=len(blob))
-    if header.get("compressor") not in COMPRESSORS:
+    if header.get("compressor") not in ARTIFACT_COMPRESSORS:
         raise ArtifactError(f"{source}: unknown compressor {header.get('compressor')!r}; "
-                            f"this pgolf reads {', '.join(COMPRESSORS)}")
+                            f"this pgolf reads {', '.join(ARTIFACT_COMPRESSORS)}")
     return header, comp
 
 
@@ -323,7 +328,7 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
     header, comp = _check_frame(bytes(blob), source)
     limit = _body_limit(header, source, max_body_bytes)
     try:
-        body = decompress_bytes(comp, header["compressor"], int(header["level"]), max_size=limit)
+        body = decompress_body(comp, header["compressor"], int(header["level"]), limit)
         if header["version"] >= 2 and len(body) != limit:
             raise ArtifactError(f"{source}: body is {len(body):,} bytes, the header declares {limit:,}; "
                                 "re-copy or re-export it")
