@@ -87,17 +87,23 @@ def similarity_order(codes: np.ndarray) -> np.ndarray:
     n = codes.shape[0]
     if n > 65536:
         raise CodecError(f"similarity sort of {n} rows: the stored order is uint16 (at most 65536 rows)")
-    rows = codes.astype(np.int16)
-    left = np.ones(n, dtype=bool)
+    # Unvisited rows stay packed at the front (a visited row's slot takes the last one), so each
+    # step reads size x cols bytes and copies nothing; int8 differences hold codes up to +-63.
+    wide = n and int(np.abs(codes.astype(np.int16)).max()) > 63
+    rows = np.array(codes, dtype=np.int16 if wide else np.int8)
+    ids, diff = np.arange(n), np.empty_like(rows)
     order = np.empty(n, dtype=np.uint16)
-    cur = 0
+    cur, size = 0, n
     for k in range(n):
-        order[k], left[cur] = cur, False
-        if k == n - 1:
+        order[k], size = ids[cur], size - 1
+        if size == 0:
             break
-        idx = np.flatnonzero(left)
-        dist = np.abs(rows[idx] - rows[cur]).sum(axis=1, dtype=np.int32)
-        cur = int(idx[int(np.argmin(dist))])
+        row = rows[cur].copy()
+        rows[cur], ids[cur] = rows[size], ids[size]
+        np.abs(np.subtract(rows[:size], row, out=diff[:size]), out=diff[:size])
+        dist = diff[:size].sum(axis=1, dtype=np.int32)
+        ties = np.flatnonzero(dist == dist.min())
+        cur = int(ties[np.argmin(ids[ties])])
     return order
 
 
