@@ -38,7 +38,8 @@ BAD_ENUMS = {
     "quant.qat_scope": "all", "quant.code_form": "tiny", "eval.slot_mode": "on", "run.device": "mps",
     "eval.ttt_kind": "chunky", "model.parallel_final": "both", "model.attn_gate": "on", "model.smear_kind": "token",
     "quant.calib_source": "val", "quant.clip_rule": "mse", "quant.clip_weighting": "fisher",
-    "quant.code_order": "zigzag", "quant.fp16_layout": "packed",
+    "quant.code_order": "zigzag", "quant.fp16_layout": "packed", "data.packing": "docs",
+    "quant.compressor_fallback": "zlib", "quant.calib_windows": "random", "quant.calib_attention": "masked",
 }
 
 
@@ -64,7 +65,8 @@ def test_bad_enum_set_directly_is_caught_by_finalize(key, bad):
 
 
 # Values that are only valid together with another setting (checked by a cross-field rule).
-ENUM_COMPANIONS = {("quant.clip_weighting", "hessian"): ["quant.matrix_method=gptq"]}
+ENUM_COMPANIONS = {("quant.clip_weighting", "hessian"): ["quant.matrix_method=gptq"],
+                   ("data.packing", "stream"): ["model.doc_mask=true"]}
 
 
 @pytest.mark.parametrize("key, value", [(k, v) for k, vs in sorted(literal_fields().items()) for v in vs])

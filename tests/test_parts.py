@@ -59,6 +59,9 @@ RUNS = {
     "lora-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=lora", "eval.seq_len=64", "eval.ttt_chunk_tokens=128"],
     "phased-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=phased", "eval.seq_len=64", "eval.ttt_chunk_tokens=128"],
     "coprime": ["data.sampling=coprime"],
+    # brotli fallback: the part runs the same with or without the lrzip program.
+    "stream+pergroup": ["data.packing=stream", "model.doc_mask=true", "model.doc_max_len=32",
+                        "quant.compressor=pergroup", "quant.compressor_fallback=brotli"],
 }
 
 
@@ -117,7 +120,7 @@ def test_bundle_refuses_an_env_var_that_needs_a_left_out_part_before_any_work(tm
 
 @pytest.mark.parametrize("preset, parts", [
     ("smoke", set()), ("record_1128", set()), ("record_1128_fixed", {"causal_slot"}),
-    ("record_1128_gptq", {"gptq", "lqer"}), ("record_1855", {"gptq", "lqer", "phased_ttt"}),
+    ("record_1128_gptq", {"gptq", "lqer"}), ("record_1855", {"gptq", "lqer", "phased_ttt", "pergroup", "stream_packing"}),
 ])
 def test_each_preset_ships_the_parts_its_record_used(preset, parts):
     cfg, _ = resolve_config(preset=preset, env={})

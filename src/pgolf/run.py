@@ -91,7 +91,7 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
     `auditor` (the legality audit), `code_files` (the shipped source, logged), `sinks`
     (run_dir -> callables that receive every log event: trackers).
     """
-    missing, fallback = pergroup_setup(cfg.quant)
+    missing, fallback = pergroup_setup(cfg.quant) if cfg.quant.compressor == "pergroup" else (None, None)
     if missing:  # a program the export needs: refuse now, not after ten minutes of training
         raise TrainingError(missing)
     warnings = (warnings or []) + ([fallback] if fallback else [])

@@ -34,8 +34,9 @@ from torch import Tensor
 from pgolf.atomic import atomic_write
 from pgolf.config_tree import QuantConfig
 from pgolf.errors import PgolfError
-from pgolf.quant.codec import INT_LAYOUTS, CodecError, pack_codes, unpack_codes
-from pgolf.quant.pergroup import ARTIFACT_COMPRESSORS, compress_body, decompress_body
+from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes, decompress_bytes, pack_codes,
+                               unpack_codes)
+from pgolf.quant.pergroup import compress_pergroup, decompress_pergroup
 from pgolf.quant.policy import dequantize_state_dict, quantize_state_dict
 
 ARTIFACT_MAGIC = b"PGOLF\x00"
@@ -50,6 +51,7 @@ CHALLENGE_LIMIT_BYTES = 16_000_000
 # weights, i.e. well under 256 MiB of uncompressed body; the file can only be smaller.
 ART_MAX_BODY_BYTES = 256 << 20
 ART_MAX_FILE_BYTES = ART_MAX_BODY_BYTES + (1 << 20)
+ARTIFACT_COMPRESSORS = (*COMPRESSORS, "pergroup")  # pergroup: pgolf.quant.pergroup, an optional part
 
 
 class ArtifactError(PgolfError, ValueError):
@@ -227,7 +229,9 @@ def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> 
 
 
 def _compress(body: bytes, qcfg: QuantConfig) -> bytes:
-    return compress_body(body, qcfg.compressor, qcfg.level, getattr(qcfg, "compressor_fallback", "error"))
+    if qcfg.compressor == "pergroup":
+        return compress_pergroup(body, qcfg.level, getattr(qcfg, "compressor_fallback", "error"))
+    return compress_bytes(body, qcfg.compressor, qcfg.level)
 
 
 def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
@@ -328,7 +332,8 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
     header, comp = _check_frame(bytes(blob), source)
     limit = _body_limit(header, source, max_body_bytes)
     try:
-        body = decompress_body(comp, header["compressor"], int(header["level"]), limit)
+        body = (decompress_pergroup(comp, limit) if header["compressor"] == "pergroup"
+                else decompress_bytes(comp, header["compressor"], int(header["level"]), max_size=limit))
         if header["version"] >= 2 and len(body) != limit:
             raise ArtifactError(f"{source}: body is {len(body):,} bytes, the header declares {limit:,}; "
                                 "re-copy or re-export it")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pgolf.quant.codec import COMPRESSORS, CodecError, brotli_compress, compress_bytes, decompress_bytes
+from pgolf.quant.codec import CodecError, brotli_compress, decompress_bytes
 
 PERGROUP_MAGIC = b"PGRP"
 # The record's group order; rows of the hot roles are similarity-sorted before compression.
@@ -33,21 +33,6 @@ PERGROUP_HOT = frozenset({"tok_emb", "attn.c_q", "mlp.fc"})
 _ROLE_NAME = re.compile(r"blocks\.(\d+)\.(attn\.c_k|attn\.c_q|attn\.c_v|attn\.proj|mlp\.fc|mlp\.proj)\.weight")
 LRZIP_INSTALL = "apt-get install lrzip"
 _LRZIP_SIZE = struct.Struct("<4s2xQ")  # lrzip's magic, version, then the decompressed size
-ARTIFACT_COMPRESSORS = (*COMPRESSORS, "pergroup")
-
-
-def compress_body(body: bytes, compressor: str, level: int, fallback: str = "error") -> bytes:
-    """The artifact body compressed by quant.compressor (pergroup here, the rest in pgolf.quant.codec)."""
-    return compress_pergroup(body, level, fallback) if compressor == "pergroup" else \
-        compress_bytes(body, compressor, level)
-
-
-def decompress_body(data: bytes, compressor: str, level: int, max_size: int | None) -> bytes:
-    if compressor == "pergroup":
-        return decompress_pergroup(data, max_size if max_size is not None else 1 << 30)
-    return decompress_bytes(data, compressor, level, max_size=max_size)
-
-
 def lrzip_program() -> str | None:
     return shutil.which("lrzip")
 
