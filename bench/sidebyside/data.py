@@ -172,7 +172,7 @@ def artifact_rows(rec, layers: int) -> list[dict]:
                 codes_ok)]
 
 
-def rows(record_module, layers: int = 3) -> list[dict]:
+def rows(record_module, layers: int = 1) -> list[dict]:
     if not SHARD.is_file():
         raise SystemExit(f"{SHARD}: no shard; the side-by-side needs the CaseOps SP8192 training shard")
     out = batch_rows(record_module, 16384, 4)
@@ -188,7 +188,7 @@ def rows(record_module, layers: int = 3) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--record-script", required=True)
-    ap.add_argument("--layers", type=int, default=3,
+    ap.add_argument("--layers", type=int, default=1,
                     help="record-shaped layers in the artifact check (11 = the record's; minutes more)")
     args = ap.parse_args()
     from record_import import import_record
