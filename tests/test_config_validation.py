@@ -44,6 +44,8 @@ BAD_ENUMS = {
     "model.stream_dtype": "bf16",
     "quant.sdclip_std": "mad", "quant.gptq_numerics": "fp16", "quant.lqer_format": "int2",
     "eval.ttt_lora_method": "batched",
+    "data.packing": "docs",
+    "quant.compressor_fallback": "zlib", "quant.calib_windows": "random", "quant.calib_attention": "masked",
 }
 
 
@@ -69,7 +71,8 @@ def test_bad_enum_set_directly_is_caught_by_finalize(key, bad):
 
 
 # Values that are only valid together with another setting (checked by a cross-field rule).
-ENUM_COMPANIONS = {("quant.clip_weighting", "hessian"): ["quant.matrix_method=gptq"]}
+ENUM_COMPANIONS = {("quant.clip_weighting", "hessian"): ["quant.matrix_method=gptq"],
+                   ("data.packing", "stream"): ["model.doc_mask=true"]}
 
 
 @pytest.mark.parametrize("key, value", [(k, v) for k, vs in sorted(literal_fields().items()) for v in vs])

@@ -61,6 +61,9 @@ RUNS = {
     "coprime": ["data.sampling=coprime"],
     "record-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=phased", "eval.ttt_lora_method=record", "eval.seq_len=64",
                    "eval.ttt_chunk_tokens=128", "eval.ttt_lora_batch=4"],
+    # brotli fallback: the part runs the same with or without the lrzip program.
+    "stream+pergroup": ["data.packing=stream", "model.doc_mask=true", "model.doc_max_len=32",
+                        "quant.compressor=pergroup", "quant.compressor_fallback=brotli"],
 }
 
 
@@ -119,7 +122,8 @@ def test_bundle_refuses_an_env_var_that_needs_a_left_out_part_before_any_work(tm
 
 @pytest.mark.parametrize("preset, parts", [
     ("smoke", set()), ("record_1128", set()), ("record_1128_fixed", {"causal_slot"}),
-    ("record_1128_gptq", {"gptq", "lqer"}), ("record_1855", {"gptq", "lqer", "record_ttt"}),
+    ("record_1128_gptq", {"gptq", "lqer"}),
+    ("record_1855", {"gptq", "lqer", "record_ttt", "pergroup", "stream_packing"}),
 ])
 def test_each_preset_ships_the_parts_its_record_used(preset, parts):
     cfg, _ = resolve_config(preset=preset, env={})

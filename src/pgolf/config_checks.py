@@ -72,7 +72,7 @@ CONFIG_RANGES: dict[str, str] = {
     "run.iterations": ">=1", "run.max_wallclock_seconds": ">=0", "run.train_batch_tokens": ">=1",
     "run.train_seq_len": ">=1", "run.accum_world": ">=1", "run.val_loss_every": ">=0",
     "run.train_log_every": ">=0", "run.checkpoint_every": ">=-1",
-    "run.collective_timeout_seconds": ">0",
+    "run.collective_timeout_seconds": ">0", "model.doc_max_len": ">=0", "quant.calib_batches": ">=1",
 }
 
 # Matrices per-document LoRA TTT can adapt (eval.ttt_lora_targets).
@@ -80,7 +80,7 @@ LORA_TARGET_NAMES = ("q", "k", "v", "o", "up", "down", "head")
 # The grids pgolf's quantizers and artifact format implement; 16 keeps the tensor in fp16.
 QUANT_BITS_ALLOWED = (5, 6, 7, 8, 16)
 # The level range each compressor accepts (compress_bytes would clamp anything else silently).
-COMPRESSOR_LEVELS = {"zlib": (0, 9), "lzma": (0, 9), "zstd": (1, 22), "brotli": (0, 11)}
+COMPRESSOR_LEVELS = {"zlib": (0, 9), "lzma": (0, 9), "zstd": (1, 22), "brotli": (0, 11), "pergroup": (1, 9)}
 
 
 def _base_type(ftype: Any) -> Any:
@@ -216,6 +216,12 @@ def _train(cfg: Any) -> list[str]:
         # The multiplier never drops below the floor: late QAT would never switch on.
         out.append(f"quant.late_qat_threshold: {q.late_qat_threshold} is not above schedule.min_lr_mult {floor}, "
                    "so late QAT would never start; raise the threshold or lower the floor")
+    if cfg.data.packing == "stream" and not cfg.model.doc_mask:
+        out.append("data.packing: 'stream' makes one row of every micro-batch's documents, which only "
+                   "model.doc_mask keeps apart; set model.doc_mask true or data.packing rows")
+    if cfg.data.packing == "stream" and cfg.data.sampling != "sequential":
+        out.append(f"data.packing: 'stream' reads shards in turn, data.sampling={cfg.data.sampling!r} draws windows; "
+                   "set data.sampling sequential or data.packing rows")
     return out + _quant(cfg)
 
 

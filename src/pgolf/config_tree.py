@@ -20,6 +20,10 @@ class DataConfig:
     sampling: Literal["sequential", "coprime"] = _f(
         "sequential", "training order: sequential reads shards in turn; coprime visits seq_len+1 windows of "
                       "every shard once per epoch in a seeded coprime-stride order, batches mixing shards (#1058)")
+    packing: Literal["rows", "stream"] = _f(
+        "rows", "micro-batch shape: rows = [B, train_seq_len] rows; stream = one flat [1, tokens] row per "
+                "micro-step, each shard read from its first BOS and never across its end, as #1855's "
+                "DocumentPackingLoader (needs model.doc_mask; model.doc_max_len cuts long documents)")
 
 
 @dataclass
@@ -95,6 +99,8 @@ class ModelConfig:
                 "embed_dtype bf16 the stream is bf16 as #1855 ran it (torch 2.9 autocast keeps rms_norm bf16)")
     init_bf16: bool = _f(False, "round every initial weight to bf16, as #1855's cast of its fresh model to bf16 "
                                 "does (parallel_resid_lambdas start at 1.1015625); False keeps the fp32 init")
+    doc_max_len: int = _f(0, "with doc_mask, attention also never crosses doc start + k*doc_max_len: a long "
+                             "document is cut into pieces (#1855's stream batches: 2048); 0 = whole documents")
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -188,8 +194,9 @@ class QuantConfig:
     clip_search: Literal["matrix", "row"] = _f("matrix", "gptq_lite clip: one per matrix (reference) or per row")
     embed_bits: int = _f(8, "bits for embedding tables (16 = keep fp16)")
     small_numel: int = _f(65536, "tensors with at most this many elements stay fp16 (the baseline's cut)")
-    compressor: Literal["zlib", "lzma", "zstd", "brotli"] = _f(
-        "zlib", "zlib (baseline); lzma packs int6 smaller (records); zstd/brotli need their package")
+    compressor: Literal["zlib", "lzma", "zstd", "brotli", "pergroup"] = _f(
+        "zlib", "zlib (baseline); lzma packs int6 smaller (records); zstd/brotli need their package; pergroup "
+                "= #1855's: matrix codes by role, hot rows similarity-sorted, lrzip (ZPAQ) each, brotli the rest")
     level: int = _f(9, "compressor level: zlib/lzma 0..9, zstd 1..22, brotli 0..11")
     late_qat_threshold: float = _f(0.0, "fake-quantize matrices once the lr multiplier is below this; 0 = off")
     qat_scope: Literal["matrices", "reference"] = _f(
@@ -247,6 +254,17 @@ class QuantConfig:
                  "(pgolf.quant.lqer)")
     lqer_asym_group: int = _f(64, "LQER asym: B elements per fp16 scale (#1855: 64)")
     gate_int8: bool = _f(False, "attention-gate weights as int8 rows, not fp16 (#1855's GATED_ATTN_QUANT_GATE)")
+    compressor_fallback: Literal["error", "brotli"] = _f(
+        "error", "compressor=pergroup without the lrzip program: error = stop before training (apt-get install "
+                 "lrzip); brotli = the same groups compressed with brotli instead")
+    calib_windows: Literal["first", "shuffled"] = _f(
+        "first", "calib_source=train windows: first = the stream's first calib_seqs x calib_seq_len tokens; "
+                 "shuffled = #1855's rank-0 draw (shards accum_world apart, a random phase, windows in "
+                 "random order, seed 0), calib_batches x (train_batch_tokens / accum_world) tokens")
+    calib_batches: int = _f(16, "calib_windows=shuffled: batches drawn (#1855: GPTQ_CALIBRATION_BATCHES=16)")
+    calib_attention: Literal["model", "dense"] = _f(
+        "model", "calibration forward: model = as trained (document-masked with model.doc_mask); dense = "
+                 "causal across documents, as #1855's calibration (forward without cu_seqlens)")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from pgolf.optim.builder import build_optimizers
 from pgolf.parts import check_parts_shipped
 from pgolf.quant.export import export_artifact
 from pgolf.quant.fake_quant import attach_late_qat
+from pgolf.quant.pergroup import pergroup_setup
 from pgolf.runfolder import RunFolder
 from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
 from pgolf.train import RunState, prime, run_loop
@@ -90,6 +91,10 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
     `auditor` (the legality audit), `code_files` (the shipped source, logged), `sinks`
     (run_dir -> callables that receive every log event: trackers).
     """
+    missing, fallback = pergroup_setup(cfg.quant) if cfg.quant.compressor == "pergroup" else (None, None)
+    if missing:  # a program the export needs: refuse now, not after ten minutes of training
+        raise TrainingError(missing)
+    warnings = (warnings or []) + ([fallback] if fallback else [])
     comm = init_comm(cfg.run.device, cfg.run.collective_timeout_seconds)
     try:
         check_world_size(cfg, comm.world_size)
@@ -166,7 +171,8 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
     fwd = maybe_compile(model, cfg.model.compile)
     opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
-                                    vocab_size=cfg.model.vocab_size, sampling=cfg.data.sampling, seed=cfg.run.seed)
+                                    vocab_size=cfg.model.vocab_size, sampling=cfg.data.sampling, seed=cfg.run.seed,
+                                    packing=cfg.data.packing, bos_id=cfg.model.bos_id)
     accum = cfg.run.accum_world // comm.world_size
     log.event(event="run", out_dir=spec.out_dir, params=count_params(model), arch=cfg.model.arch,
               attn_backend=model.attn_backend, world_size=comm.world_size, grad_accum=accum,

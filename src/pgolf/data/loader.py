@@ -91,6 +91,83 @@ class TokenStream:
         self.epoch = int(state.get("epoch", 0))
 
 
+class ShardSpanStream:
+    """Spans that never cross a shard's end (#1855's stream batches): each shard is read from
+    its first BOS; a span that would run past the end is taken from the next shard's first BOS
+    instead (the tail is skipped); after the last shard it wraps to the first.
+
+    take_micro hands out one optimizer step's tokens (all ranks, all micro-steps) as one span
+    in turns, so where a shard's tail is skipped does not depend on the world size: the record
+    ran 8 ranks without accumulation, one 8-micro-batch span a step.
+    """
+
+    def __init__(self, files: list[str], bos_id: int) -> None:
+        self.files, self.bos_id = [os.fspath(f) for f in files], int(bos_id)
+        for f in self.files:
+            read_header(f)
+        self.epoch = 0
+        self._open(0)
+        self.block, self.slot, self.micro, self.block_start = None, 0, 0, {}
+
+    def take_micro(self, n: int, micro_steps: int) -> torch.Tensor:
+        """The next n tokens of the current step's span of n * micro_steps tokens."""
+        if self.block is None or self.slot * n >= len(self.block) or n != self.micro:
+            self.block = None
+            self.block_start = self.state()
+            self.block, self.slot, self.micro = self.take_numpy(n * micro_steps), 0, n
+        self.slot += 1
+        return torch.from_numpy(self.block[(self.slot - 1) * n:self.slot * n])
+
+    def _open(self, index: int) -> None:
+        self.shard_index = index
+        self._tokens = load_shard(self.files[index])
+        first = np.flatnonzero(self._tokens == self.bos_id)[:1]
+        if not len(first):
+            raise DataLoaderError(f"shard {self.files[index]} holds no BOS token (model.bos_id={self.bos_id}); "
+                                  "data.packing=stream starts every shard at a document: use data.packing rows")
+        self.first_bos = self.position = int(first[0])
+
+    def take_numpy(self, n: int) -> np.ndarray:
+        tried = 0
+        while self.position + n > len(self._tokens):
+            tried += 1
+            if tried > len(self.files):
+                raise DataLoaderError(f"no shard holds {n} tokens after its first BOS; lower "
+                                      "run.train_batch_tokens or use data.packing rows")
+            nxt = self.shard_index + 1
+            if nxt == len(self.files):
+                nxt, self.epoch = 0, self.epoch + 1
+            self._open(nxt)
+        out = np.asarray(self._tokens[self.position:self.position + n], dtype=np.int64)
+        self.position += n
+        return out
+
+    def take(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self.take_numpy(n))
+
+    def state(self) -> dict:
+        if self.block is not None and self.slot * self.micro < len(self.block):
+            # Saved inside a step: resuming takes the step's span again and skips what was used.
+            return {**self.block_start, "slot": self.slot, "micro": self.micro, "block": len(self.block)}
+        return {"packing": "stream", "shard_index": self.shard_index, "position": self.position,
+                "epoch": self.epoch, "num_shards": len(self.files)}
+
+    def load_state(self, state: dict) -> None:
+        idx, pos = int(state["shard_index"]), int(state["position"])
+        if not 0 <= idx < len(self.files):
+            raise DataLoaderError(f"stream state shard_index {idx} is outside the {len(self.files)} "
+                                  "shards found; resume with the same data.path and pattern")
+        self._open(idx)
+        if not self.first_bos <= pos <= len(self._tokens):
+            raise DataLoaderError(f"stream state position {pos} is outside shard {self.files[idx]} "
+                                  f"({len(self._tokens)} tokens); resume with the same shards")
+        self.position, self.epoch = pos, int(state.get("epoch", 0))
+        self.block, self.slot = None, 0
+        if int(state.get("slot", 0)) > 0:
+            self.take_micro(int(state["micro"]), int(state["block"]) // int(state["micro"]))
+            self.slot = int(state["slot"])
+
+
 def _check_not_val(files: list[str], val_pattern: str | None) -> None:
     val_files = set()
     if val_pattern:
@@ -124,11 +201,14 @@ class DistributedTokenLoader:
     slice r, so one process with accumulation k*W reads the same tokens as W processes with
     accumulation k. coprime: each call draws world_size * rows windows of seq_len + 1 tokens
     from a CoprimeWindowSampler and rank r keeps its contiguous run of rows, same invariance.
+    packing="stream" (sequential only): spans come from a ShardSpanStream and each micro-batch
+    is one row [1, local_tokens], documents kept apart by the model (doc_mask, doc_max_len).
     """
 
     def __init__(self, pattern_or_files, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", val_pattern: str | None = None,
-                 vocab_size: int = 0, sampling: str = "sequential", seed: int = 0) -> None:
+                 vocab_size: int = 0, sampling: str = "sequential", seed: int = 0, packing: str = "rows",
+                 bos_id: int = 1) -> None:
         if isinstance(pattern_or_files, (str, os.PathLike)):
             files = find_shards(os.fspath(pattern_or_files))
         else:
@@ -138,11 +218,17 @@ class DistributedTokenLoader:
                                   "need 0 <= rank < world_size")
         if sampling not in ("sequential", "coprime"):
             raise DataLoaderError(f"data.sampling {sampling!r} is not one of 'sequential', 'coprime'")
+        if packing not in ("rows", "stream") or (packing == "stream" and sampling != "sequential"):
+            raise DataLoaderError(f"data.packing {packing!r} with data.sampling {sampling!r}: use rows, or "
+                                  "stream with sequential sampling")
         _check_not_val(files, val_pattern)
+        self.packing = packing
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.sampling, self.seed, self.files = sampling, int(seed), files
-        self.stream = TokenStream(files) if sampling == "sequential" else None
+        self.stream = None
+        if sampling == "sequential":
+            self.stream = ShardSpanStream(files, bos_id) if packing == "stream" else TokenStream(files)
         # The window length is known only at the first batch, so the sampler is built then.
         # CoprimeWindowSampler is named only where it is built: a bundle for sequential
         # sampling leaves it out, so its one-line SamplerStateError refusals pass through unwrapped.
@@ -174,18 +260,23 @@ class DistributedTokenLoader:
 
     def next_batch(self, global_tokens: int, seq_len: int,
                    grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) LongTensors of shape [local_tokens // seq_len, seq_len] on this loader's device."""
+        """(x, y) LongTensors of shape [local_tokens // seq_len, seq_len] ([1, local_tokens] with
+        packing=stream) on this loader's device."""
         local = self.local_tokens(global_tokens, seq_len, grad_accum_steps)
         if self.sampling == "coprime":
             return self.next_windows(local // seq_len, seq_len)
         span = local + 1
-        chunk = self.stream.take(span * self.world_size)
+        if self.packing == "stream":
+            chunk = self.stream.take_micro(span * self.world_size, grad_accum_steps)
+        else:
+            chunk = self.stream.take(span * self.world_size)
         mine = chunk[self.rank * span:(self.rank + 1) * span]
         check_token_range(mine.numpy(), self.vocab_size, f"shard {self.stream.files[self.stream.shard_index]}")
         if self.staging is not None:
             # One copy of the span; x and y are overlapping views of it on the device.
             mine = self.staging.to_device(mine)
-        return mine[:-1].reshape(-1, seq_len), mine[1:].reshape(-1, seq_len)
+        shape = (1, -1) if self.packing == "stream" else (-1, seq_len)
+        return mine[:-1].reshape(shape), mine[1:].reshape(shape)
 
     def shard_tokens(self, index: int) -> np.ndarray:
         if index not in self.shard_cache:
@@ -226,6 +317,10 @@ class DistributedTokenLoader:
 
     def load_state(self, state: dict) -> None:
         saved = state.get("sampling", "sequential")
+        packed = state.get("packing", "rows")
+        if packed != self.packing:
+            raise DataLoaderError(f"loader state was saved with data.packing={packed!r}, this run has "
+                                  f"{self.packing!r}; resume with the same data.packing")
         if saved != self.sampling:
             raise DataLoaderError(f"loader state was saved with data.sampling={saved!r}, this run has "
                                   f"{self.sampling!r}; resume with the same data.sampling")

@@ -109,22 +109,41 @@ def document_ids(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     return (ids == bos_id).to(torch.int32).cumsum(dim=1)
 
 
-def doc_layout(ids: torch.Tensor, bos_id: int, kernel: str) -> DocLayout:
+def segment_starts(ids: torch.Tensor, bos_id: int, max_len: int) -> torch.Tensor:
+    """[B,T] bool: where attention segments begin. A segment starts at every BOS, at each row's
+    first token, and every max_len tokens after either (a long document is cut into pieces
+    counted from its start, or from the row's start when it began in an earlier row)."""
+    starts = ids == bos_id
+    starts[:, 0] = True
+    if max_len > 0:
+        pos = torch.arange(ids.size(1), device=ids.device).expand_as(ids)
+        doc_start = torch.where(starts, pos, torch.zeros_like(pos)).cummax(dim=1).values
+        starts = starts | ((pos - doc_start) % max_len == 0)
+    return starts
+
+
+def doc_layout(ids: torch.Tensor, bos_id: int, kernel: str, max_len: int = 0) -> DocLayout:
     """Computed once per forward and shared by every layer. Depends on tokens <= t only for the
-    rows/columns of position t, so causality holds."""
-    return segment_layout(ids == bos_id, kernel)
+    rows/columns of position t, so causality holds. max_len > 0 also cuts documents every
+    max_len tokens (segment_starts)."""
+    starts = segment_starts(ids, bos_id, max_len) if max_len > 0 else ids == bos_id
+    return segment_layout(starts, kernel, max_len)
 
 
-def segment_layout(starts: torch.Tensor, kernel: str) -> DocLayout:
-    """DocLayout of segments that begin where starts [B,T] (bool) is True; a row always begins one."""
+def segment_layout(starts: torch.Tensor, kernel: str, max_len: int = 0) -> DocLayout:
+    """DocLayout of segments that begin where starts [B,T] (bool) is True; a row always begins one.
+    max_len > 0 (no segment is longer) pads cu_seqlens to a multiple of 64 entries."""
     b, t = starts.shape
     if kernel == "varlen":
         starts = starts.clone()
         starts[:, 0] = True  # each row is its own sequence: no document spans two rows
         flat = starts.reshape(-1).nonzero().flatten().to(torch.int32)
-        end = torch.tensor([b * t], dtype=torch.int32, device=starts.device)
+        # Cut documents pad cu_seqlens to a multiple of 64 entries with empty segments, as the
+        # record's stream batches do, so a compiled kernel meets few distinct lengths.
+        pad = (-(flat.numel() + 1)) % 64 if max_len > 0 else 0
+        end = torch.full((1 + pad,), b * t, dtype=torch.int32, device=starts.device)
         # T bounds every segment, which spares the device->host sync of computing the true max.
-        return DocLayout(None, torch.cat((flat, end)), t)
+        return DocLayout(None, torch.cat((flat, end)), min(t, max_len) if max_len > 0 else t)
     docs = starts.to(torch.int32).cumsum(dim=1)
     causal = torch.ones(t, t, dtype=torch.bool, device=starts.device).tril()
     same = docs[:, :, None] == docs[:, None, :]

@@ -274,7 +274,8 @@ class GPT(nn.Module):
         if starts is not None:
             docs = segment_layout(starts, doc_attention_kernel(self.attn_backend))
         elif self.cfg.doc_mask:
-            docs = doc_layout(ids, self.cfg.bos_id, doc_attention_kernel(self.attn_backend))
+            kernel = doc_attention_kernel(self.attn_backend)
+            docs = doc_layout(ids, self.cfg.bos_id, kernel, self.cfg.doc_max_len)
         ve = self.ve(ids, self._weight("projections", self.ve.proj.weight)) if self.ve is not None else None
         weights, loop_weights = self._layer_weights()
         schedule = layer_schedule(self.cfg, self.looping_active)

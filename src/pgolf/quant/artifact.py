@@ -38,6 +38,7 @@ from pgolf.config_tree import QuantConfig
 from pgolf.errors import PgolfError
 from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes, decompress_bytes, pack_codes,
                                unpack_codes)
+from pgolf.quant.pergroup import compress_pergroup, decompress_pergroup
 from pgolf.quant.policy import dequantize_state_dict, quantize_state_dict
 
 ARTIFACT_MAGIC = b"PGOLF\x00"
@@ -52,6 +53,7 @@ CHALLENGE_LIMIT_BYTES = 16_000_000
 # weights, i.e. well under 256 MiB of uncompressed body; the file can only be smaller.
 ART_MAX_BODY_BYTES = 256 << 20
 ART_MAX_FILE_BYTES = ART_MAX_BODY_BYTES + (1 << 20)
+ARTIFACT_COMPRESSORS = (*COMPRESSORS, "pergroup")  # pergroup: pgolf.quant.pergroup, an optional part
 
 
 class ArtifactError(PgolfError, ValueError):
@@ -224,8 +226,14 @@ def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> 
     for g, part in sorted(groups.items()):
         body = _body(part, qcfg)
         out[g] = {"tensors": len(part), "params": sum(math.prod(e["shape"]) for e in part.values()),
-                  "body_bytes": len(body), "compressed_bytes": len(compress_bytes(body, qcfg.compressor, qcfg.level))}
+                  "body_bytes": len(body), "compressed_bytes": len(_compress(body, qcfg))}
     return out
+
+
+def _compress(body: bytes, qcfg: QuantConfig) -> bytes:
+    if qcfg.compressor == "pergroup":
+        return compress_pergroup(body, qcfg.level, getattr(qcfg, "compressor_fallback", "error"))
+    return compress_bytes(body, qcfg.compressor, qcfg.level)
 
 
 def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
@@ -237,13 +245,14 @@ def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash
     hessians: calibration Hessians for quant.matrix_method=gptq (pgolf.quant.calibration);
     payload_out, when given, receives the quantized payload (for group_byte_report).
     """
-    if qcfg.compressor not in COMPRESSORS:
-        raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; use one of {', '.join(COMPRESSORS)}")
+    if qcfg.compressor not in ARTIFACT_COMPRESSORS:
+        raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; "
+                            f"use one of {', '.join(ARTIFACT_COMPRESSORS)}")
     payload, stats = quantize_state_dict(state_dict, qcfg, hessians)
     if payload_out is not None:
         payload_out.update(payload)
     body = _body(payload, qcfg, int_layout)
-    comp = compress_bytes(body, qcfg.compressor, qcfg.level)
+    comp = _compress(body, qcfg)
     header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level, "body_bytes": len(body),
                          "config_hash": config_hash, "meta": meta or {}},
                         sort_keys=True, separators=(",", ":")).encode()
@@ -287,9 +296,9 @@ def _check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     if not isinstance(header, dict):
         raise ArtifactError(f"{source}: header is not a JSON object; re-export it with pgolf")
     header.update(version=version, payload_len=plen, payload_sha256=sha.hex(), total_bytes=len(blob))
-    if header.get("compressor") not in COMPRESSORS:
+    if header.get("compressor") not in ARTIFACT_COMPRESSORS:
         raise ArtifactError(f"{source}: unknown compressor {header.get('compressor')!r}; "
-                            f"this pgolf reads {', '.join(COMPRESSORS)}")
+                            f"this pgolf reads {', '.join(ARTIFACT_COMPRESSORS)}")
     return header, comp
 
 
@@ -325,7 +334,8 @@ def unpack_artifact(blob: bytes, source: str = "<bytes>", max_body_bytes: int | 
     header, comp = _check_frame(bytes(blob), source)
     limit = _body_limit(header, source, max_body_bytes)
     try:
-        body = decompress_bytes(comp, header["compressor"], int(header["level"]), max_size=limit)
+        body = (decompress_pergroup(comp, limit) if header["compressor"] == "pergroup"
+                else decompress_bytes(comp, header["compressor"], int(header["level"]), max_size=limit))
         if header["version"] >= 2 and len(body) != limit:
             raise ArtifactError(f"{source}: body is {len(body):,} bytes, the header declares {limit:,}; "
                                 "re-copy or re-export it")

@@ -6,10 +6,12 @@ The per-layer model passes its weights to F.linear through the `weight_transform
 weight records the input of the F.linear it meets. The model itself knows nothing of this.
 """
 
+import dataclasses
 import os
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 from pgolf.config_tree import Config
 from pgolf.data.loader import TokenStream, find_shards
 from pgolf.data.paths import resolve_data_paths
+from pgolf.data.shards import load_shard, read_header
 from pgolf.errors import PgolfError
 from pgolf.model.gpt import GPT
 
@@ -99,6 +102,8 @@ def calibration_tokens(cfg: Config, model: GPT, device, source: str | None = Non
     if source == "val":
         raise CalibrationError("quant.calib_source=val: validation tokens may never calibrate the artifact "
                                "(the challenge scores them); use train or self")
+    if source == "train" and q.calib_windows == "shuffled":
+        return shuffled_calibration_tokens(cfg, seq_len)
     if source == "train":
         return train_calibration_tokens(cfg, q.calib_seqs, seq_len)
     if source == "self":
@@ -107,8 +112,8 @@ def calibration_tokens(cfg: Config, model: GPT, device, source: str | None = Non
     raise CalibrationError(f"quant.calib_source={source!r}; use one of {', '.join(CALIB_SOURCES)}")
 
 
-def train_calibration_tokens(cfg: Config, n_seqs: int, seq_len: int) -> Tensor:
-    """The first n_seqs x seq_len tokens of the training stream (what training read first)."""
+def calibration_shards(cfg: Config) -> list[str]:
+    """The training shards, none of them a validation shard."""
     train_glob, val_glob, _ = resolve_data_paths(cfg)
     files = find_shards(train_glob)
     val_files = {os.path.abspath(f) for f in find_shards_or_none(val_glob)}
@@ -116,9 +121,62 @@ def train_calibration_tokens(cfg: Config, n_seqs: int, seq_len: int) -> Tensor:
         if "_val_" in os.path.basename(f) or os.path.abspath(f) in val_files:
             raise CalibrationError(f"calibration shard {f} is a validation shard; validation tokens may never "
                                    "calibrate the artifact: fix data.train_pattern")
-    toks = TokenStream(files).take(n_seqs * seq_len).view(n_seqs, seq_len)
+    return files
+
+
+def train_calibration_tokens(cfg: Config, n_seqs: int, seq_len: int) -> Tensor:
+    """The first n_seqs x seq_len tokens of the training stream (what training read first)."""
+    toks = TokenStream(calibration_shards(cfg)).take(n_seqs * seq_len).view(n_seqs, seq_len)
+    return _checked_ids(cfg, toks)
+
+
+def shuffled_window_starts(lengths: list[int], seq_len: int, count: int, seed: int = 0) -> list[tuple[int, int]]:
+    """(shard, start) of `count` windows of seq_len + 1 tokens, drawn as #1855's calibration
+    loader draws them: each shard cut at a random phase < seq_len into windows seq_len apart,
+    in a random order; each draw picks a shard in proportion to the windows it has left and
+    takes its next one; all used up, every shard is cut afresh. One numpy PCG64(seed) drives it."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    starts: list[list[int]] = [[] for _ in lengths]
+
+    def recut(i: int) -> None:
+        top = min(seq_len - 1, max(0, lengths[i] - seq_len - 1))
+        phase = int(rng.integers(top + 1)) if top > 0 else 0
+        order = rng.permutation((lengths[i] - 1 - phase) // seq_len)
+        starts[i] = (phase + order * seq_len).tolist()
+
+    for i in range(len(lengths)):
+        recut(i)
+    out = []
+    for _ in range(count):
+        left = np.array([len(s) for s in starts], dtype=np.float64)
+        if left.sum() <= 0:
+            for i in range(len(lengths)):
+                recut(i)
+            left = np.array([len(s) for s in starts], dtype=np.float64)
+        shard = int(rng.choice(len(lengths), p=left / left.sum()))
+        out.append((shard, starts[shard].pop()))
+    return out
+
+
+def shuffled_calibration_tokens(cfg: Config, seq_len: int) -> Tensor:
+    """quant.calib_windows=shuffled: what #1855's rank 0 calibrated on. Its ranks each drew from
+    every world_size-th shard with seed = rank and only rank 0's Hessians were used; pgolf takes
+    run.accum_world as that world size (the record ran 8 GPUs without accumulation)."""
+    q, world = cfg.quant, cfg.run.accum_world
+    files = calibration_shards(cfg)[0::world]
+    per_batch = cfg.run.train_batch_tokens // world // seq_len
+    if per_batch < 1:
+        raise CalibrationError(f"quant.calib_windows=shuffled draws run.train_batch_tokens / run.accum_world / "
+                               f"{seq_len} windows a batch, which is 0; raise train_batch_tokens")
+    draws = shuffled_window_starts([read_header(f) for f in files], seq_len, q.calib_batches * per_batch)
+    shards = [load_shard(f) for f in files]
+    toks = np.stack([np.asarray(shards[i][a:a + seq_len], dtype=np.int64) for i, a in draws])
+    return _checked_ids(cfg, torch.from_numpy(toks))
+
+
+def _checked_ids(cfg: Config, toks: Tensor) -> Tensor:
     if int(toks.max()) >= cfg.model.vocab_size:
-        raise CalibrationError(f"training shards {train_glob} hold token ids >= model.vocab_size "
+        raise CalibrationError(f"training shards {cfg.data.train_pattern} hold token ids >= model.vocab_size "
                                f"{cfg.model.vocab_size}; use shards made with the model's tokenizer")
     return toks
 
@@ -178,7 +236,10 @@ def collect_hessians(model: GPT, tokens: Tensor, batch_seqs: int, device,
 
 def per_layer_model(cfg: Config, flat: dict[str, Tensor], device) -> GPT:
     """An eval-mode per-layer model holding the unbanked state `flat` (artifact names)."""
-    model = GPT(cfg.model, banked=False).to(device)
+    mcfg = cfg.model
+    if cfg.quant.calib_attention == "dense":  # #1855 calibrates without cu_seqlens: across documents
+        mcfg = dataclasses.replace(mcfg, doc_mask=False)
+    model = GPT(mcfg, banked=False).to(device)
     model.load_state_dict({k: v.to(device) for k, v in flat.items()})
     return model.eval()
 
@@ -190,6 +251,7 @@ def calibrate(cfg: Config, flat: dict[str, Tensor], device) -> tuple[dict[str, T
     toks = calibration_tokens(cfg, model, device)
     t1 = time.perf_counter()
     hs = collect_hessians(model, toks, cfg.quant.calib_batch_seqs, device, with_head=cfg.quant.gptq_embed)
-    info = {"calib_source": cfg.quant.calib_source, "calib_tokens": int(toks.numel()),
+    info = {"calib_source": cfg.quant.calib_source, "calib_windows": cfg.quant.calib_windows,
+            "calib_tokens": int(toks.numel()),
             "calib_tokens_s": round(t1 - t0, 3), "hessians_s": round(time.perf_counter() - t1, 3)}
     return hs, info

@@ -84,6 +84,11 @@ def compress_bytes(data: bytes, compressor: str, level: int) -> bytes:
     raise CodecError(f"unknown compressor {compressor!r}; use one of {', '.join(COMPRESSORS)}")
 
 
+def brotli_compress(data: bytes, quality: int = 11, lgwin: int = 22) -> bytes:
+    """brotli with an explicit window (lgwin 24 = 16 MiB: the pergroup remainder's)."""
+    return _module("brotli").compress(data, quality=quality, lgwin=lgwin)
+
+
 def decompress_bytes(data: bytes, compressor: str, level: int, max_size: int | None = None) -> bytes:
     """Inverse of compress_bytes (level is needed only by raw LZMA).
 
