@@ -28,7 +28,7 @@ OPTIONAL_PARTS: dict[str, tuple[Callable[[Config], bool], tuple[str, ...]]] = {
     "gptq": (lambda c: c.quant.matrix_method == "gptq", ("gptq_quantize", "calibrate")),
     "lqer": (lambda c: c.quant.lqer_rank > 0, ("lqer_entries", "pick_lqer_targets")),
     "coprime_sampling": (lambda c: c.data.sampling == "coprime", ("CoprimeWindowSampler",)),
-    "stream_packing": (lambda c: c.data.packing == "stream", ("ShardSpanStream", "segment_starts")),
+    "stream_packing": (lambda c: c.data.packing == "stream", ("ShardSpanStream",)),
     "pergroup": (lambda c: c.quant.compressor == "pergroup",
                  ("compress_pergroup", "decompress_pergroup", "pergroup_setup")),
 }

@@ -16,6 +16,7 @@ from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.data.sidecar import SidecarBytes  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import BpbAccumulator, ScoreRecorder, as_byte_tables  # noqa: E402
+from pgolf.model.attention import segment_starts  # noqa: E402
 from pgolf.eval.runner import evaluate  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -277,7 +278,7 @@ def test_a_chunk_is_scored_before_training_on_it():
 
 def test_segment_starts_split_documents_and_long_ones():
     x = torch.tensor([5, 5, 1, 5, 5, 5, 5, 5, 1, 5])
-    got = bl.segment_starts(x, 1, 3).tolist()
+    got = segment_starts(x[None], 1, 3)[0].tolist()
     assert [i for i, v in enumerate(got) if v] == [0, 2, 5, 8]
 
 

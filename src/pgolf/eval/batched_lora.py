@@ -35,6 +35,7 @@ from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalProgress, ScoreRecorder, as_byte_tables, eval_emit_event,
                             val_tokens_tensor)
 from pgolf.hw import compute_autocast
+from pgolf.model.attention import segment_starts
 
 # The adapters' A is drawn from a generator of its own, so the draws do not depend on what
 # ran before the evaluation.
@@ -195,15 +196,6 @@ def _record(recorder: ScoreRecorder | None, events: Any, starts: torch.Tensor, o
             eval_emit_event(events, "score", s + o, s + o + l_)
 
 
-def segment_starts(x: torch.Tensor, bos_id: int, max_len: int) -> torch.Tensor:
-    """bool [T]: segments begin at position 0, at every BOS and every max_len tokens after a
-    segment's beginning (the record's packed-document attention for its global phases)."""
-    idx = torch.arange(x.numel(), device=x.device)
-    first = (x == bos_id) | (idx == 0)
-    begin = torch.cummax(torch.where(first, idx, torch.zeros_like(idx)), dim=0).values
-    return (idx - begin) % max_len == 0
-
-
 def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, comm: Comm, device: torch.device,
                       bos_id: int) -> int:
     """SGD of every base weight over tokens (concatenated scored documents): cosine lr over
@@ -237,7 +229,8 @@ def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, co
                     local = tokens[lo:hi].to(device).long()
                     x, y = local[:-1], local[1:]
                     if ecfg.ttt_global_doc_mask:
-                        x, y, starts = x[None], y[None], segment_starts(x, bos_id, seq)[None]
+                        x, y = x[None], y[None]
+                        starts = segment_starts(x, bos_id, seq)
                     else:
                         x, y = x.view(-1, seq), y.view(-1, seq)
                         starts = torch.zeros_like(x, dtype=torch.bool)
