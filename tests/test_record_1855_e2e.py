@@ -82,13 +82,16 @@ def test_gptq_quantized_every_block_matrix_and_lqer_is_shipped(run):
     block_matrices = [m for m in manifest if m["name"].startswith("blocks.") and m["name"].endswith(".weight")]
     assert block_matrices and all(m["method"].startswith("gptq") for m in block_matrices), \
         {m["name"]: m["method"] for m in block_matrices}
-    lqer = [m["name"] for m in manifest if m["method"] == "lqer"]
+    # record_1855 stores #1855's asymmetric factors (int2 A, grouped int4 B).
+    lqer = [m["name"] for m in manifest if m["method"] == "lqer_asym"]
     assert len(lqer) == 2 * LQER_TOP_K and all(n.endswith((".lqer_a", ".lqer_b")) for n in lqer), lqer
 
 
 def test_final_eval_is_phased_ttt_charging_the_sidecar(run):
     m = run["metrics"]
     assert m["eval_mode"] == "phased-ttt"
+    assert "eval:record-ttt phased" in run["log"]  # #1855's batched method, not pgolf's per-document one
+    assert "eval:record-ttt phase:1/" in run["log"]  # a global phase ran
     assert "mode:phased-ttt" in [ln for ln in run["log"].splitlines() if ln.startswith("event:final")][-1]
     counts = sidecar_counts(CASEOPS / "fineweb_val_bytes_000000.bin")
     # Scored targets are tokens 1..EVAL_TOKENS; target i is charged the bytes of token i.
