@@ -55,7 +55,8 @@ def test_train_recipe_keeps_the_record_architecture_at_reduced_width(env):
                   "attn_gate", "smear", "doc_mask", "xsa_last_n"):
         assert getattr(m, field) == getattr(ref.model, field), field
     assert cfg.run.iterations == int(env.get("STEPS", 200)) and cfg.run.max_wallclock_seconds == 0
-    assert cfg.schedule.warmdown_iters == cfg.run.iterations * 85 // 100  # WARMDOWN_FRAC 0.85
+    # WARMDOWN_FRAC 0.85 of the steps: without a wall-clock cap, frac runs on steps / iterations.
+    assert cfg.schedule.warmdown_mode == "frac" and cfg.schedule.warmdown_frac == 0.85
     assert not m.compile and cfg.data.path.endswith("fineweb_legal_sp8192_caseops")
     assert cfg.quant.matrix_method == "gptq" and cfg.quant.lqer_rank > 0 and cfg.quant.small_numel <= 8192
     assert cfg.eval.ttt_enabled and cfg.eval.ttt_kind == "phased"

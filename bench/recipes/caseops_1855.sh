@@ -15,8 +15,8 @@ OUT=${1:?give the run folder to write}
 DATA=${DATA:-../shared/data/datasets/fineweb_legal_sp8192_caseops}
 TOK=${TOK:-../shared/data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model}
 STEPS=${STEPS:-200}
-# WARMDOWN_FRAC 0.85 of the steps; Muon's momentum ramp over the first half.
-WARMDOWN=$(( STEPS * 85 / 100 ))
+# The preset's WARMDOWN_FRAC 0.85 runs on steps/iterations without a wall-clock cap; Muon's
+# momentum ramp over the first half.
 MOMENTUM_RAMP=$(( STEPS / 2 ))
 PYTHONPATH=src ${DRY_RUN:+echo} python -m pgolf train --preset record_1855 --out "$OUT" \
   --set data.path="$DATA" --set data.tokenizer_path="$TOK" \
@@ -24,7 +24,7 @@ PYTHONPATH=src ${DRY_RUN:+echo} python -m pgolf train --preset record_1855 --out
   --set model.compile=false \
   --set run.train_seq_len=${SEQ:-512} --set run.train_batch_tokens=${BATCH:-8192} --set run.accum_world=1 \
   --set run.iterations=$STEPS --set run.max_wallclock_seconds=0 --set run.train_log_every=10 \
-  --set schedule.warmup_steps=2 --set schedule.warmdown_iters=$WARMDOWN \
+  --set schedule.warmup_steps=2 \
   --set optim.muon_momentum_warmup_steps=$MOMENTUM_RAMP \
   --set quant.small_numel=8192 --set quant.gptq_reserve_seconds=0 \
   --set quant.calib_seqs=16 --set quant.calib_batch_seqs=4 \
