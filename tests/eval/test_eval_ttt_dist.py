@@ -24,7 +24,14 @@ CFG = dict(seq_len=16, stride=8, batch_seqs=3, ttt_chunk_tokens=48, ttt_lr=0.05,
 
 @pytest.mark.multiproc
 def test_two_process_ttt_matches_single_process(tmp_path):
-    mp.spawn(ttt_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path), CFG, N), nprocs=2, join=True)
+    try:
+        mp.spawn(ttt_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path), CFG, N), nprocs=2, join=True)
+    except mp.ProcessExitedException as e:
+        # gloo sometimes aborts in its own teardown ("terminate called without an active exception")
+        # after both ranks saved their results; what this test checks is those results.
+        if not all((tmp_path / f"ttt_rank{r}.pt").is_file() for r in (0, 1)):
+            raise
+        print(f"gloo teardown: {e}")
     rec = ScoreRecorder(N)
     ref = eval_ttt(TinyCausalLM(), make_tokens(N), EvalConfig(**CFG), make_tables(), Comm(),
                    torch.device("cpu"), recorder=rec)
