@@ -96,7 +96,7 @@ def test_cli_bench_throughput_json(capsys) -> None:
 def test_cli_bench_eval_without_an_artifact_is_one_line(tmp_path, capsys) -> None:
     assert main(["bench", "eval", str(tmp_path), "--modes", "plain"]) == 2
     err = capsys.readouterr().err
-    assert "no artifact found" in err and len(err.strip().splitlines()) == 1
+    assert "missing model.ptz" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bench_eval_rejects_an_unknown_mode_before_loading_anything(tmp_path) -> None:

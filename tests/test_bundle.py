@@ -340,13 +340,14 @@ def test_unreached_definitions_are_left_out(capsys) -> None:
 RECORD_1128_MODULES = [
     "pgolf.config_checks", "pgolf.config_tree", "pgolf.errors", "pgolf.config", "pgolf.data.caseops",
     "pgolf.data.tokenizer", "pgolf.hw", "pgolf.dist", "pgolf.eval.bpb", "pgolf.eval.forward", "pgolf.eval.sliding",
-    "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.interrupts", "pgolf.atomic", "pgolf.checkpoint",
+    "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.interrupts", "pgolf.atomic",
     "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.loader", "pgolf.data.paths", "pgolf.model.attention",
     "pgolf.eval.runner", "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack", "pgolf.model.gpt",
     "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging", "pgolf.optim.muon", "pgolf.optim.builder",
     "pgolf.optim.schedule", "pgolf.parts", "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip",
     "pgolf.quant.fake_quant", "pgolf.quant.lqer", "pgolf.quant.policy", "pgolf.quant.artifact", "pgolf.runlog",
-    "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder", "pgolf.wallclock", "pgolf.train", "pgolf.run",
+    "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder", "pgolf.checkpoint", "pgolf.wallclock", "pgolf.train",
+    "pgolf.run",
 ]
 
 
@@ -383,6 +384,7 @@ def test_counted_file_is_the_self_extracting_form_of_the_readable_one(capsys) ->
 def test_log_starts_with_the_shipped_code(tmp_path) -> None:
     from pgolf.config_tree import Config
     from pgolf.run import _log_setup
+    from pgolf.runfolder import RunFolder
     from pgolf.runlog import RunLog
 
     class FakeComm:
@@ -390,7 +392,7 @@ def test_log_starts_with_the_shipped_code(tmp_path) -> None:
 
     files = {"train_gpt.py": "# packed\nprint(1)\n", "train_gpt_readable.py": "# readable\nx = 1\n"}
     spec = types.SimpleNamespace(cfg=Config(), code_files=files, comm=FakeComm(), checkpoint=None,
-                                 out_dir=str(tmp_path), warnings=[])
+                                 out_dir=str(tmp_path), warnings=[], folder=RunFolder(tmp_path, False, True))
     log = RunLog(str(tmp_path / "log.txt"), echo=False)
     _log_setup(spec, log)
     log.close()

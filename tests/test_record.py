@@ -12,7 +12,8 @@ import torch
 
 from pgolf.bundle.build import bundle_for_config
 from pgolf.cli import main
-from pgolf.config import config_to_toml, read_config_file, resolve_config, shippable_config
+from pgolf.config import config_hash, config_to_toml, read_config_file, resolve_config, shippable_config
+from pgolf.errors import RunFolderError
 from pgolf.quant.artifact import OverBudgetError, pack_artifact, read_artifact, write_artifact
 from pgolf.record import RecordError, export_record, record_slot_noncausal, scrub_local_paths
 
@@ -43,13 +44,14 @@ def make_run(root: Path, name: str = "run", limit: int = 16_000_000, eval_mode: 
     run.mkdir(parents=True)
     text = config_to_toml(cfg)
     (run / "config.toml").write_text(text)
-    write_artifact(run / "model.ptz", pack_artifact(_state_dict(), cfg.quant, "cafe", meta={"config_toml": text}))
+    digest = config_hash(cfg)
+    write_artifact(run / "model.ptz", pack_artifact(_state_dict(), cfg.quant, digest, meta={"config_toml": text}))
     (run / "log.txt").write_text(f"event:run out_dir:{MACHINE}/runs/{name}\n"
                                  f"event:config section:data path:{MACHINE}/fineweb10B_sp1024\n"
                                  "event:final val_loss:1.9 val_bpb:1.1\n")
     metrics = {"val_loss": val_loss, "val_bpb": val_loss * 0.58, "eval_mode": eval_mode, "legal": legal,
                "steps": 300, "train_time_s": 12.5, "world_size": 1, "device": "cpu", "seed": seed,
-               "weights_sha256": "ab" * 32, "config_hash": "cafe", "model_bytes": 1, "code_bytes": 1}
+               "weights_sha256": "ab" * 32, "config_hash": digest, "model_bytes": 1, "code_bytes": 1}
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -144,7 +146,7 @@ def test_refuses_non_empty_out_and_changes_nothing(tmp_path: Path) -> None:
 def test_refuses_incomplete_run_naming_the_file(tmp_path: Path, missing: str) -> None:
     run = make_run(tmp_path)
     (run / missing).unlink()
-    with pytest.raises(RecordError, match=re.escape(f"missing {missing}")) as e:
+    with pytest.raises(RunFolderError, match=re.escape(f"missing {missing}")) as e:
         export_record(run, tmp_path / "rec")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "rec").exists()

@@ -15,7 +15,8 @@ import torch
 import torch.multiprocessing as mp
 
 from pgolf.atomic import AtomicWriteError, atomic_write
-from pgolf.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from pgolf.checkpoint import load_checkpoint, save_checkpoint
+from pgolf.runfolder import checkpoint_file
 from pgolf.dist import Comm
 from pgolf.errors import TrainingError
 
@@ -101,7 +102,7 @@ def test_disk_full_checkpoint_keeps_newest_and_prev(tmp_path, monkeypatch):
     _save(tmp_path, 0, 8)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.setattr("pgolf.atomic._atomic_open", full_disk_after(4096))
-    path = checkpoint_path(str(tmp_path), 0)
+    path = checkpoint_file(str(tmp_path), 0)
     with pytest.raises(AtomicWriteError, match=f"^cannot write {path}: no space left on device") as e:
         _save(tmp_path, 0, 12)
     assert "\n" not in str(e.value)

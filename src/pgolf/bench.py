@@ -26,7 +26,7 @@ from pgolf.bundle.build import bundle_for_config
 from pgolf.config import config_hash
 from pgolf.config_tree import Config
 from pgolf.dist import Comm
-from pgolf.errors import PgolfError
+from pgolf.errors import BenchError
 from pgolf.hw import device_label, pick_device
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.build import build_model
@@ -50,10 +50,6 @@ BENCH_BF16_PEAK_TFLOPS: tuple[tuple[str, float, str], ...] = (
     (r"\bH200\b(?!.*\bNVL\b)", 989.0, "H200"),
 )
 BENCH_QAT_CHOICES = ("off", "on")
-
-
-class BenchError(PgolfError, ValueError):
-    """A benchmark request that cannot run as given; the message names the fix."""
 
 
 class _BenchTokens:

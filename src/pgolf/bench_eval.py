@@ -13,7 +13,7 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from pgolf.bench import BenchError
+from pgolf.errors import BenchError
 from pgolf.config_tree import Config, EvalConfig
 from pgolf.data.paths import load_val
 from pgolf.dist import Comm

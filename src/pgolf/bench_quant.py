@@ -3,7 +3,6 @@ per tensor group, post-quantization bpb and its penalty against the float model,
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,8 @@ from typing import Any
 import torch
 
 from pgolf.atomic import atomic_write
-from pgolf.bench import BenchError
-from pgolf.config import apply_sets, finalize_config, read_config_file
+from pgolf.errors import BenchError
+from pgolf.config import apply_sets, finalize_config
 from pgolf.config_tree import Config
 from pgolf.data.paths import load_val
 from pgolf.dist import Comm
@@ -21,6 +20,7 @@ from pgolf.hw import device_label, pick_device
 from pgolf.model.build import model_from_state
 from pgolf.quant.artifact import build_artifact, group_byte_report, unpack_artifact
 from pgolf.quant.calibration import calibrate
+from pgolf.runfolder import RUN_CONFIG, RUN_FINAL_STATE, open_run, run_file
 
 
 def parse_quant_variant(spec: str) -> tuple[str, list[str]]:
@@ -53,13 +53,7 @@ QUANT_BENCH_METHODS: tuple[str, ...] = (
 
 def bench_quant_config(run_dir: str, sets: list[str]) -> Config:
     """The run's saved config (its artifact is not needed: bench quant re-exports the float weights)."""
-    path = os.path.join(run_dir, "config.toml")
-    if not os.path.isfile(path):
-        raise BenchError(f"{path} not found: bench quant needs a run folder written by pgolf train")
-    cfg = read_config_file(path)
-    apply_sets(cfg, sets)
-    finalize_config(cfg)
-    return cfg
+    return open_run(run_dir, sets, needs=(RUN_CONFIG,)).config
 
 
 def _calib_key(q) -> tuple:
@@ -72,9 +66,7 @@ def bench_quant(cfg: Config, run_dir: str, variants: list[str] | None = None, ou
     evaluate each round trip (plain bpb): bytes per tensor group, total, penalty vs the float
     model, and the seconds of calibration and quantize+compress. Hessians are computed once per
     calibration setting and shared by the variants that use it."""
-    state_path = os.path.join(run_dir, "final_state.pt")
-    if not os.path.isfile(state_path):
-        raise BenchError(f"{state_path} not found: bench quant needs a run folder trained by pgolf train")
+    state_path = run_file(run_dir, RUN_FINAL_STATE)
     try:
         flat = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling refusals and torn files alike

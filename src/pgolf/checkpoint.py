@@ -13,12 +13,9 @@ import torch
 from pgolf.atomic import atomic_write
 from pgolf.dist import Comm
 from pgolf.errors import TrainingError
+from pgolf.runfolder import checkpoint_file
 
 CKPT_FORMAT = 1
-
-
-def checkpoint_path(out_dir: str, rank: int) -> Path:
-    return Path(out_dir) / f"ckpt_rank{rank}.pt"
 
 
 def _ckpt_prev(path: Path) -> Path:
@@ -27,7 +24,7 @@ def _ckpt_prev(path: Path) -> Path:
 
 def save_checkpoint(out_dir, rank, model, opt, loader, ema, swa, st) -> None:
     """The newest complete checkpoint moves to .prev only once the new one is complete."""
-    path = checkpoint_path(out_dir, rank)
+    path = checkpoint_file(out_dir, rank)
     blob = {"format": CKPT_FORMAT, "model": model.state_dict(), "opt": opt.state_dict(), "loader": loader.state(),
             "ema": ema.state_dict() if ema else None, "swa": swa.state_dict() if swa else None,
             "run": vars(st).copy(), "rng": torch.get_rng_state()}
@@ -72,7 +69,7 @@ def load_checkpoint(out_dir: str, rank: int, comm: Comm | None = None) -> dict:
     same one-line TrainingError; nothing waits for the process-group timeout.
     """
     comm = comm or Comm()
-    path = checkpoint_path(out_dir, rank)
+    path = checkpoint_file(out_dir, rank)
     files = [path, _ckpt_prev(path)]
     steps = [_ckpt_probe(f) for f in files]
     table = _ckpt_gather(comm, steps)

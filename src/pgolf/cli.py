@@ -4,14 +4,13 @@ Every command resolves one Config (preset < --config < env vars < --set), and ev
 error ends as one line on stderr with exit status 2.
 """
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from pgolf.cli_args import build_parser
-from pgolf.config import ConfigError, config_from_toml, config_hash, config_to_dict, read_config_file, resolve_config
+from pgolf.config import ConfigError, config_to_dict, resolve_config
 from pgolf.config_tree import Config
 from pgolf.errors import PgolfError
 from pgolf.interrupts import RunInterrupted
@@ -80,33 +79,9 @@ def cmd_train(args) -> int:
 
 def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
     """(config, artifact path) from a run folder or an artifact file."""
-    from pgolf.quant.artifact import read_artifact_header
-    p = Path(target)
-    artifact = p / "model.ptz" if p.is_dir() else p
-    if not artifact.is_file():
-        raise ConfigError(f"{target}: no artifact found (expected a run folder with model.ptz or a .ptz file)")
-    cfg_file = artifact.parent / "config.toml"
-    if cfg_file.is_file():
-        cfg = read_config_file(cfg_file)
-        header = read_artifact_header(str(artifact))
-        theirs = header.get("config_hash")
-        # The artifact's hash is of the config text at export: the file as written, or (for a
-        # run resumed under newer code that added fields) the file as re-read.
-        written = hashlib.sha256(cfg_file.read_bytes()).hexdigest()[:16]
-        if theirs and theirs not in (config_hash(cfg), written):
-            # Scoring an artifact with another run's config gives a meaningless number.
-            raise ConfigError(f"{artifact}: config hash {theirs} does not match {cfg_file} ({config_hash(cfg)}); "
-                              "the artifact comes from another run: keep each run folder together")
-    else:
-        header = read_artifact_header(str(artifact))
-        text = (header.get("meta") or {}).get("config_toml")
-        if not text:
-            raise ConfigError(f"{artifact}: no config.toml beside it and none inside; keep the run folder together")
-        cfg = config_from_toml(text)
-    from pgolf.config import apply_sets, finalize_config
-    apply_sets(cfg, sets)
-    finalize_config(cfg)
-    return cfg, str(artifact)
+    from pgolf.runfolder import open_run
+    run = open_run(target, sets)
+    return run.config, str(run.artifact)
 
 
 def cmd_eval(args) -> int:
@@ -212,9 +187,6 @@ def cmd_bundle(args) -> int:
 
 def cmd_bench(args) -> int:
     import torch
-
-    from pgolf.bench import bench_artifact, bench_micro_batch, bench_throughput, format_artifact, format_throughput
-    from pgolf.bench_quant import bench_quant, format_quant
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.bench_cmd == "eval":
@@ -226,12 +198,13 @@ def cmd_bench(args) -> int:
                          warmup=None if args.warmup == "auto" else args.warmup == "on")
         text = format_eval(res)
     elif args.bench_cmd == "quant":
-        from pgolf.bench_quant import bench_quant_config
+        from pgolf.bench_quant import bench_quant, bench_quant_config, format_quant
         cfg = bench_quant_config(args.target, args.set)
         res = bench_quant(cfg, args.target, args.variant or None, out=args.out,
                           log=(lambda line: print(line, file=sys.stderr)) if args.verbose else None)
         text = format_quant(res)
     else:
+        from pgolf.bench import bench_artifact, bench_micro_batch, bench_throughput, format_artifact, format_throughput
         cfg, warnings = _config_from_args(args)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)

@@ -8,11 +8,12 @@ config except the seed are repeats, and groups of repeats get the Welch test of 
 
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from pgolf.config import config_to_dict
 from pgolf.errors import PgolfError
+from pgolf.runfolder import RUN_ARTIFACT, RUN_CONFIG, RUN_LOG, RUN_METRICS, open_run, read_metrics
 from pgolf.runlog import parse_event
 from pgolf.stats import StatsError, stats_for_runs
 
@@ -46,15 +47,12 @@ def config_from_log(text: str) -> dict[str, dict[str, str]]:
 
 
 def run_config(run: Path) -> dict[str, str]:
-    """The flat config of a run folder: config.toml, else the config lines of its log."""
-    toml_file, log_file = run / "config.toml", run / "log.txt"
-    if toml_file.is_file():
-        try:
-            return flat_config(tomllib.loads(toml_file.read_text(encoding="utf-8")))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise CompareError(f"{toml_file}: not readable TOML ({e}); restore the run's config.toml") from None
-    if log_file.is_file():
-        return flat_config(config_from_log(log_file.read_text(encoding="utf-8", errors="replace")))
+    """The flat config of a run folder as the run folder reads it (config.toml, else the
+    artifact's), else the config lines of its log (a run that stopped before exporting)."""
+    if (run / RUN_CONFIG).is_file() or (run / RUN_ARTIFACT).is_file():
+        return flat_config(config_to_dict(open_run(run, needs=()).config))
+    if (run / RUN_LOG).is_file():
+        return flat_config(config_from_log((run / RUN_LOG).read_text(encoding="utf-8", errors="replace")))
     return {}
 
 
@@ -65,14 +63,8 @@ def differing_fields(configs: list[dict[str, str]], ignore: frozenset[str] = COM
 
 
 def _compare_metrics(run: Path) -> dict[str, Any]:
-    path = run / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise CompareError(f"{path}: not valid JSON ({e}); re-run pgolf eval or the run") from None
-    return data if isinstance(data, dict) else {}
+    path = run / RUN_METRICS
+    return read_metrics(path) if path.is_file() else {}
 
 
 def compare_rows(paths: list[str]) -> dict[str, Any]:

@@ -8,3 +8,11 @@ class PgolfError(Exception):
 
 class TrainingError(PgolfError, RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
+
+
+class RunFolderError(PgolfError, ValueError):
+    """A run folder or artifact that a command cannot read (one line naming the file)."""
+
+
+class BenchError(PgolfError, ValueError):
+    """A benchmark request that cannot run as given; the message names the fix."""

@@ -10,7 +10,6 @@ train_gpt.py never reaches this module.
 """
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,11 +18,11 @@ from pgolf.atomic import atomic_write
 from pgolf.compare import differing_fields, run_config
 from pgolf.errors import PgolfError
 from pgolf.quant.artifact import read_artifact
+from pgolf.runfolder import RUN_ARTIFACT, RUN_LOG, RUN_PLOTS
 from pgolf.runlog import parse_event
 
 PLOT_CURVES = "curves.png"
 PLOT_BUDGET = "budget.png"
-PLOT_DIR = "plots"
 PLOT_INSTALL = "pip install 'pgolf[plot]'"
 # Axes of the curves figure: label (read back by tests and trackers), title, x, y.
 CURVE_PANELS = (
@@ -129,25 +128,21 @@ def _entry_bytes(m: dict[str, Any], packed: bool) -> int:
 def artifact_groups(run: Path) -> list[tuple[str, int]]:
     """(group, bytes) of the run's model.ptz: each group's share of the compressed file, in
     proportion to its stored bytes (compression acts on the whole body, not per tensor)."""
-    art = run / "model.ptz"
-    if not art.is_file():
+    if not (run / RUN_ARTIFACT).is_file():
         return []
-    _, header = read_artifact(art)
-    packed = False
-    if (run / "config.toml").is_file():
-        quant = tomllib.loads((run / "config.toml").read_text(encoding="utf-8")).get("quant", {})
-        packed = quant.get("int_layout") == "packed"
+    _, header = read_artifact(run / RUN_ARTIFACT)
     stored: dict[str, int] = {}
     for m in header.get("manifest", []):
         g = budget_group(m["name"])
-        stored[g] = stored.get(g, 0) + _entry_bytes(m, packed)
+        # Each entry says how its codes were stored (bit-packed or one byte per code).
+        stored[g] = stored.get(g, 0) + _entry_bytes(m, m.get("layout") == "packed")
     total = sum(stored.values()) or 1
     return sorted(((g, round(b * header["total_bytes"] / total)) for g, b in stored.items()), key=lambda x: -x[1])
 
 
 def load_run_history(run_dir: str | Path) -> RunHistory:
     run = Path(run_dir)
-    log = run / "log.txt"
+    log = run / RUN_LOG
     if not log.is_file():
         raise PlotError(f"{run}: no log.txt; pass a run folder written by pgolf train")
     h = parse_run_history(log.read_text(encoding="utf-8", errors="replace"), run.resolve().name)
@@ -317,7 +312,7 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> list[Path]:
     histories = [load_run_history(r) for r in run_dirs]
     label_runs(histories, [run_config(Path(r)) for r in run_dirs])
     if out is None:
-        curves = Path(run_dirs[0]) / PLOT_DIR / PLOT_CURVES if len(run_dirs) == 1 else Path("runs_curves.png")
+        curves = Path(run_dirs[0]) / RUN_PLOTS / PLOT_CURVES if len(run_dirs) == 1 else Path("runs_curves.png")
     else:
         curves = Path(out)
     budget = curves.with_name(PLOT_BUDGET if out is None and len(run_dirs) == 1 else f"{curves.stem}_budget.png")

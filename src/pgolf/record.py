@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.bundle.build import shipped_files
-from pgolf.config import read_config_file
 from pgolf.config_tree import Config
 from pgolf.errors import PgolfError
-from pgolf.plot import PLOT_DIR
 from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact_header
+from pgolf.runfolder import RUN_ARTIFACT, RUN_CONFIG, RUN_LOG, RUN_METRICS, RUN_PLOTS, open_run
 
-RECORD_RUN_FILES = ("metrics.json", "config.toml", "model.ptz", "log.txt")
+RECORD_RUN_FILES = (RUN_METRICS, RUN_CONFIG, RUN_ARTIFACT, RUN_LOG)
 RECORD_RUN_COMMAND = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
 # The challenge repository's layout (data/cached_challenge_fineweb.py writes these paths).
 RECORD_DATA_ENV = {"DATA_PATH": "./data/datasets/fineweb10B_sp1024",
@@ -48,21 +47,15 @@ def _version() -> str:
 def _check_run(run: Path) -> tuple[dict[str, Any], Config]:
     if not run.is_dir():
         raise RecordError(f"{run}: not a run folder; pass the folder `pgolf train --out` wrote")
-    for name in RECORD_RUN_FILES:
-        if not (run / name).is_file():
-            raise RecordError(f"{run}: missing {name}; export only a finished run (pgolf train ends by writing it)")
-    try:
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    except ValueError as e:  # bad JSON, or bytes that are not UTF-8
-        raise RecordError(f"{run / 'metrics.json'}: not valid JSON ({e}); re-run pgolf eval or the run") from None
+    view = open_run(run, needs=RECORD_RUN_FILES)
+    metrics, where = view.metrics, run / RUN_METRICS
     if metrics.get("failed"):
-        raise RecordError(f"{run / 'metrics.json'}: the run failed ({metrics['failed']}); a failed run is "
-                          "never exported")
+        raise RecordError(f"{where}: the run failed ({metrics['failed']}); a failed run is never exported")
     missing = [k for k in ("val_loss", "val_bpb") if not isinstance(metrics.get(k), (int, float))
                or not math.isfinite(metrics[k])]
     if missing:
-        raise RecordError(f"{run / 'metrics.json'}: no {', '.join(missing)}; the run did not finish its evaluation")
-    return metrics, read_config_file(run / "config.toml")
+        raise RecordError(f"{where}: no {', '.join(missing)}; the run did not finish its evaluation")
+    return metrics, view.config
 
 
 def _check_out(out: Path) -> None:
@@ -139,7 +132,7 @@ def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] 
 
 def record_plots(run: Path) -> list[Path]:
     """The PNGs `pgolf train` or `pgolf plot RUN` left in the run's plots/ folder, curves first."""
-    return sorted((run / PLOT_DIR).glob("*.png"), key=lambda p: (p.name != "curves.png", p.name))
+    return sorted((run / RUN_PLOTS).glob("*.png"), key=lambda p: (p.name != "curves.png", p.name))
 
 
 # An absolute or home path anywhere in a line (values, messages with "_" for spaces), but
@@ -156,17 +149,17 @@ def scrub_local_paths(log: str) -> str:
 def _write(tmp: Path, run: Path, code: dict[str, str], sub: dict[str, Any], readme: str) -> None:
     for fname, text in code.items():
         (tmp / fname).write_text(text, encoding="utf-8", newline="\n")
-    shutil.copyfile(run / "model.ptz", tmp / "final_model.ptz")
-    log = (run / "log.txt").read_text(encoding="utf-8")
+    shutil.copyfile(run / RUN_ARTIFACT, tmp / "final_model.ptz")
+    log = (run / RUN_LOG).read_text(encoding="utf-8")
     (tmp / "train.log").write_text(scrub_local_paths(log), encoding="utf-8", newline="\n")
     (tmp / "submission.json").write_text(json.dumps(sub, indent=2) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(readme, encoding="utf-8")
     if (tmp / "final_model.ptz").stat().st_size != sub["bytes_model"]:
-        raise RecordError(f"{run / 'model.ptz'} changed while copying; export again")
+        raise RecordError(f"{run / RUN_ARTIFACT} changed while copying; export again")
     header = read_artifact_header(tmp / "final_model.ptz")
     ours, theirs = sub.get("config_hash"), header.get("config_hash")
     if ours and theirs and ours != theirs:
-        raise RecordError(f"{run / 'model.ptz'}: config hash {theirs} differs from metrics.json's {ours}; "
+        raise RecordError(f"{run / RUN_ARTIFACT}: config hash {theirs} differs from metrics.json's {ours}; "
                           f"the artifact comes from another run, export the folder that run wrote")
 
 
@@ -183,7 +176,7 @@ def export_record(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: 
     metrics, cfg = _check_run(run)
     code = _code(cfg, minify, compressed)
     limit = min(int(cfg.quant.max_artifact_bytes), CHALLENGE_LIMIT_BYTES)
-    report = budget_report((run / "model.ptz").stat().st_size, len(code["train_gpt.py"].encode("utf-8")), limit)
+    report = budget_report((run / RUN_ARTIFACT).stat().st_size, len(code["train_gpt.py"].encode("utf-8")), limit)
     check_budget(report, f"of record {out} (from {run})")
     sub = _submission(metrics, cfg, report, name, author, limit)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +185,9 @@ def export_record(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: 
     try:
         _write(tmp, run, code, sub, record_readme(sub, "train_gpt_readable.py" in code, tuple(p.name for p in plots)))
         if plots:
-            (tmp / PLOT_DIR).mkdir()
+            (tmp / RUN_PLOTS).mkdir()
             for p in plots:
-                shutil.copyfile(p, tmp / PLOT_DIR / p.name)
+                shutil.copyfile(p, tmp / RUN_PLOTS / p.name)
         os.chmod(tmp, 0o755)
         # rename() replaces an empty folder atomically and fails on a non-empty one.
         os.rename(tmp, out)

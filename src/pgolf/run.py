@@ -13,8 +13,7 @@ from typing import Any, Callable
 import torch
 
 from pgolf.checkpoint import load_checkpoint, restore_checkpoint
-from pgolf.config import (apply_env, apply_mapping, check_world_size, config_hash, config_to_dict, config_to_toml,
-                          finalize_config, read_config_file)
+from pgolf.config import apply_env, apply_mapping, check_world_size, config_hash, config_to_dict, finalize_config
 from pgolf.config_tree import Config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.paths import ValData, load_val, resolve_data_paths
@@ -29,11 +28,11 @@ from pgolf.model.stack import looping_due
 from pgolf.optim.averaging import EMA, SWA
 from pgolf.optim.builder import build_optimizers
 from pgolf.parts import check_parts_shipped
-from pgolf.quant.export import export_artifact
+from pgolf.quant.export import export_artifact, export_weights
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.quant.pergroup import pergroup_setup
-from pgolf.runfolder import RunFolder
-from pgolf.runlog import RunLog, now_run_id, write_json_atomic, write_text_atomic
+from pgolf.runfolder import RUN_CONFIG, RunFolder, open_run
+from pgolf.runlog import RunLog, now_run_id
 from pgolf.train import RunState, prime, run_loop
 
 
@@ -125,7 +124,7 @@ def collective_timeout_error(e: RuntimeError, rank: int, world: int, timeout_s: 
 
 def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
     sinks = spec.sinks(spec.out_dir) if spec.sinks is not None and spec.comm.is_main else ()
-    log = RunLog(os.path.join(spec.out_dir, "log.txt"), enabled=spec.comm.is_main, sinks=sinks)
+    log = RunLog(str(spec.folder.log), enabled=spec.comm.is_main, sinks=sinks)
     try:
         with stop_on_signals(spec.out_dir):
             metrics = _run(spec, log)
@@ -149,8 +148,8 @@ def _log_setup(spec: RunSpec, log: RunLog) -> None:
         if log.fh:  # the file only: 300 KB of source is no stdout line nor a tracker event
             log.fh.write(f"=== shipped train_gpt.py ===\n{readable.rstrip()}\n=== shipped train_gpt.py ===\n")
             log.fh.flush()
-    if spec.comm.is_main and spec.checkpoint is None:
-        write_text_atomic(os.path.join(spec.out_dir, "config.toml"), config_to_toml(spec.cfg))
+    if spec.checkpoint is None:
+        spec.folder.write_config(spec.cfg)
     for w in spec.warnings:
         log.event(event="warning", message=w.replace(" ", "_"))
     for section, values in config_to_dict(spec.cfg).items():
@@ -196,10 +195,15 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
         raise
     log.event(event="train_done", reason=reason, steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
               swa_snapshots=swa.count if swa else 0)
-    exported = export_artifact(model, ema, swa, cfg, spec.code_bytes, spec.out_dir, log, comm)
+    state, label, flat = export_weights(model, ema, swa, cfg, log)
+    # Saved before anything can fail in quantization or compression: the trained weights
+    # survive an export error or an over-budget refusal.
+    spec.folder.write_final_state(flat)
+    exported = export_artifact(state, label, flat, cfg, spec.code_bytes, device, log, str(spec.folder.artifact))
+    spec.folder.write_artifact(exported.blob)
     if comm.world_size > 1:
         comm.barrier()
-    ev = final_evaluation(cfg, exported.state, os.path.join(spec.out_dir, "model.ptz"), spec.val, comm,
+    ev = final_evaluation(cfg, exported.state, str(spec.folder.artifact), spec.val, comm,
                           device, log, spec.auditor)
     avg_ms = st.train_ms / max(st.step, 1)
     metrics = {
@@ -221,8 +225,7 @@ def _write_metrics(metrics: dict[str, Any], spec: RunSpec, log: RunLog) -> dict[
         # no NaN, so such values are written as null.
         metrics.update(legal=False, failed=f"non-finite {', '.join(bad)}")
         metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    if spec.comm.is_main:
-        write_json_atomic(os.path.join(spec.out_dir, "metrics.json"), metrics)
+    spec.folder.write_metrics(metrics)
     if bad:
         log.event(event="run_failed", reason="non_finite_metric", fields=",".join(bad))
         raise TrainingError(f"{', '.join(bad)} is not finite after quantization/evaluation; the run failed "
@@ -232,10 +235,7 @@ def _write_metrics(metrics: dict[str, Any], spec: RunSpec, log: RunLog) -> dict[
 
 
 def resume_config(out_dir: str) -> Config:
-    path = Path(out_dir) / "config.toml"
-    if not path.is_file():
-        raise TrainingError(f"{out_dir} has no config.toml: it is not a pgolf run folder")
-    return read_config_file(path)
+    return open_run(out_dir, needs=(RUN_CONFIG,)).config
 
 
 def bundle_main(preset_text: str, code_path: str = "", shipped_parts: tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf.errors import PgolfError
+from pgolf.runfolder import RUN_METRICS
 
 
 class StatsError(PgolfError, ValueError):
@@ -115,7 +116,7 @@ def collect_runs(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            src = next((p / f for f in ("metrics.json", "submission.json") if (p / f).is_file()), None)
+            src = next((p / f for f in (RUN_METRICS, "submission.json") if (p / f).is_file()), None)
             if src is None:
                 raise StatsError(f"{p}: no metrics.json or submission.json; pass a finished run or record folder")
         elif p.is_file():

@@ -1,32 +1,31 @@
-"""Export: the weights a run ships -> quantized, compressed, budget-checked model.ptz; and
-the round trip every evaluation scores (the model de-quantized from that file)."""
+"""Export: the weights a run ships -> quantized, compressed, budget-checked artifact bytes;
+and the round trip every evaluation scores (the model de-quantized from the file the run
+wrote). Export writes nothing: the run folder owns the files."""
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pgolf.atomic import atomic_write
 from pgolf.config import config_hash, config_to_toml, shippable_config
 from pgolf.config_tree import Config
-from pgolf.dist import Comm
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.build import build_model, load_state_into
 from pgolf.model.gpt import GPT, count_params
 from pgolf.optim.averaging import select_export_state
-from pgolf.quant.artifact import (artifact_body_cap, budget_report, check_budget, pack_artifact, read_artifact,
-                                  write_artifact)
+from pgolf.quant.artifact import artifact_body_cap, budget_report, check_budget, pack_artifact, read_artifact
 from pgolf.quant.calibration import calibrate
 from pgolf.runlog import RunLog
 
 
 @dataclass
 class ExportResult:
-    """What export produced: the exported (banked) state for evaluation, and its figures."""
+    """What export produced: the exported (banked) state for evaluation, the artifact's
+    bytes, and its figures."""
 
     state: dict = field(repr=False)
+    blob: bytes = field(repr=False)
     export_weights: str
     weights_sha256: str
     model_bytes: int
@@ -35,7 +34,7 @@ class ExportResult:
     budget_margin: int
 
     def metrics(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "state"}
+        return {k: v for k, v in vars(self).items() if k not in ("state", "blob")}
 
 
 def export_hessians(cfg: Config, flat: dict[str, torch.Tensor], device, log: RunLog | None = None):
@@ -63,30 +62,27 @@ def weights_sha256(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def export_artifact(model, ema, swa, cfg: Config, code_bytes: int, out_dir: str, log: RunLog,
-                    comm: Comm) -> ExportResult:
-    """Pick the exported weights, quantize + compress them, check the budget, write model.ptz."""
+def export_weights(model, ema, swa, cfg: Config, log: RunLog) -> tuple[dict, str, dict[str, torch.Tensor]]:
+    """(banked state, its label, unbanked flat state) of the weights the run ships."""
     state, label, warning = select_export_state(cfg.schedule.export_weights, model, ema, swa)
     if warning:
         log.event(event="warning", message=warning.replace(" ", "_"))
-    flat = unbank_state_dict(state, model.num_layers)
-    if comm.is_main:
-        # Saved before anything can fail in quantization or compression: the trained
-        # weights survive an export error or an over-budget refusal.
-        atomic_write(Path(out_dir) / "final_state.pt", lambda f: torch.save(flat, f))
-    # Every rank calibrates on the same tokens with the same seed, so all hold the same blob
-    # for the budget check; only rank 0 writes it.
-    device = next(model.parameters()).device
+    return state, label, unbank_state_dict(state, model.num_layers)
+
+
+def export_artifact(state: dict, label: str, flat: dict[str, torch.Tensor], cfg: Config, code_bytes: int,
+                    device, log: RunLog, where: str) -> ExportResult:
+    """Quantize + compress the exported weights and check the budget; `where` names the
+    file in the over-budget message. Every rank calibrates on the same tokens with the same
+    seed, so all hold the same bytes for the budget check."""
     hessians = export_hessians(cfg, flat, device, log)
     blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)},
                          hessians=hessians)
     report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
-    check_budget(report, str(Path(out_dir) / "model.ptz"))
-    if comm.is_main:
-        write_artifact(Path(out_dir) / "model.ptz", blob, overwrite=True)
+    check_budget(report, where)
     log.event(event="artifact", export_weights=label, model_bytes=report["model_bytes"],
               code_bytes=code_bytes, artifact_bytes=report["artifact_bytes"], margin=report["margin"])
-    return ExportResult(state, label, weights_sha256(flat), report["model_bytes"], report["code_bytes"],
+    return ExportResult(state, blob, label, weights_sha256(flat), report["model_bytes"], report["code_bytes"],
                         report["artifact_bytes"], report["margin"])
 
 
