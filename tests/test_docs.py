@@ -222,3 +222,54 @@ def test_no_doc_cites_a_file_or_issue_outside_the_repository():
     hits = [f"{path.relative_to(ROOT)}:{i}: {m.group(0)}" for path in DOC_FILES
             for i, line in enumerate(_text(path).splitlines(), 1) for m in OUTSIDE.finditer(line)]
     assert not hits, "\n".join(hits)
+
+
+# --- names the docs cite -------------------------------------------------------------------
+
+def _defines(text: str, name: str) -> bool:
+    return re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{name}\b|^{name}\s*[:=]", text, flags=re.M) is not None
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def cited_problems() -> list[str]:
+    tests = {p.relative_to(ROOT).as_posix(): _text(p) for p in (ROOT / "tests").rglob("*.py")}
+    by_name: dict[str, list[str]] = {}
+    for rel in tests:
+        by_name.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
+    out = []
+    for path in DOC_FILES:
+        where = path.relative_to(ROOT).as_posix()
+        for token in set(re.findall(r"`([^`\s]+)`", _text(path))):
+            file, _, name = token.partition("::")
+            base = file.rsplit("/", 1)[-1]
+            if file.endswith(".py") and (file.startswith("tests/") or base.startswith("test_")):
+                files = ([file] if file in tests else []) if file.startswith("tests/") else by_name.get(base, [])
+                if not files:
+                    out.append(f"{where}: no test file {file}")
+                elif name and not any(_defines(tests[f], name) for f in files):
+                    out.append(f"{where}: {file} defines no {name}")
+            elif re.fullmatch(r"test_\w+", token) and not any(_defines(t, token) for t in tests.values()):
+                out.append(f"{where}: no test named {token}")
+            elif re.fullmatch(r"pgolf(\.\w+)+", token) and not _resolves(token):
+                out.append(f"{where}: {token} does not resolve")
+    return sorted(out)
+
+
+def test_every_test_and_pgolf_name_a_doc_cites_exists():
+    problems = cited_problems()
+    assert not problems, "\n".join(problems)
