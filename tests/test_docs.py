@@ -273,3 +273,53 @@ def cited_problems() -> list[str]:
 def test_every_test_and_pgolf_name_a_doc_cites_exists():
     problems = cited_problems()
     assert not problems, "\n".join(problems)
+
+
+# --- figures of the shared data (recomputed when ../shared/data is beside the checkout) ----
+
+SHARED_DATA = ROOT / ".." / "shared" / "data"
+
+
+def _shared(rel: str) -> Path:
+    path = SHARED_DATA / rel
+    if not path.is_file():
+        pytest.skip(f"shared data absent: {path.resolve()}")
+    return path
+
+
+def _doc_numbers(pattern: str) -> tuple[str, ...]:
+    found = re.findall(pattern, _text(BENCH))
+    assert len(found) == 1, f"benchmarks.md: expected one match of {pattern!r}, found {found}"
+    return found[0]
+
+
+@pytest.mark.slow  # reads the 7 M-token train shard
+def test_unigram_figures_are_the_unigram_of_the_sample():
+    from pgolf.data.corpus import unigram_bpb
+    from pgolf.data.shards import load_shard
+    from pgolf.data.tokenizer import build_byte_tables, load_tokenizer
+    tables = build_byte_tables(load_tokenizer(str(_shared("tokenizers/fineweb_1024_bpe.model")), 1024), 1024)
+    train = load_shard(str(_shared("datasets/fineweb_legal_sp1024/fineweb_train_000000.bin")))
+    val = load_shard(str(_shared("datasets/fineweb_legal_sp1024/fineweb_val_000000.bin")))
+    on_65k, on_16k = _doc_numbers(r"gives ([\d.]+) on the same 65,536 validation tokens\s+and ([\d.]+) on the first 16,384")
+    assert (float(on_65k), float(on_16k)) == tuple(round(unigram_bpb(train, val[:n + 1], tables), 5)
+                                                   for n in (65536, 16384))
+
+
+def test_whole_batch_byte_figures_are_the_sidecar_sums():
+    # The windows record_1855's plain eval scores per rank (32-window batches, partial one
+    # dropped; tests/eval/test_caseops_val_bytes.py holds the eval to these sums).
+    from pgolf.data.shards import load_shard
+    counts = load_shard(str(_shared("datasets/fineweb_legal_sp8192_caseops/fineweb_val_bytes_000000.bin")))
+    counts = counts.astype("int64")
+
+    def charged(world: int) -> int:
+        total = 0
+        for rank in range(world):
+            lo = 305 * rank // world
+            kept = (305 * (rank + 1) // world - lo) // 32 * 32
+            total += int(counts[lo * 2048 + 1:(lo + kept) * 2048 + 1].sum())
+        return total
+
+    one, eight = _doc_numbers(r"charges ([\d,]+) bytes on 1\s+process and ([\d,]+) on 8")
+    assert (int(one.replace(",", "")), int(eight.replace(",", ""))) == (charged(1), charged(8))
