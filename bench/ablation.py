@@ -1,4 +1,4 @@
-"""CPU ablation of the frontier techniques on the FineWeb sample (issue 13).
+"""CPU ablation of the frontier techniques on the FineWeb sample.
 
 Trains the record_1128 stack at one small scale for a fixed number of steps, once per row:
 the base, the base plus one technique, every technique together, and the base with a second

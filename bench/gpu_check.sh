@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU questions in one run (about 7 minutes on one H100; docs/benchmarks.md, DESIGN §7):
+# The GPU questions in one run (a 420 s deadline, GPU_CHECK_BUDGET_S; results go to docs/benchmarks.md):
 #   (a) the CUDA tests, tests/gpu (bf16 numerics, SDPA kernels, compile + late QAT, NCCL,
 #       eval modes, artifact, pinned loader, a tiny `pgolf train`)
 #   (b) training throughput of record_1128 compiled: 48x2048 tokens per step (one GPU's share

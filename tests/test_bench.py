@@ -35,7 +35,7 @@ def test_flops_record_1128_matches_design() -> None:
     cfg, _ = resolve_config("record_1128", None, None, [])
     with torch.device("meta"):
         f = bench_flops_per_token(GPT(cfg.model), cfg.run.train_seq_len)
-    assert f["block_matrix_params"] == 25_952_256  # DESIGN §7: 25.95 M block weights
+    assert f["block_matrix_params"] == 25_952_256  # record_1128: 25.95 M block weights
     assert f["head_params"] == 524_288
     assert f["projection_params"] == 128 * 512 + 128 * 256  # BigramHash and VE projections
     assert f["attention_flops"] == 6 * 11 * 2048 * 512  # ~69 M

@@ -7,7 +7,7 @@ FLOPs per token (training, forward + backward = 3 x forward, one multiply-add = 
     6 * (block matrices + output head vocab x d + BigramHash/VE projections)
   + 6 * L * T * d            causal attention: QK^T and AV cost 2*T*d each per token per
                              layer over the full window, halved by the causal mask, times 3.
-For record_1128 at T=2048: 6 x 25.95 M + 6 x 0.52 M + 6 x 0.10 M + 69.2 M = 228.5 M (DESIGN §7).
+For record_1128 at T=2048: 6 x 25.95 M + 6 x 0.52 M + 6 x 0.10 M + 69.2 M = 228.5 M.
 Embedding lookups, norms, activations, softmax and the optimizer are not counted.
 MFU = achieved FLOP/s / the device's bf16 dense peak (BENCH_BF16_PEAK_TFLOPS).
 The eval-mode benchmark lives in pgolf.bench_eval.
@@ -38,7 +38,7 @@ from pgolf.quant.export import shippable_config_toml
 from pgolf.quant.fake_quant import attach_late_qat
 from pgolf.train import train_step
 
-# The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (DESIGN §7).
+# The reference record: 786,432 tokens per 83.4 ms step on 8 H100s (record #1128's log).
 BENCH_REF_TOKENS_PER_S_PER_GPU = 1.18e6
 # bf16 dense (no sparsity) tensor-core peaks from NVIDIA's data sheets, matched against
 # torch.cuda.get_device_name. The SXM H100 reports itself as "H100 80GB HBM3". Variants

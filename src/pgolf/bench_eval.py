@@ -22,7 +22,7 @@ from pgolf.eval.runner import evaluate, mode_to_eval_config
 from pgolf.hw import pick_device
 from pgolf.quant.export import load_round_trip
 
-# The challenge's validation set: 62,021,632 scored tokens at 2048 (DESIGN §2).
+# The challenge's validation set: 62,021,632 scored tokens at 2048 (the challenge's fineweb_val set).
 BENCH_FULL_VAL_TOKENS = 62_021_632
 
 

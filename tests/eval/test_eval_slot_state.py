@@ -1,4 +1,4 @@
-"""Causal SLOT variants (issue 15): document masks, carried state reset at BOS, score before
+"""Causal SLOT variants: document masks, carried state reset at BOS, score before
 update, and the legality audit (flip-one-target, scored once, normalization) for each."""
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Frontier model switches (issue 13): each against a plain path that computes the same thing."""
+"""Frontier model switches: each against a plain path that computes the same thing."""
 
 import pytest
 import torch

@@ -254,7 +254,7 @@ def shipped_files(cfg: Config, form: str = "") -> dict[str, str]:
     """File name -> text of the code a run of `cfg` ships; train_gpt.py is the counted file.
 
     `form` (default: cfg.quant.code_form): plain (readable), minified, or compressed
-    (self-extracting, with the readable file beside it as DESIGN.md section 8 requires).
+    (self-extracting, with the readable file beside it so the counted code stays readable).
     """
     cfg = shippable_config(cfg)
     form = form or cfg.quant.code_form

@@ -1,6 +1,6 @@
 """The counted forms of a bundle: minified (an AST round trip) and self-extracting (LZMA + base85).
 
-Measured on record_1128 (issue 11): the minified text compresses ~30% smaller under LZMA
+Measured on record_1128: the minified text compresses ~30% smaller under LZMA
 than the commented one, so minifying still pays inside the compressed form. The minifier
 works on the syntax tree, never on text, so it cannot change what the code does.
 """
@@ -65,7 +65,7 @@ def minify_source(src: str) -> str:
 def build_compressed_bundle(src: str, readable_name: str = "train_gpt.py") -> str:
     """A self-extracting script (LZMA + base85 + exec) that runs `src`.
 
-    Ship it only beside the readable file `readable_name` (DESIGN.md section 8).
+    Ship it only beside the readable file `readable_name` (the challenge asks that counted code stay readable).
     """
     raw = lzma.compress(src.encode("utf-8"), format=lzma.FORMAT_RAW, filters=_PACK_FILTERS)
     blob = base64.b85encode(raw).decode("ascii")

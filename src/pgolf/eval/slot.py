@@ -9,7 +9,7 @@ causal: one delta per window, fitted only on that window's context targets (thos
        none: nothing of their document was scored yet). The first window has no context, so
        its delta stays 0. All windows' deltas are fitted together: each one's loss term
        touches only its own delta, and AdamW is elementwise, so batching equals fitting them
-       one by one. Causal options (issue 15):
+       one by one. Causal options:
        bias  - also a per-window logit bias [V] added after the soft-cap (a learned unigram
                cache of the document so far).
        carry - the state persists from batch to batch within a document (eval/slot_state.py):
