@@ -22,12 +22,13 @@ def _ckpt_prev(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
-def save_checkpoint(out_dir, rank, model, opt, loader, ema, swa, st) -> None:
-    """The newest complete checkpoint moves to .prev only once the new one is complete."""
+def save_checkpoint(out_dir, rank, model, opt, loader, ema, swa, st, config_toml: str = "") -> None:
+    """The newest complete checkpoint moves to .prev only once the new one is complete.
+    `config_toml`: the run's config, so a resume can tell an edited config.toml."""
     path = checkpoint_file(out_dir, rank)
     blob = {"format": CKPT_FORMAT, "model": model.state_dict(), "opt": opt.state_dict(), "loader": loader.state(),
             "ema": ema.state_dict() if ema else None, "swa": swa.state_dict() if swa else None,
-            "run": vars(st).copy(), "rng": torch.get_rng_state()}
+            "run": vars(st).copy(), "rng": torch.get_rng_state(), "config_toml": config_toml}
     # Temp files of writes cut short by a kill; only this rank writes these names.
     for stale in [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(path.name + ".tmp")]:
         stale.unlink(missing_ok=True)
@@ -99,8 +100,14 @@ def _ckpt_none_message(out_dir: str, table: list[list[int]], failed: dict[int, l
 
 
 def restore_checkpoint(blob, model, opt, loader, ema, swa, st, qat=None) -> None:
-    model.load_state_dict(blob["model"])
-    opt.load_state_dict(blob["opt"])
+    try:
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["opt"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        # A checkpoint of another model (a foreign file, or one older than config checks).
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TrainingError(f"the checkpoint does not fit this run's model ({first[:200]}): it comes from "
+                            "another run or another architecture; resume the run that wrote it") from None
     loader.load_state(blob["loader"])
     if ema is not None and blob["ema"] is not None:
         ema.load_state_dict(blob["ema"])

@@ -81,6 +81,8 @@ def _load_run(target: str, sets: list[str]) -> tuple[Config, str]:
     """(config, artifact path) from a run folder or an artifact file."""
     from pgolf.runfolder import open_run
     run = open_run(target, sets)
+    for note in run.notes:
+        print(f"note: {note}", file=sys.stderr)
     return run.config, str(run.artifact)
 
 

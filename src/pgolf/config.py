@@ -337,5 +337,15 @@ def shippable_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=data, run=dataclasses.replace(cfg.run, out_dir="", run_id=""))
 
 
+def config_differences(a: Config, b: Config) -> list[str]:
+    """The "section.field" names whose values differ between two configs, sorted."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    return sorted(f"{sec}.{k}" for sec in da for k in da[sec] if da[sec][k] != db[sec][k])
+
+
+# Fields that say where a run's inputs and outputs live on this machine, not what it computes.
+MACHINE_FIELDS = ("data.path", "data.tokenizer_path", "data.cache_dir", "run.out_dir", "run.run_id")
+
+
 def config_hash(cfg: Config) -> str:
     return hashlib.sha256(config_to_toml(cfg).encode()).hexdigest()[:16]

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 
 from pgolf.checkpoint import load_checkpoint, restore_checkpoint
-from pgolf.config import apply_env, apply_mapping, check_world_size, config_hash, config_to_dict, finalize_config
+from pgolf.config import (MACHINE_FIELDS, apply_env, apply_mapping, check_world_size, config_differences,
+                          config_from_toml, config_hash, config_to_dict, finalize_config)
 from pgolf.config_tree import Config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.paths import ValData, load_val, resolve_data_paths
@@ -100,10 +101,16 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
         # Bad data fails here, before a run folder exists that would block a retry with --out.
         val = load_val(cfg, comm.device)
         folder = claim_run_folder(cfg, out_dir, resume, comm)
-        # A resume that cannot load its checkpoint fails before the log is opened: the
-        # folder of a finished or broken run is then really left untouched.
-        blob = load_checkpoint(str(folder.path), comm.rank, comm) if resume else None
-        spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings or [], auditor, code_files or {}, sinks)
+        try:
+            # A resume that cannot load its checkpoint fails before the log is opened: the
+            # folder of a finished or broken run is then really left untouched.
+            blob = load_checkpoint(str(folder.path), comm.rank, comm) if resume else None
+            if blob is not None:
+                warnings += resume_edits(cfg, blob, folder.config)
+        except BaseException:
+            folder.release()
+            raise
+        spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings, auditor, code_files or {}, sinks)
         return _train_in_folder(spec)
     except RuntimeError as e:
         timed_out = collective_timeout_error(e, comm.rank, comm.world_size, cfg.run.collective_timeout_seconds)
@@ -134,6 +141,7 @@ def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
         raise
     log.close()
     spec.folder.mark("done")
+    spec.folder.release()
     return metrics
 
 
@@ -232,6 +240,25 @@ def _write_metrics(metrics: dict[str, Any], spec: RunSpec, log: RunLog) -> dict[
                             f"(metrics.json marks it, final_state.pt keeps the float weights in {spec.out_dir}): "
                             "check quant.* settings or the training loss")
     return metrics
+
+
+# Edits of config.toml that a resume may apply: where things live, how long to wait, what to
+# log to, and the final evaluation; none of them changes a training step.
+RESUME_SAFE_PREFIXES = (*MACHINE_FIELDS, "run.collective_timeout_seconds", "run.trackers", "eval.")
+
+
+def resume_edits(cfg: Config, blob: dict, config_file: Path) -> list[str]:
+    """Compare the run's config.toml (`cfg`) with the config its checkpoint was trained with:
+    refuse edits that would change training, naming them; return warnings for the rest."""
+    saved_text = blob.get("config_toml")
+    if not saved_text:
+        return ["the checkpoint predates config checks: edits of config.toml since it was written go unnoticed"]
+    fields = config_differences(config_from_toml(saved_text), cfg)
+    unsafe = [f for f in fields if not f.startswith(RESUME_SAFE_PREFIXES)]
+    if unsafe:
+        raise TrainingError(f"{config_file} was edited after the checkpoint ({', '.join(unsafe)}): a resume continues "
+                            "the run as it was trained; undo the edit, or start a new run with --out (nothing was changed)")
+    return [f"config.toml edits applied on resume: {', '.join(fields)}"] if fields else []
 
 
 def resume_config(out_dir: str) -> Config:

@@ -13,8 +13,10 @@ keeping: its files are removed (and the folder, when this run created it), so a 
 with the same `--out` just works.
 """
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +25,24 @@ from typing import Any
 import torch
 
 from pgolf.atomic import atomic_write
-from pgolf.config import apply_sets, config_from_toml, config_hash, config_to_toml, finalize_config, read_config_file
+from pgolf.config import (MACHINE_FIELDS, apply_sets, config_differences, config_from_toml, config_hash,
+                          config_to_toml, finalize_config, read_config_file, set_value, shippable_config)
 from pgolf.config_tree import Config
 from pgolf.errors import RunFolderError, TrainingError
+from pgolf.model.gpt import GPT, count_params
 from pgolf.quant.artifact import read_artifact_header, write_artifact
 from pgolf.runlog import write_json_atomic, write_text_atomic
 
 MARKER = ".pgolf-run"
+LOCK = ".pgolf-run.lock"
 RUN_LOG, RUN_CONFIG, RUN_METRICS = "log.txt", "config.toml", "metrics.json"
 RUN_ARTIFACT, RUN_FINAL_STATE, RUN_PLOTS = "model.ptz", "final_state.pt", "plots"
 # What a run writes before its first step; removed again when it fails that early.
-SETUP_FILES = (RUN_LOG, RUN_CONFIG, MARKER)
+SETUP_FILES = (RUN_LOG, RUN_CONFIG, MARKER, LOCK)
+# What a config read from a file (an artifact's, a run's) may ask to build: a 16 MB artifact
+# holds far fewer parameters, so anything above is a damaged or hostile file, refused before
+# a single tensor is allocated.
+FILE_CONFIG_CAPS = {"params": 1 << 28, "seq_len": 1 << 17, "batch_tokens": 1 << 24}
 # What each run file is for, when a command needs one that is missing.
 RUN_FILE_HINTS = {
     RUN_ARTIFACT: "pass a finished run's folder or a .ptz artifact (pgolf train writes it after training)",
@@ -101,6 +110,9 @@ class RunFolder:
                 raise TrainingError(f"cannot create run folder {p}: {e.strerror}; choose a writable --out") from None
             created = True
         folder = cls(p, created, writer)
+        if writer:
+            folder.refuse_links()
+            folder.lock()
         folder.mark("new")
         return folder
 
@@ -117,7 +129,41 @@ class RunFolder:
         if state == "done" or (p / RUN_METRICS).is_file():
             raise TrainingError(f"--resume {p}: this run already finished (metrics.json exists); "
                                 "start a new run with another --out (nothing was changed)")
-        return cls(p, False, writer)
+        folder = cls(p, False, writer)
+        if writer:
+            folder.refuse_links()
+            folder.lock()
+        return folder
+
+    def refuse_links(self) -> None:
+        """pgolf never writes through a link: one inside the folder could point anywhere."""
+        links = sorted(e.name for e in self.path.iterdir() if e.is_symlink())
+        if links:
+            raise TrainingError(f"{self.path / links[0]} is a symbolic link: pgolf writes only real files in a run "
+                                "folder; replace it with a real file or folder, or choose another --out "
+                                "(nothing was changed)")
+
+    def lock(self) -> None:
+        """One run per folder: an exclusive lock, held until release() or the process ends."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise TrainingError(f"cannot lock run folder {self.path}: {e.strerror}; choose a writable --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise TrainingError(f"{self.path} is in use by another pgolf run (pid {holder}): wait for it to end "
+                                "or choose another --out (nothing was changed)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
     def mark(self, state: str) -> None:
         if not self.writer:
@@ -129,7 +175,9 @@ class RunFolder:
     def discard_if_unstarted(self) -> bool:
         """After a failure: remove what a run that never stepped wrote. True if removed."""
         if not self.writer or self.state != "new":
+            self.release()
             return False
+        self.release()
         for name in SETUP_FILES:
             (self.path / name).unlink(missing_ok=True)
         if self.created and not any(self.path.iterdir()):
@@ -167,6 +215,7 @@ class RunView:
     artifact: Path | None
     metrics: dict[str, Any] | None
     log: Path | None
+    notes: list[str]  # what the reader decided that the user should know (one line each)
 
     @property
     def final_state(self) -> Path | None:
@@ -192,26 +241,56 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
-def _config_of(folder: Path | None, artifact: Path | None) -> Config:
-    """The run's config.toml, checked against the artifact's hash; else the artifact's own."""
+def check_file_config(cfg: Config, source: str | Path) -> None:
+    """Refuse a config read from a file that asks for more than any real run needs."""
+    with torch.device("meta"):  # counts parameters without allocating them
+        params = count_params(GPT(cfg.model))
+    asks = {"params": params, "seq_len": max(cfg.run.train_seq_len, cfg.eval.seq_len),
+            "batch_tokens": max(cfg.run.train_batch_tokens, cfg.eval.batch_tokens)}
+    over = [f"{k} {v:,} > {FILE_CONFIG_CAPS[k]:,}" for k, v in asks.items() if v > FILE_CONFIG_CAPS[k]]
+    if over:
+        raise RunFolderError(f"{source}: its config asks for {'; '.join(over)}, beyond any run pgolf makes: "
+                             "the file is damaged or not from pgolf (nothing was built)")
+
+
+def _with_machine_fields(cfg: Config, local: Config) -> Config:
+    """`cfg` with this machine's paths taken from `local` (where the data lives now)."""
+    for key in MACHINE_FIELDS:
+        sec, name = key.split(".")
+        set_value(cfg, key, getattr(getattr(local, sec), name))
+    return cfg
+
+
+def _config_of(folder: Path | None, artifact: Path | None) -> tuple[Config, list[str]]:
+    """The run's config.toml, checked against the artifact's hash; else the artifact's own.
+    Returns (config, notes): a note says which fields of config.toml the artifact overrides."""
     cfg_file = folder / RUN_CONFIG if folder else None
     if cfg_file is not None and cfg_file.is_file():
         cfg = read_config_file(cfg_file)
-        theirs = read_artifact_header(artifact).get("config_hash") if artifact else None
+        header = read_artifact_header(artifact) if artifact else {}
+        theirs = header.get("config_hash")
         # The artifact's hash is of the config text at export: the file as written, or (for a
         # run resumed under newer code that added fields) the file as re-read.
         written = hashlib.sha256(cfg_file.read_bytes()).hexdigest()[:16]
-        if theirs and theirs not in (config_hash(cfg), written):
-            # Scoring an artifact with another run's config gives a meaningless number.
+        if not theirs or theirs in (config_hash(cfg), written):
+            return cfg, []
+        text = (header.get("meta") or {}).get("config_toml")
+        if not text:  # an artifact without its config: nothing to score it with but config.toml
             raise RunFolderError(f"{artifact}: config hash {theirs} does not match {cfg_file} ({config_hash(cfg)}); "
                                  "the artifact comes from another run: keep each run folder together")
-        return cfg
+        # config.toml was edited (data moved) or belongs to another run: the artifact's own
+        # config describes its weights, config.toml says where the data lives now.
+        own = config_from_toml(text)
+        fields = config_differences(shippable_config(cfg), own)
+        differ = ", ".join(fields) if fields else "only this machine's paths"
+        return _with_machine_fields(own, cfg), [f"{cfg_file} differs from the artifact's own config ({differ}): "
+                                                "scoring with the artifact's config and config.toml's paths"]
     if artifact is None:
         raise RunFolderError(f"{folder}: no {RUN_CONFIG} and no {RUN_ARTIFACT}; pass the folder pgolf train --out wrote")
     text = (read_artifact_header(artifact).get("meta") or {}).get("config_toml")
     if not text:
         raise RunFolderError(f"{artifact}: no {RUN_CONFIG} beside it and none inside; keep the run folder together")
-    return config_from_toml(text)
+    return config_from_toml(text), []
 
 
 def open_run(target: str | Path, sets: list[str] | tuple[str, ...] = (),
@@ -230,10 +309,11 @@ def open_run(target: str | Path, sets: list[str] | tuple[str, ...] = (),
     for name in needs:
         run_file(folder if folder is not None else p, name)
     artifact = artifact if artifact.is_file() else None
-    cfg = _config_of(folder, artifact)
+    cfg, notes = _config_of(folder, artifact)
     if sets:
         apply_sets(cfg, list(sets))
         finalize_config(cfg)
+    check_file_config(cfg, artifact or folder / RUN_CONFIG)
     metrics = read_metrics(folder / RUN_METRICS) if folder and (folder / RUN_METRICS).is_file() else None
     log = folder / RUN_LOG if folder and (folder / RUN_LOG).is_file() else None
-    return RunView(cfg, folder, artifact, metrics, log)
+    return RunView(cfg, folder, artifact, metrics, log, notes)

@@ -14,6 +14,7 @@ import time
 import torch
 
 from pgolf.checkpoint import save_checkpoint
+from pgolf.config import config_to_toml
 from pgolf.config_tree import Config
 from pgolf.data.paths import ValData
 from pgolf.dist import Comm
@@ -260,7 +261,7 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
         if checkpoint_due(r.checkpoint_every, st, auto, clock, session):
             watch.check(st, out_dir)
             t0 = time.perf_counter()
-            save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st)
+            save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st, config_to_toml(cfg))
             write_ms = (time.perf_counter() - t0) * 1000.0
             if auto is not None:
                 auto.written(st.step, st.train_ms, write_ms, session_step_ms(st, session))
