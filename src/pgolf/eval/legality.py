@@ -194,10 +194,10 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
           positions: list | None = None, vocab_size: int = 0, atol: float = 1e-6,
           fast: bool = True, normalization: bool = True, norm_tol: float = 1e-3,
           log: Callable | None = None, progress: Callable | None = None) -> AuditReport:
-    """Audit the mode named `mode` (EvalMode.names(): plain, sliding, ttt, slot, causal-slot, ...;
-    the report shows the name as given) on the first ecfg.audit_tokens targets of tokens. eval_fn(tokens, cfg, recorder, events) -> dict
-    replaces the built-in evaluator (model may then be None). log gets the summary,
-    progress the per-run lines with ETA."""
+    """Audit the mode named `mode` (one of EvalMode.names(): plain, sliding, ttt, slot, causal-slot,
+    ...; the report shows the name as given) on the first ecfg.audit_tokens targets of tokens.
+    eval_fn(tokens, cfg, recorder, events) -> dict replaces the built-in evaluator (model may
+    then be None). log gets the summary, progress the per-run lines with ETA."""
     device = torch.device(device)
     toks = val_tokens_tensor(tokens)
     if ecfg.audit_tokens > 0:
