@@ -15,7 +15,7 @@ import pgolf.run as run_mod
 from pgolf.config import finalize_config
 from pgolf.config_tree import Config
 from pgolf.dist import Comm
-from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.eval.runner import EvalMode, evaluate
 from pgolf.model.build import build_model
 from pgolf.runlog import parse_event
 
@@ -66,7 +66,7 @@ def test_compiled_eval_forward_equals_eager():
     tokens = torch.randint(0, 64, (32 * 12 + 1,))
     tables = (torch.ones(64, dtype=torch.int16), torch.zeros(64, dtype=torch.bool), torch.zeros(64, dtype=torch.bool))
     for mode in ("plain", "sliding", "causal-slot"):
-        ecfg = mode_to_eval_config(mode, cfg.eval)
+        ecfg = EvalMode.parse(mode).eval_config(cfg.eval)
         ecfg.batch_seqs, ecfg.stride, ecfg.slot_steps = 4, 16, 2
         eager = evaluate(model, tokens, tables, ecfg, Comm(), torch.device("cpu"))
         compiled = evaluate(model, tokens, tables, ecfg, Comm(), torch.device("cpu"), compile=True)

@@ -18,7 +18,7 @@ from pgolf.config_tree import Config, EvalConfig
 from pgolf.data.paths import load_val
 from pgolf.dist import Comm
 from pgolf.eval.legality import audit
-from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.eval.runner import EvalMode, evaluate
 from pgolf.hw import pick_device
 from pgolf.quant.export import load_round_trip
 
@@ -56,8 +56,7 @@ def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str]
     first eval.audit_tokens targets; legal = audit passed and the mode is causal. With
     project_tokens, each row adds the projected seconds (see the module doc). warmup (default:
     on a GPU or with model.compile) runs each mode untimed on the slice's start first."""
-    for mode in modes:
-        mode_to_eval_config(mode, cfg.eval)  # an unknown name fails before the model loads
+    parsed = {mode: EvalMode.parse(mode) for mode in modes}  # an unknown name fails before the model loads
     if project_tokens:
         bench_eval_projection(1.0, 1, project_tokens, project_gpus)  # bad numbers fail up front too
     device = pick_device(cfg.run.device)
@@ -68,7 +67,7 @@ def bench_eval(cfg: Config, artifact: str, modes: list[str], log: Callable[[str]
         warmup = device.type == "cuda" or cfg.model.compile
     rows = []
     for mode in modes:
-        ecfg = mode_to_eval_config(mode, cfg.eval)
+        ecfg = parsed[mode].eval_config(cfg.eval)
         warm_s = None
         if warmup:
             t0 = time.perf_counter()

@@ -107,7 +107,9 @@ def cmd_eval(args) -> int:
 def cmd_audit(args) -> int:
     from pgolf.data.paths import load_val
     from pgolf.eval.legality import audit
+    from pgolf.eval.runner import EvalMode
     from pgolf.quant.export import load_round_trip
+    EvalMode.parse(args.mode)  # an unknown name fails before the run loads
     cfg, artifact = _load_run(args.target, args.set)
     from pgolf.hw import pick_device
     device = pick_device(cfg.run.device)

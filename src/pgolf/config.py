@@ -99,10 +99,9 @@ def config_sections(cfg: Config) -> dict[str, Any]:
 def _coerce(raw: Any, ftype: Any, key: str) -> Any:
     """Turn a TOML/env/flag value into the field's declared type."""
     if get_origin(ftype) is Literal:
-        allowed = get_args(ftype)
-        if raw not in allowed:
-            raise ConfigError(f"{key}: {raw!r} is not one of {', '.join(map(str, allowed))}")
-        return raw
+        # Read as the type of the enum's values; which values are allowed is checked once, with
+        # every other rule, when the config is finalized (config_checks).
+        ftype = type(get_args(ftype)[0])
     tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
     base = tname.replace(" | None", "").strip()
     if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null") and "None" in tname):

@@ -22,12 +22,10 @@ _CHECKS_KINDS: dict[str, tuple[Any, str]] = {
     ">0": (lambda v: v > 0, "> 0"),
     "[0,1]": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "bits": (lambda v: v in QUANT_BITS_ALLOWED, "5..8 (or 16 to keep fp16)"),
-    "group_bits": (lambda v: v in (0, 4, 5, 6, 7, 8, 16), "4..8 (16 = fp16, 0 = the category's default)"),
-    "factor_bits": (lambda v: 4 <= v <= 8, "4..8"),
 }
 
-# Single-field ranges; a field not listed only has its type (and finiteness) checked.
+# Single-field ranges; a field not listed only has its type (and finiteness) checked. Fields
+# with a fixed set of values (quantization widths too) are Literal-typed in config_tree instead.
 CONFIG_RANGES: dict[str, str] = {
     "model.vocab_size": ">=2", "model.num_layers": ">=1", "model.model_dim": ">=1",
     "model.num_heads": ">=1", "model.num_kv_heads": ">=1", "model.mlp_mult": ">0",
@@ -48,14 +46,13 @@ CONFIG_RANGES: dict[str, str] = {
     "schedule.wd_taper_start": "[0,1]", "schedule.wd_taper_final_mult": ">=0",
     "schedule.momentum_cooldown_start": "[0,1]", "schedule.momentum_cooldown_final": "[0,1)",
     "schedule.warmdown_frac": "[0,1]", "optim.embed_wd": ">=0", "optim.muon_pe_safety": ">0",
-    "quant.matrix_bits": "bits", "quant.embed_bits": "bits", "quant.small_numel": ">=0",
+    "quant.small_numel": ">=0",
     "quant.late_qat_threshold": "[0,1]", "quant.max_artifact_bytes": ">=1",
-    "quant.sdclip_k_matrix": ">0", "quant.sdclip_k_embed": ">0", "quant.attn_bits": "group_bits",
-    "quant.mlp_bits": "group_bits", "quant.bigram_bits": "group_bits", "quant.ve_bits": "group_bits",
+    "quant.sdclip_k_matrix": ">0", "quant.sdclip_k_embed": ">0",
     "quant.gptq_block_size": ">=1", "quant.gptq_damp": ">0", "quant.gptq_reserve_seconds": ">=0",
     "quant.calib_seqs": ">=1", "quant.calib_seq_len": ">=0", "quant.calib_temperature": ">0",
     "quant.calib_batch_seqs": ">=1", "quant.lqer_rank": ">=0", "quant.lqer_top_k": ">=0",
-    "quant.lqer_bits": "factor_bits", "quant.sdclip_k_attn": ">=0", "quant.sdclip_k_mlp": ">=0",
+    "quant.sdclip_k_attn": ">=0", "quant.sdclip_k_mlp": ">=0",
     "quant.lqer_asym_group": ">=1",
     "eval.seq_len": ">=0", "eval.batch_tokens": ">=1", "eval.stride": ">=0", "eval.batch_seqs": ">=1",
     "eval.max_tokens": ">=0", "eval.ttt_lr": ">=0", "eval.ttt_epochs": ">=0",
@@ -77,8 +74,6 @@ CONFIG_RANGES: dict[str, str] = {
 
 # Matrices per-document LoRA TTT can adapt (eval.ttt_lora_targets).
 LORA_TARGET_NAMES = ("q", "k", "v", "o", "up", "down", "head")
-# The grids pgolf's quantizers and artifact format implement; 16 keeps the tensor in fp16.
-QUANT_BITS_ALLOWED = (5, 6, 7, 8, 16)
 # The level range each compressor accepts (compress_bytes would clamp anything else silently).
 COMPRESSOR_LEVELS = {"zlib": (0, 9), "lzma": (0, 9), "zstd": (1, 22), "brotli": (0, 11), "pergroup": (1, 9)}
 
@@ -90,8 +85,11 @@ def _base_type(ftype: Any) -> Any:
 
 def _type_problem(key: str, v: Any, ftype: Any) -> str | None:
     if get_origin(ftype) is Literal:
+        # The one check of every enum field. Type too: True == 1 and 6.0 == 6, yet neither is a width.
         allowed = get_args(ftype)
-        return None if v in allowed else f"{key}: {v!r} is not one of {', '.join(map(str, allowed))}"
+        if any(v == a and type(v) is type(a) for a in allowed):
+            return None
+        return f"{key}: {v!r} is not one of {', '.join(map(str, allowed))}"
     want = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(ftype, (object,))
     if (isinstance(v, bool) and ftype is not bool) or not isinstance(v, want):
         return f"{key}: {v!r} is not a {ftype.__name__}"

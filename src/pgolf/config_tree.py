@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
+# The integer widths the quantizers and the artifact format implement (16 keeps fp16): whole
+# matrices and embeddings, per-group overrides (0 = the category's width), LQER factors.
+QuantBits = Literal[5, 6, 7, 8, 16]
+GroupBits = Literal[0, 4, 5, 6, 7, 8, 16]
+FactorBits = Literal[4, 5, 6, 7, 8]
+
+
 def _f(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
@@ -187,12 +194,12 @@ class ScheduleConfig:
 
 @dataclass
 class QuantConfig:
-    matrix_bits: int = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16); records fit with 6")
+    matrix_bits: QuantBits = _f(8, "bits for attention/MLP matrices (5..8; 16 = keep fp16); records fit with 6")
     matrix_method: Literal["rowwise", "gptq_lite", "gptq"] = _f(
         "rowwise", "rowwise (fixed clip quantile), gptq_lite (round to nearest, clip by clip_rule) or "
                    "gptq (full GPTQ on calibration Hessians, #1019)")
     clip_search: Literal["matrix", "row"] = _f("matrix", "gptq_lite clip: one per matrix (reference) or per row")
-    embed_bits: int = _f(8, "bits for embedding tables (16 = keep fp16)")
+    embed_bits: QuantBits = _f(8, "bits for embedding tables (16 = keep fp16)")
     small_numel: int = _f(65536, "tensors with at most this many elements stay fp16 (the baseline's cut)")
     compressor: Literal["zlib", "lzma", "zstd", "brotli", "pergroup"] = _f(
         "zlib", "zlib (baseline); lzma packs int6 smaller (records); zstd/brotli need their package; pergroup "
@@ -216,10 +223,10 @@ class QuantConfig:
                  "diagonal (needs matrix_method=gptq); plain: unweighted")
     sdclip_k_matrix: float = _f(12.85, "SDClip k for block matrices (#1394's value)")
     sdclip_k_embed: float = _f(20.0, "SDClip k for embedding tables (#1394's value)")
-    attn_bits: int = _f(0, "bits for attention matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
-    mlp_bits: int = _f(0, "bits for MLP matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
-    bigram_bits: int = _f(0, "bits for the BigramHash table (4..8, 16 = fp16); 0 = quant.embed_bits")
-    ve_bits: int = _f(0, "bits for the value-embedding table (4..8, 16 = fp16); 0 = quant.embed_bits")
+    attn_bits: GroupBits = _f(0, "bits for attention matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
+    mlp_bits: GroupBits = _f(0, "bits for MLP matrices (4..8, 16 = fp16); 0 = quant.matrix_bits")
+    bigram_bits: GroupBits = _f(0, "bits for the BigramHash table (4..8, 16 = fp16); 0 = quant.embed_bits")
+    ve_bits: GroupBits = _f(0, "bits for the value-embedding table (4..8, 16 = fp16); 0 = quant.embed_bits")
     gptq_embed: bool = _f(False, "also GPTQ the tied token embedding against its output-head Hessian")
     gptq_block_size: int = _f(128, "GPTQ columns per lazy-update block (speed only, same result in exact math)")
     gptq_damp: float = _f(0.01, "GPTQ damping: fraction of the mean Hessian diagonal added to it")
@@ -237,7 +244,7 @@ class QuantConfig:
     lqer_rank: int = _f(0, "LQER: rank of the int-factor correction of the quantization error; 0 = off "
                            "(#1855: 4)")
     lqer_top_k: int = _f(3, "LQER corrects this many tensors, those with the largest error (#1855: 3)")
-    lqer_bits: int = _f(4, "bits of the LQER factors (4..8)")
+    lqer_bits: FactorBits = _f(4, "bits of the LQER factors (4..8)")
     code_order: Literal["rows", "columns"] = _f(
         "rows", "integer codes stored row-major or transposed (columns) before compression")
     fp16_layout: Literal["plain", "shuffled"] = _f(

@@ -17,7 +17,7 @@ from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import EvalInputError, ScoreRecorder  # noqa: E402
 from pgolf.eval.legality import audit  # noqa: E402
 from pgolf.eval.lora_ttt import doc_chunk_windows, eval_lora_ttt, split_documents  # noqa: E402
-from pgolf.eval.runner import eval_mode_name, evaluate, mode_to_eval_config  # noqa: E402
+from pgolf.eval.runner import EvalMode, evaluate  # noqa: E402
 from pgolf.eval.sliding import eval_sliding  # noqa: E402
 from pgolf.model.banks import unbank_state_dict  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
@@ -150,10 +150,10 @@ def test_head_target_needs_the_models_head_seam(real_gpt):
 
 
 def test_mode_names_and_config_rules():
-    e = mode_to_eval_config("lora-ttt", EvalConfig(seq_len=32))
-    assert e.ttt_enabled and e.ttt_kind == "lora" and eval_mode_name(e) == "lora-ttt"
-    assert mode_to_eval_config("ttt", e).ttt_kind == "global"
-    assert eval_mode_name(mode_to_eval_config("phased-ttt", e)) == "phased-ttt"
+    e = EvalMode.parse("lora-ttt").eval_config(EvalConfig(seq_len=32))
+    assert e.ttt_enabled and e.ttt_kind == "lora" and EvalMode.of(e).name == "lora-ttt"
+    assert EvalMode.parse("ttt").eval_config(e).ttt_kind == "global"
+    assert EvalMode.of(EvalMode.parse("phased-ttt").eval_config(e)).name == "phased-ttt"
     cfg = Config()
     finalize_config(cfg)
     cfg.eval.ttt_lora_targets = "q,x"

@@ -15,7 +15,7 @@ from pgolf.config_tree import EvalConfig  # noqa: E402
 from pgolf.data.sidecar import SidecarBytes  # noqa: E402
 from pgolf.data.tokenizer import count_bytes  # noqa: E402
 from pgolf.dist import Comm  # noqa: E402
-from pgolf.eval.runner import EVAL_MODES, SLOT_VARIANTS, evaluate, mode_to_eval_config  # noqa: E402
+from pgolf.eval.runner import EvalMode, evaluate  # noqa: E402
 
 N = 160
 BASE = dict(seq_len=32, stride=8, batch_seqs=4, ttt_chunk_tokens=64, ttt_epochs=1, ttt_batch_seqs=2,
@@ -33,7 +33,7 @@ def _sidecar(tokens, tables, scale: int = 1) -> SidecarBytes:
     return SidecarBytes(torch.cat((torch.zeros(1, dtype=torch.int64), per_target)), VOCAB)
 
 
-EVERY_MODE = sorted(set(EVAL_MODES) | {m + s for m in ("causal-slot", "ttt+causal-slot") for s in SLOT_VARIANTS})
+EVERY_MODE = sorted(EvalMode.names())
 
 
 @pytest.mark.parametrize("mode", EVERY_MODE)
@@ -41,8 +41,8 @@ def test_sidecar_equal_to_the_tables_gives_the_same_bpb(mode):
     # Every mode, per-document TTT included: its scorer once asked a sidecar for token tables.
     tokens, tables = make_tokens(N), make_tables()
     tokens[::37] = 1  # documents for the per-document modes (BOS = 1)
-    ecfg = mode_to_eval_config(mode, EvalConfig(**BASE, ttt_lora_rank=0, ttt_lora_chunk=8,
-                                                ttt_phased_prefix_docs=2, ttt_phased_phases=2))
+    ecfg = EvalMode.parse(mode).eval_config(EvalConfig(**BASE, ttt_lora_rank=0, ttt_lora_chunk=8,
+                                                       ttt_phased_prefix_docs=2, ttt_phased_phases=2))
     a = evaluate(_with_bos(TinyCausalLM()), tokens, tables, ecfg, Comm(), torch.device("cpu"))
     b = evaluate(_with_bos(TinyCausalLM()), tokens, _sidecar(tokens, tables), ecfg, Comm(), torch.device("cpu"))
     assert a["bytes"] == b["bytes"] and a["tokens"] == b["tokens"]
@@ -51,7 +51,7 @@ def test_sidecar_equal_to_the_tables_gives_the_same_bpb(mode):
 
 def test_bpb_is_charged_on_the_sidecar_bytes():
     tokens, tables = make_tokens(N), make_tables()
-    ecfg = mode_to_eval_config("sliding", EvalConfig(**BASE))
+    ecfg = EvalMode.parse("sliding").eval_config(EvalConfig(**BASE))
     a = evaluate(TinyCausalLM(), tokens, tables, ecfg, Comm(), torch.device("cpu"))
     b = evaluate(TinyCausalLM(), tokens, _sidecar(tokens, tables, scale=2), ecfg, Comm(), torch.device("cpu"))
     assert b["bytes"] == 2 * a["bytes"] and b["val_bpb"] == pytest.approx(a["val_bpb"] / 2, rel=1e-12)

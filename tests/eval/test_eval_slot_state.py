@@ -17,7 +17,7 @@ from pgolf.config_tree import Config, EvalConfig
 from pgolf.dist import Comm  # noqa: E402
 from pgolf.eval.bpb import ScoreRecorder  # noqa: E402
 from pgolf.eval.legality import audit  # noqa: E402
-from pgolf.eval.runner import eval_mode_name, evaluate, mode_to_eval_config  # noqa: E402
+from pgolf.eval.runner import EvalMode, evaluate  # noqa: E402
 from pgolf.eval.sliding import eval_sliding, plan_windows  # noqa: E402
 from pgolf.eval.slot import SlotScorer  # noqa: E402
 from pgolf.eval.slot_state import slot_doc_masks  # noqa: E402
@@ -158,17 +158,18 @@ def test_mode_names_select_the_variants():
     src = EvalConfig(seq_len=16, slot_carry=True)
     for mode in VARIANTS:
         for prefix in ("", "ttt+"):
-            cfg = mode_to_eval_config(prefix + mode, src)
+            cfg = EvalMode.parse(prefix + mode).eval_config(src)
             assert cfg.slot_mode == "causal" and cfg.ttt_enabled is bool(prefix)
             assert cfg.slot_carry is ("carry" in mode) and cfg.slot_bias is ("bias" in mode)
-            name = eval_mode_name(cfg)
+            name = EvalMode.of(cfg).name
             assert name == (prefix or "sliding+") + mode
-            assert dataclasses.asdict(mode_to_eval_config(name, src)) == dataclasses.asdict(cfg)
-    assert mode_to_eval_config("slot", src).slot_carry is False
+            assert dataclasses.asdict(EvalMode.parse(name).eval_config(src)) == dataclasses.asdict(cfg)
+    assert EvalMode.parse("slot").eval_config(src).slot_carry is False
 
 
 def test_variant_runs_through_evaluate():
-    cfg = mode_to_eval_config("causal-slot-carry-bias", EvalConfig(seq_len=16, batch_seqs=4, slot_steps=2))
+    cfg = EvalMode.parse("causal-slot-carry-bias").eval_config(EvalConfig(seq_len=16, batch_seqs=4,
+                                                                           slot_steps=2))
     out = evaluate(TinyCausalLM(), make_tokens(100), make_tables(), cfg, Comm(), CPU)
     assert out["mode"] == "sliding+causal-slot-carry-bias" and out["causal"] is True
 

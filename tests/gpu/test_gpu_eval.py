@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from _eval_helpers import make_tables, make_tokens  # noqa: E402
 
 from pgolf.dist import Comm
-from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.eval.runner import EvalMode, evaluate
 
 pytestmark = pytest.mark.gpu
 
@@ -36,7 +36,7 @@ def _setup():
 def _run_modes(cfg, model, tokens, tables, device) -> dict:
     out = {}
     for mode in MODES:
-        ecfg = dataclasses.replace(mode_to_eval_config(mode, cfg.eval), budget_seconds=0.0)
+        ecfg = dataclasses.replace(EvalMode.parse(mode).eval_config(cfg.eval), budget_seconds=0.0)
         res = evaluate(model, tokens, tables, ecfg, Comm(device), device)
         out[mode] = {k: res[k] for k in ("val_bpb", "val_loss", "tokens", "bytes")}
     return out

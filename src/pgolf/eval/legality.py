@@ -25,7 +25,7 @@ import torch
 from pgolf.config_tree import EvalConfig
 from pgolf.dist import Comm
 from pgolf.eval.bpb import ScoreRecorder, as_byte_tables, val_tokens_tensor
-from pgolf.eval.runner import evaluate, mode_to_eval_config
+from pgolf.eval.runner import EvalMode, evaluate
 from pgolf.eval.sliding import plan_windows
 from pgolf.eval.ttt import ttt_chunk_bounds, ttt_chunk_windows
 
@@ -194,16 +194,17 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
           positions: list | None = None, vocab_size: int = 0, atol: float = 1e-6,
           fast: bool = True, normalization: bool = True, norm_tol: float = 1e-3,
           log: Callable | None = None, progress: Callable | None = None) -> AuditReport:
-    """Audit `mode` (plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot) on the first
-    ecfg.audit_tokens targets of tokens. eval_fn(tokens, cfg, recorder, events) -> dict
-    replaces the built-in evaluator (model may then be None). log gets the summary,
-    progress the per-run lines with ETA."""
+    """Audit the mode named `mode` (one of EvalMode.names(): plain, sliding, ttt, slot, causal-slot,
+    ...; the report shows the name as given) on the first ecfg.audit_tokens targets of tokens.
+    eval_fn(tokens, cfg, recorder, events) -> dict replaces the built-in evaluator (model may
+    then be None). log gets the summary, progress the per-run lines with ETA."""
     device = torch.device(device)
     toks = val_tokens_tensor(tokens)
     if ecfg.audit_tokens > 0:
         toks = toks[:ecfg.audit_tokens + 1]
     n = toks.numel() - 1
-    cfg = audit_eval_config(mode_to_eval_config(mode, ecfg), n, fast)
+    em = EvalMode.parse(mode)
+    cfg = audit_eval_config(em.eval_config(ecfg), n, fast)
     if eval_fn is None:
         def eval_fn(t: torch.Tensor, c: EvalConfig, rec: ScoreRecorder, ev: list) -> dict:
             return evaluate(model, t, tables, c, Comm(device), device, None, rec, ev)
@@ -221,7 +222,7 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
     norm, ndetail = (_audit_normalized(eval_fn, toks, cfg, vocab, norm_tol, progress) if normalization
                      else ("n/a", ""))
     report = AuditReport(mode, causality, cdetail, once, odetail, sbu, sdetail, norm, ndetail,
-                         positions, tol, noise, float(out.get("val_bpb", float("nan"))), cfg.slot_mode != "batch")
+                         positions, tol, noise, float(out.get("val_bpb", float("nan"))), em.causal)
     if log is not None:
         for line in report.summary().splitlines():
             log(line)

@@ -1,8 +1,9 @@
-"""One entry point for the configured evaluation mode, and the audit's mode names."""
+"""One entry point for the configured evaluation mode, and the typed mode (EvalMode) that names
+and selects it."""
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -17,78 +18,88 @@ from pgolf.eval.sliding import eval_sliding
 from pgolf.eval.slot import make_slot_scorer
 from pgolf.eval.ttt import eval_ttt
 
-# Audit / CLI mode names -> (stride needed, ttt_enabled, slot_mode).
-EVAL_MODES: dict[str, tuple[bool, bool, str]] = {
-    "plain": (False, False, "off"),
-    "sliding": (True, False, "off"),
-    "ttt": (True, True, "off"),
-    "slot": (True, False, "batch"),
-    "causal-slot": (True, False, "causal"),
-    "ttt+slot": (True, True, "batch"),
-    "ttt+causal-slot": (True, True, "causal"),
-    "lora-ttt": (False, True, "off"),
-    "phased-ttt": (False, True, "off"),
-}
-# Runner names (what evaluate() reports) that are not audit names themselves.
-EVAL_MODE_ALIASES = {"sliding+slot": "slot", "sliding+causal-slot": "causal-slot",
-                     "plain+slot": "slot", "plain+causal-slot": "causal-slot"}
 EVAL_DEFAULT_STRIDE = 64
-# Per-document TTT modes -> eval.ttt_kind; every other mode runs the global (#549) TTT.
-EVAL_TTT_KINDS = {"lora-ttt": "lora", "phased-ttt": "phased"}
-# Causal SLOT variants (issue 15): name suffix -> EvalConfig fields; "causal-slot" alone is the
-# per-window SLOT with both off. Every name exists with and without "ttt+".
-SLOT_VARIANTS: dict[str, dict[str, bool]] = {
-    "": {"slot_carry": False, "slot_bias": False},
-    "-carry": {"slot_carry": True, "slot_bias": False},
-    "-bias": {"slot_carry": False, "slot_bias": True},
-    "-carry-bias": {"slot_carry": True, "slot_bias": True},
+# Mode names: a base, optionally "+" a SLOT name. Base -> (overlapping windows, TTT kind).
+EVAL_MODE_BASES: dict[str, tuple[bool, str]] = {
+    "plain": (False, "off"), "sliding": (True, "off"), "ttt": (True, "global"),
+    "lora-ttt": (False, "lora"), "phased-ttt": (False, "phased"),
 }
+# SLOT name -> (eval.slot_mode, slot_carry, slot_bias); the causal variants are issue 15's.
+EVAL_MODE_SLOTS: dict[str, tuple[str, bool, bool]] = {
+    "slot": ("batch", False, False), "causal-slot": ("causal", False, False),
+    "causal-slot-carry": ("causal", True, False), "causal-slot-bias": ("causal", False, True),
+    "causal-slot-carry-bias": ("causal", True, True),
+}
+# Bases a SLOT name may follow: SLOT rescoring windows needs context, so plain+ is the sliding one;
+# per-document TTT scores with its own adapters and takes no SLOT.
+_SLOT_BASES = ("plain", "sliding", "ttt")
 
 
-def slot_variant_of(mode: str) -> tuple[str, dict[str, bool]]:
-    """(audit mode, SLOT fields) of a mode name; a causal-slot variant maps to its base mode."""
-    for prefix in ("sliding+", "plain+"):
-        if mode.startswith(prefix + "causal-slot"):
-            mode = mode[len(prefix):]
-    for suffix, fields in sorted(SLOT_VARIANTS.items(), key=lambda kv: -len(kv[0])):
-        for base in ("causal-slot", "ttt+causal-slot"):
-            if suffix and mode == base + suffix:
-                return base, fields
-    if mode in ("causal-slot", "ttt+causal-slot"):
-        return mode, SLOT_VARIANTS[""]
-    if mode in ("slot", "ttt+slot") or EVAL_MODE_ALIASES.get(mode) == "slot":
-        return mode, SLOT_VARIANTS[""]
-    return mode, {}
+@dataclasses.dataclass(frozen=True)
+class EvalMode:
+    """One evaluation mode, parsed once from a name (`pgolf audit --mode`, `pgolf bench eval`)
+    or read from an EvalConfig; `name` is what evaluate() logs and reports ("mode" in metrics)."""
 
+    sliding: bool  # overlapping windows: eval.stride > 0 (min(64, seq_len) when the config has 0)
+    ttt: Literal["off", "global", "lora", "phased"] = "off"
+    slot: Literal["off", "batch", "causal"] = "off"
+    slot_carry: bool = False  # causal SLOT only
+    slot_bias: bool = False  # causal SLOT only
 
-def eval_mode_name(ecfg: EvalConfig) -> str:
-    """plain | sliding | ttt | lora-ttt | phased-ttt, plus +slot (NON-CAUSAL batch SLOT) or
-    +causal-slot."""
-    base = "ttt" if ecfg.ttt_enabled else ("sliding" if ecfg.stride > 0 else "plain")
-    if ecfg.ttt_enabled and ecfg.ttt_kind != "global":
-        base = ecfg.ttt_kind + "-ttt"
-    suffix = {"off": "", "batch": "+slot", "causal": "+causal-slot"}.get(ecfg.slot_mode)
-    if suffix is None:
-        raise EvalInputError(f"eval.slot_mode must be off, batch or causal, got {ecfg.slot_mode!r}")
-    if ecfg.slot_mode == "causal":
-        suffix += ("-carry" if ecfg.slot_carry else "") + ("-bias" if ecfg.slot_bias else "")
-    return base + suffix
+    def __post_init__(self) -> None:
+        if self.ttt in ("lora", "phased") and self.slot != "off":
+            raise EvalInputError(f"eval.slot_mode {self.slot} does not combine with eval.ttt_kind={self.ttt}; "
+                                 "set eval.slot_mode off")
 
+    @property
+    def causal(self) -> bool:
+        """False for batch SLOT, whose delta is fitted on the targets it scores."""
+        return self.slot != "batch"
 
-def mode_to_eval_config(mode: str, ecfg: EvalConfig) -> EvalConfig:
-    """A copy of ecfg switched to an audit mode; sliding modes keep eval.stride, or use
-    min(64, seq_len) when it is 0 (causal SLOT needs overlapping windows to have context)."""
-    mode, slot_fields = slot_variant_of(mode)
-    mode = EVAL_MODE_ALIASES.get(mode, mode)
-    if mode not in EVAL_MODES:
-        variants = [p + "causal-slot" + v for p in ("", "ttt+") for v in SLOT_VARIANTS if v]
-        raise EvalInputError(f"unknown eval mode {mode!r}; use one of {', '.join(list(EVAL_MODES) + variants)}")
-    needs_stride, ttt, slot = EVAL_MODES[mode]
-    stride = ecfg.stride if needs_stride else 0
-    if needs_stride and stride <= 0:
-        stride = max(1, min(EVAL_DEFAULT_STRIDE, ecfg.seq_len))
-    return dataclasses.replace(ecfg, stride=stride, ttt_enabled=ttt, slot_mode=slot,
-                               ttt_kind=EVAL_TTT_KINDS.get(mode, "global"), **slot_fields)
+    @property
+    def name(self) -> str:
+        """plain | sliding | ttt | lora-ttt | phased-ttt, plus +slot (NON-CAUSAL batch SLOT) or
+        +causal-slot[-carry][-bias]."""
+        base = {"off": "sliding" if self.sliding else "plain", "global": "ttt"}.get(self.ttt, f"{self.ttt}-ttt")
+        if self.slot == "off":
+            return base
+        slot = "slot" if self.slot == "batch" else "causal-slot"
+        return f"{base}+{slot}" + ("-carry" if self.slot_carry else "") + ("-bias" if self.slot_bias else "")
+
+    @classmethod
+    def parse(cls, name: str) -> "EvalMode":
+        """The mode a user's name asks for: a base, a SLOT name (sliding windows), or base+SLOT."""
+        base, plus, slot = name.partition("+")
+        if not plus and base in EVAL_MODE_SLOTS:
+            base, slot = "sliding", base
+        if base in EVAL_MODE_BASES and (slot in EVAL_MODE_SLOTS and base in _SLOT_BASES or not plus):
+            sliding, ttt = EVAL_MODE_BASES[base]
+            slot_mode, carry, bias = EVAL_MODE_SLOTS.get(slot, ("off", False, False))
+            return cls(sliding or slot_mode != "off", ttt, slot_mode, carry, bias)
+        raise EvalInputError(f"unknown eval mode {name!r}; use one of {', '.join(cls.names())}")
+
+    @classmethod
+    def names(cls, prefixed: bool = False) -> list[str]:
+        """The names users type; prefixed adds the sliding+ / plain+ spellings of the SLOT modes."""
+        prefixes = ("", "ttt+", "sliding+", "plain+") if prefixed else ("", "ttt+")
+        return list(EVAL_MODE_BASES) + [p + s for p in prefixes for s in EVAL_MODE_SLOTS]
+
+    @classmethod
+    def of(cls, ecfg: EvalConfig) -> "EvalMode":
+        """The mode an EvalConfig runs."""
+        causal = ecfg.slot_mode == "causal"
+        return cls(ecfg.stride > 0, ecfg.ttt_kind if ecfg.ttt_enabled else "off", ecfg.slot_mode,
+                   causal and ecfg.slot_carry, causal and ecfg.slot_bias)
+
+    def eval_config(self, ecfg: EvalConfig) -> EvalConfig:
+        """A copy of ecfg switched to this mode; sliding modes keep eval.stride, or use
+        min(64, seq_len) when it is 0 (causal SLOT needs overlapping windows to have context)."""
+        stride = ecfg.stride if self.sliding else 0
+        if self.sliding and stride <= 0:
+            stride = max(1, min(EVAL_DEFAULT_STRIDE, ecfg.seq_len))
+        slot = {} if self.slot == "off" else {"slot_carry": self.slot_carry, "slot_bias": self.slot_bias}
+        return dataclasses.replace(ecfg, stride=stride, ttt_enabled=self.ttt != "off", slot_mode=self.slot,
+                                   ttt_kind="global" if self.ttt == "off" else self.ttt, **slot)
 
 
 def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalConfig, comm: Comm,
@@ -106,22 +117,19 @@ def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalCon
     tokens = val_tokens_tensor(val_tokens)
     if ecfg.max_tokens > 0:
         tokens = tokens[:ecfg.max_tokens + 1]
-    mode = eval_mode_name(ecfg)
+    mode = EvalMode.of(ecfg)
     forwards = Forwards(compile, ecfg.seq_len)
     slot = make_slot_scorer(ecfg, forwards)
     scorer = slot or (PlainScorer(forwards) if compile else None)
-    if slot is not None and not slot.causal and log is not None and comm.is_main:
-        log(f"eval:mode {mode} uses batch SLOT, which is NON-CAUSAL (its delta is fitted on the "
+    if not mode.causal and log is not None and comm.is_main:
+        log(f"eval:mode {mode.name} uses batch SLOT, which is NON-CAUSAL (its delta is fitted on the "
             "targets it scores); the result is not a legal record score")
-    if ecfg.ttt_enabled and ecfg.ttt_kind != "global":
-        if slot is not None:
-            raise EvalInputError(f"eval.slot_mode {ecfg.slot_mode} does not combine with eval.ttt_kind="
-                                 f"{ecfg.ttt_kind}; set eval.slot_mode off")
-        run_doc_ttt = eval_lora_ttt if ecfg.ttt_kind == "lora" else eval_phased_ttt
+    if mode.ttt in ("lora", "phased"):
+        run_doc_ttt = eval_lora_ttt if mode.ttt == "lora" else eval_phased_ttt
         if ecfg.ttt_lora_method == "record":
             run_doc_ttt = eval_record_ttt
         out = run_doc_ttt(model, tokens, ecfg, tables, comm, device, log, recorder, events)
-    elif ecfg.ttt_enabled:
+    elif mode.ttt == "global":
         out = eval_ttt(model, tokens, ecfg, tables, comm, device, log, scorer, recorder, events)
     elif ecfg.stride > 0 or slot is not None:
         out = eval_sliding(model, tokens, ecfg.seq_len, ecfg.stride or ecfg.seq_len,
@@ -130,12 +138,12 @@ def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalCon
     else:
         out = eval_plain(model, tokens, ecfg.seq_len, ecfg.batch_tokens, tables, comm, device,
                          log, recorder, ecfg.budget_seconds, scorer)
-    out["mode"] = mode
-    out["causal"] = slot is None or slot.causal
+    out["mode"] = mode.name
+    out["causal"] = mode.causal
     out["eval_seconds"] = time.perf_counter() - t0
     if log is not None and comm.is_main:
         tag = "" if out["causal"] else " NON-CAUSAL"
-        log(f"eval:done mode:{mode}{tag} val_loss:{out['val_loss']:.6f} "
+        log(f"eval:done mode:{mode.name}{tag} val_loss:{out['val_loss']:.6f} "
             f"val_bpb:{out['val_bpb']:.6f} tokens:{out['tokens']} eval_seconds:{out['eval_seconds']:.1f}")
         if ecfg.budget_seconds > 0 and out["eval_seconds"] > ecfg.budget_seconds:
             log(f"eval:warning took {out['eval_seconds']:.0f}s, over eval.budget_seconds "

@@ -26,8 +26,6 @@ from pgolf.eval.bpb import EvalInputError
 from pgolf.eval.forward import Forwards
 from pgolf.eval.slot_state import SlotCarry, slot_doc_masks
 
-SLOT_MODES = ("off", "batch", "causal")
-
 
 class SlotScorer:
     """Window scorer for score_windows (sliding eval and TTT's scoring phase)."""
@@ -162,8 +160,6 @@ class SlotScorer:
 
 def make_slot_scorer(ecfg: Any, forwards: Forwards | None = None) -> SlotScorer | None:
     """SlotScorer from an EvalConfig (None when eval.slot_mode is off)."""
-    if ecfg.slot_mode not in SLOT_MODES:
-        raise EvalInputError(f"eval.slot_mode must be one of {SLOT_MODES}, got {ecfg.slot_mode!r}")
     if ecfg.slot_mode == "off":
         return None
     return SlotScorer(ecfg.slot_mode, ecfg.slot_lr, ecfg.slot_steps, ecfg.slot_wd, ecfg.slot_eps, forwards,

@@ -36,7 +36,6 @@ from pgolf.quant.quantizers import (GPTQ_CLIP_QUANTILES, QUANT_FP16_TINY, ROWWIS
                                     quant_row_view, quantize_rows)
 
 EMBED_NAME_KEYS: tuple[str, ...] = ("tok_emb", "bigram.embed", "ve.embed", "lm_head")
-MATRIX_METHODS: tuple[str, ...] = ("rowwise", "gptq_lite", "gptq")
 # Tensor groups that may take their own width, and the field that holds it.
 GROUP_BITS_FIELDS = {"attn": "attn_bits", "mlp": "mlp_bits", "bigram": "bigram_bits", "ve": "ve_bits"}
 # Attention-gate weights quant.gate_int8 stores as int8 rows: the name's end and the size range.
@@ -69,17 +68,6 @@ def group_bits(qcfg: QuantConfig, group: str) -> int:
     base = qcfg.embed_bits if group in ("embed", "bigram", "ve") else qcfg.matrix_bits
     own = getattr(qcfg, GROUP_BITS_FIELDS[group], 0) if group in GROUP_BITS_FIELDS else 0
     return own or base
-
-
-def _check(qcfg: QuantConfig) -> None:
-    for what, bits in (("quant.matrix_bits", qcfg.matrix_bits), ("quant.embed_bits", qcfg.embed_bits),
-                       *((f"quant.{f}", getattr(qcfg, f, 0)) for f in GROUP_BITS_FIELDS.values())):
-        if bits not in (0, 16) and not 2 <= bits <= 8:
-            raise QuantError(f"{what}={bits} is not supported; use 4..8 (or 16 to keep fp16)")
-    if qcfg.matrix_method not in MATRIX_METHODS:
-        raise QuantError(f"quant.matrix_method={qcfg.matrix_method!r}; use {', '.join(MATRIX_METHODS)}")
-    if qcfg.clip_search not in ("matrix", "row"):
-        raise QuantError(f"quant.clip_search={qcfg.clip_search!r}; use matrix or row")
 
 
 def sdclip_k(qcfg: QuantConfig, group: str) -> float:
@@ -150,7 +138,6 @@ def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict
     hessians: calibration input Hessians by tensor name (pgolf.quant.calibration), used by gptq.
     stats = {"categories": {cat: {tensors, params, max_abs_err, mse}}, "tensors": {name: {...}}}.
     """
-    _check(qcfg)
     hessians = hessians or {}
     use_h = qcfg.matrix_method == "gptq"
     payload: dict[str, dict[str, Any]] = {}
