@@ -184,10 +184,15 @@ def test_minify_source_reindents_blocks_and_continuations() -> None:
 
 
 def test_compressed_bundle_runs_and_is_smaller(capsys) -> None:
-    plain = _bundle() * 1  # the real package is far larger; the ratio only matters there
+    plain = _bundle()
     packed = build_compressed_bundle(plain, "train_gpt.py")
     assert BUNDLE_MARK in packed.splitlines()[0] and "train_gpt.py" in packed.splitlines()[0]
     assert _printed(packed, capsys) == EXPECTED
+    # Size on the real package: a tiny bundle is mostly the self-extractor's header.
+    # LZMA + base85 packs the readable bundle to about a third (0.32 at commit 9bc7c78).
+    _real_entry_or_skip()
+    real = build_bundle(["pgolf.run"], "x = 1\n", "bundle_main(BUNDLED_PRESET, __file__)", preset_name="test")
+    assert len(build_compressed_bundle(real).encode()) < 0.45 * len(real.encode())
 
 
 def test_build_bundle_refuses_rule_breakers() -> None:

@@ -1,7 +1,7 @@
 """The training clock: what the wall-clock cap counts, how often the loop syncs, NaN reporting."""
 
 import sys
-import time
+import types
 from pathlib import Path
 
 import pytest
@@ -42,15 +42,17 @@ def test_cap_checks_are_rare_and_overshoot_is_under_the_slack(step_ms):
         assert checks < steps / 4  # at 83 ms/step a sync every ~6 steps, not every step
 
 
-def test_clock_pauses_for_validation_only():
+def test_clock_pauses_for_validation_only(monkeypatch):
+    now = [5.0]
+    monkeypatch.setattr("pgolf.wallclock.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     clock = TrainClock(torch.device("cpu"), offset_ms=1000.0)
     clock.start()
-    time.sleep(0.05)
+    now[0] += 0.05
     with clock.paused():
-        time.sleep(0.2)
-    time.sleep(0.05)
-    ms = clock.elapsed_ms()
-    assert 1100.0 <= ms < 1180.0  # offset + ~100 ms of work, not the 200 ms pause
+        now[0] += 0.2
+    now[0] += 0.05
+    assert clock.elapsed_ms() == pytest.approx(1100.0)  # offset + 100 ms of work, not the 200 ms pause
+    assert clock.host_ms() == pytest.approx(1100.0)
 
 
 def test_loss_watch_reports_the_first_bad_step_when_read_later(tmp_path):
@@ -73,19 +75,32 @@ def test_loop_reads_the_device_only_at_log_lines(embedded_corpus, tmp_path, monk
 
 
 def test_cap_counts_ema_and_logging_time(embedded_corpus, tmp_path, monkeypatch):
-    """Time spent outside train_step (here a slow EMA update) is training time."""
+    """Time spent outside train_step (EMA updates, log lines) is training time.
+
+    The training clock reads a fake time that moves only inside EMA.update (1/8 s a call) and
+    log_step (1/16 s a call): the counted time must be exactly theirs, and the EMA time alone
+    must bring the 1.5 s cap within 40 steps."""
+    import pgolf.train as train_mod
     from pgolf.optim.averaging import EMA
-    real = EMA.update
-    monkeypatch.setattr(EMA, "update", lambda self, m: time.sleep(0.1) or real(self, m))
-    cfg = tiny(embedded_corpus, "run.iterations=10000", "run.max_wallclock_seconds=1.5",
+    now, calls = [0.0], {"ema": 0, "log": 0}
+    monkeypatch.setattr("pgolf.wallclock.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def ticking(kind, fn, seconds):
+        def call(*a, **k):
+            now[0] += seconds
+            calls[kind] += 1
+            return fn(*a, **k)
+        return call
+
+    monkeypatch.setattr(EMA, "update", ticking("ema", EMA.update, 0.125))
+    monkeypatch.setattr(train_mod, "log_step", ticking("log", train_mod.log_step, 0.0625))
+    cfg = tiny(embedded_corpus, "run.iterations=40", "run.max_wallclock_seconds=1.5", "run.train_log_every=4",
                "schedule.ema_enabled=true", "schedule.export_weights=ema", "model.arch=baseline")
-    t0 = time.perf_counter()
     metrics = train(cfg, str(tmp_path / "run"))
-    assert metrics["stop_reason"] == "wallclock_cap"
-    assert 1.5 <= metrics["train_time_s"] < 2.5
-    # Each step sleeps 0.1 s in EMA, so the steps fit the cap only if EMA time counted.
-    assert metrics["steps"] <= 15
-    assert time.perf_counter() - t0 > metrics["train_time_s"]
+    assert metrics["stop_reason"] == "wallclock_cap" and metrics["steps"] < 40
+    assert calls["ema"] == metrics["steps"] and calls["log"] > 0
+    assert metrics["train_time_s"] == pytest.approx(0.125 * calls["ema"] + 0.0625 * calls["log"], abs=1e-3)
+    assert metrics["train_time_s"] >= 1.5
     lines = [parse_event(ln) for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()]
     done = [ev for ev in lines if ev.get("event") == "train_done"]
     assert done and done[0]["reason"] == "wallclock_cap"

@@ -130,6 +130,23 @@ def test_head_adapter_adds_to_the_logits_before_the_cap():
     assert not torch.allclose(got, model.forward_logits(ids))
 
 
+def test_head_adapter_trains_and_moves_the_scores():
+    model, tokens, cfg = build_real_gpt(), _tokens(), _cfg()
+    docs = bl.record_documents(tokens, BOS)[:2]
+    lora = _adapters(model, 2, cfg)
+    for point, pairs in lora.pairs.items():  # freeze every adapter but the head's
+        for a, b in pairs:
+            a.requires_grad_(point == "head")
+            b.requires_grad_(point == "head")
+    trained, _, _ = _score(model, tokens, docs, cfg, lora)
+    assert float(lora.pairs["head"][0][1].detach().abs().max()) > 1e-3  # B left zero
+    frozen, _, _ = _score(model, tokens, docs, _cfg(ttt_lora_lr=0.0, ttt_lora_wd=0.0))
+    s, n = docs[0]
+    k = cfg.ttt_lora_chunk
+    assert np.array_equal(trained[s:s + k], frozen[s:s + k])  # the first chunk: B = 0 still
+    assert np.abs(trained[s + k:s + n - 1] - frozen[s + k:s + n - 1]).max() > 1e-3
+
+
 def _looped_gpt():
     from pgolf.config import finalize_config
     from pgolf.config_tree import Config

@@ -140,13 +140,26 @@ def test_bos_comes_from_the_model_config(real_gpt):
     assert out["docs"] == len(split_documents(_tokens(), 5)) != 3
 
 
-def test_head_target_needs_the_models_head_seam(real_gpt):
-    try:
-        out, _, count, _ = _run(real_gpt, _tokens(), _cfg(ttt_lora_targets="head"))
-    except EvalInputError as e:
-        assert "weight_transform" in str(e)
-    else:
-        assert (count == 1).all() and np.isfinite(out["val_bpb"])
+class _NoHeadSeam(GPT):
+    """A GPT whose logits bypass weight_transform: a head adapter could never reach them."""
+
+    def compute_logits(self, h):
+        return torch.nn.functional.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+
+
+def test_head_adapter_learns_and_needs_the_models_head_seam(real_gpt):
+    _, plain, _, _ = _run(real_gpt, _tokens(), _cfg(ttt_lora_rank=0))
+    out, head, count, _ = _run(real_gpt, _tokens(), _cfg(ttt_lora_targets="head", ttt_lora_lr=0.05))
+    assert (count == 1).all() and np.isfinite(out["val_bpb"])
+    for lo, hi in zip(DOC_STARTS, DOC_STARTS[1:] + [N]):
+        # First chunk: fresh adapters (B = 0) score like the plain model; later chunks were
+        # scored by a head the document's earlier chunks trained.
+        assert np.array_equal(head[lo:lo + 8], plain[lo:lo + 8])
+        assert np.abs(head[lo + 8:hi] - plain[lo + 8:hi]).max() > 1e-3
+    blind = _NoHeadSeam(real_gpt.cfg)
+    blind.load_state_dict(real_gpt.state_dict())
+    with pytest.raises(EvalInputError, match="weight_transform"):
+        _run(blind, _tokens(), _cfg(ttt_lora_targets="head"))
 
 
 def test_mode_names_and_config_rules():

@@ -1,5 +1,10 @@
 """A one-rank NCCL process group: ProcessGroupComm's collectives (the reduce_scatter_tensor /
-all_gather_into_tensor calls of Parallel Muon) and the optimizer set running over it."""
+all_gather_into_tensor calls of Parallel Muon) and the optimizer set running over it.
+
+One GPU holds one NCCL rank, so this checks that NCCL accepts every call, dtype and layout and
+that the optimizers run over a group; at one rank each collective is an identity, so it says
+nothing about how ranks combine. That is tests/test_dist_collectives.py's job (two gloo ranks)
+and tests/optim/test_optim_parallel.py's (Parallel Muon at 2 and 4 ranks)."""
 
 import copy
 
@@ -15,7 +20,7 @@ pytestmark = pytest.mark.gpu
 
 
 def _collectives(comm: ProcessGroupComm, dev) -> dict:
-    """With one rank every collective is the identity, bit for bit."""
+    """Whether each collective ran and returned its input, bit for bit (what one rank must do)."""
     g = torch.Generator().manual_seed(0)
     # Muon's layout: a bf16 bank [n_pad, rows, cols] reduce-scattered, the bf16 update gathered.
     padded = torch.randn(6, 48, 32, generator=g).to(dev, torch.bfloat16)
@@ -33,7 +38,7 @@ def _collectives(comm: ProcessGroupComm, dev) -> dict:
     return out
 
 
-def test_one_rank_process_group_matches_single_process(dev, tmp_path, report):
+def test_one_rank_nccl_group_runs_the_collectives_and_steps_like_a_single_process(dev, tmp_path, report):
     backend = "nccl" if dev.type == "cuda" else "gloo"  # gloo only in the CPU logic check
     tdist.init_process_group(backend, init_method=f"file://{tmp_path / 'pg_store'}", rank=0, world_size=1)
     try:

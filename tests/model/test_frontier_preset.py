@@ -1,18 +1,18 @@
 """The record_1855 preset against record #1855's train_gpt.py (read for facts, not copied).
 
 Checked: the parameter count, every tensor name and shape (the record's own names, so its
-state dict loads without a mapping), and the logits of a forward pass written out here from
-the script's `_forward_hidden` (looped encoder/decoder order, lerp skip gates, 2-lane parallel
-decoder, sparse head gate, XSA everywhere, BOS-fixed input SmearGate, BOS-split varlen
-attention) at a small width on the same weights. Not checked: the script itself cannot run
-here (FA3 + Triton imports, no network), so its code is not executed.
+state dict loads without a mapping), and the logits of the script's own GPT, saved by
+bench/sidebyside/forward_fixture.py in tests/fixtures/record_1855_forward.pt (a tiny width with
+the record's depth, loops, lanes and gates; a causal row and a three-document row, loop off and
+on), against pgolf's model holding the same weights. The test never imports the script; the
+fixture names the script's sha256 and the command that wrote it. Not checked: FA3 itself (the
+fixture ran the script with SDPA in its place) and the fused training kernels.
 """
 
 import math
+from pathlib import Path
 
-import pytest
 import torch
-import torch.nn.functional as F
 
 from pgolf.config import resolve_config
 from pgolf.model.gpt import GPT, count_params
@@ -49,110 +49,31 @@ def test_record_1855_parameter_count_and_tensor_names():
     assert sum(math.prod(s) for s in shapes.values()) == RECORD_1855_PARAMS
 
 
-# ---------------------------------------------------------------- the script's forward, written out
+# ---------------------------------------------------------------- the script's own output
 
-def _ref_attention(sd, i, n, layers, heads, kv_heads, rope_dims, window, gate_scale, docs):
-    b, t, d = n.shape
-    hd = d // heads
-    q = (n @ sd["qo_bank"][i].T).view(b, t, heads, hd)
-    k = (n @ sd["kv_bank"][i].T).view(b, t, kv_heads, hd)
-    v = (n @ sd["kv_bank"][layers + i].T).view(b, t, kv_heads, hd)
-    q, k = F.rms_norm(q, (hd,)), F.rms_norm(k, (hd,))
-    inv = 1.0 / 1e4 ** (torch.arange(0, rope_dims, 2, dtype=torch.float32) / rope_dims)
-    f = torch.outer(torch.arange(t, dtype=torch.float32), inv)
-    cos, sin = f.cos()[None, :, None], f.sin()[None, :, None]
-
-    def rope(x):
-        half = rope_dims // 2
-        x1, x2, rest = x[..., :half], x[..., half:rope_dims], x[..., rope_dims:]
-        return torch.cat((x1 * cos + x2 * sin, -x1 * sin + x2 * cos, rest), dim=-1)
-
-    q, k = rope(q), rope(k)
-    q = q * sd[f"blocks.{i}.attn.q_gain"][None, None, :, None]
-    rep = heads // kv_heads
-    kk, vv = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
-    s = torch.einsum("bthd,bshd->bhts", q, kk) / math.sqrt(hd)
-    allowed = torch.ones(t, t, dtype=torch.bool).tril() & (docs[:, :, None] == docs[:, None, :])[:, None]
-    y = torch.einsum("bhts,bshd->bthd", s.masked_fill(~allowed, float("-inf")).softmax(-1), vv)
-    # XSA on every layer (xsa_last_n = 11), then the sparse head gate.
-    yg = y.view(b, t, kv_heads, rep, hd)
-    vn = F.normalize(v, dim=-1).unsqueeze(3)
-    y = (yg - (yg * vn).sum(-1, keepdim=True) * vn).view(b, t, heads, hd)
-    g = torch.sigmoid(gate_scale * (n[..., :window] @ sd[f"blocks.{i}.attn.attn_gate_w"].T))
-    y = y * g[..., None]
-    return y.reshape(b, t, d) @ sd["qo_bank"][layers + i].T
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "record_1855_forward.pt"
 
 
-def reference_logits(sd, ids, m):
-    L, W = m.num_layers, m.gate_window
-    rms = lambda z: F.rms_norm(z, (z.size(-1),))  # noqa: E731
-    x = sd["tok_emb.weight"][ids]
-    g = sd["smear_lambda"] * torch.sigmoid(x[:, 1:, :W] @ sd["smear_gate.weight"].T)
-    not_bos = (ids[:, 1:] != m.bos_id).float().unsqueeze(-1)
-    x = torch.cat([x[:, :1], x[:, 1:] + g * x[:, :-1] * not_bos], dim=1)
-    x = x0 = rms(x)
-    docs = (ids == m.bos_id).cumsum(1)
-    attn = lambda i, n: _ref_attention(sd, i, n, L, m.num_heads, m.num_kv_heads, m.rope_dims, W,  # noqa: E731
-                                       m.attn_gate_scale, docs)
-    mlp = lambda i, n: F.leaky_relu(n @ sd["mlp_up_bank"][i].T, 0.5).square() @ sd["mlp_down_bank"][i].T  # noqa: E731
-    ln = lambda i: 1.0 / math.sqrt(i + 1)  # noqa: E731
-
-    def block(i, x):
-        mix = sd[f"blocks.{i}.resid_mix"]
-        x_in = mix[0] * x + mix[1] * x0
-        x_out = x_in + sd[f"blocks.{i}.attn_scale"] * attn(i, rms(x_in) * ln(i))
-        return x_out + sd[f"blocks.{i}.mlp_scale"] * mlp(i, rms(x_out) * ln(i))
-
-    seg = list(range(m.loop_start, m.loop_end + 1))
-    order = list(range(m.loop_start)) + seg * (m.num_loops + 1) + list(range(m.loop_end + 1, L))
-    enc, dec = order[:len(order) // 2], order[len(order) // 2:]
-    n_skip = min(len(enc), len(dec))
-    skips, lane0, lane1 = [], None, None
-    for i in enc:
-        x = block(i, x)
-        skips.append(x)
-    for j, i in enumerate(dec):
-        w = sd["skip_weights"][j] if j < n_skip else None
-        gate = torch.sigmoid(sd["skip_gates"][j]) if j < n_skip else None
-        if i >= m.parallel_start:
-            if lane0 is None:
-                lane0 = lane1 = x
-            if j < n_skip and skips:
-                lane0 = torch.lerp(w * skips.pop(), lane0, gate)
-            mix = sd[f"blocks.{i}.resid_mix"]
-            a = sd[f"blocks.{i}.attn_scale"] * attn(i, rms(mix[0] * lane0 + mix[1] * x0) * ln(i))
-            f = sd[f"blocks.{i}.mlp_scale"] * mlp(i, rms(lane1) * ln(i))
-            r, p = sd["parallel_resid_lambdas"][i], sd["parallel_post_lambdas"][i]
-            lane0, lane1 = (r[0] * lane0 + p[0][0] * a + p[1][0] * f, r[1] * lane1 + p[0][1] * a + p[1][1] * f)
-        else:
-            if j < n_skip and skips:
-                x = torch.lerp(w * skips.pop(), x, gate)
-            x = block(i, x)
-    h = rms(0.5 * (lane0 + lane1))
-    return 30.0 * torch.tanh((h @ sd["tok_emb.weight"].T) / 30.0)
-
-
-@pytest.mark.slow
-def test_record_1855_forward_equals_the_scripts_forward_on_the_same_weights():
-    # The preset at a small width (depth, loops, lanes, gates, XSA, smear as the record).
-    cfg, _ = resolve_config("record_1855", env={}, sets=[
-        "model.vocab_size=64", "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2",
-        "model.rope_dims=4", "model.gate_window=6", "model.compile=false",
-        # The architecture in fp32: the transcription below builds fp32 RoPE frequencies.
-        "model.rope_precision=fp32", "model.embed_dtype=fp32"])
-    torch.manual_seed(0)
-    model = GPT(cfg.model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.eval()
-    sd = model.state_dict()
-    assert set(sd) == set(reference_shapes(64, 32, 11, 4, 2, 4.0, 6, 8))
-    torch.manual_seed(1)
-    ids = torch.randint(2, 64, (2, 24))
-    ids[:, 0] = 1
-    ids[0, 9] = ids[1, 17] = 1
-    with torch.no_grad():
-        ours = model.forward_logits(ids)
-        want = reference_logits(sd, ids, cfg.model)
-    assert torch.allclose(ours, want, atol=2e-5), (ours - want).abs().max()
+def test_record_1855_forward_equals_the_record_scripts_saved_logits():
+    # bench/sidebyside/forward_fixture.py ran the record's own GPT (imported unmodified, SDPA
+    # in place of FA3) at a tiny width and saved its weights, inputs and logits; pgolf's
+    # record_1855 model at the same width holds those weights under the same names.
+    fx = torch.load(FIXTURE, weights_only=True)
+    assert len(fx["record_script_sha256"]) == 64 and "forward_fixture.py" in fx["command"]
+    cfg, _ = resolve_config("record_1855", env={}, sets=fx["pgolf_sets"])
+    model = GPT(cfg.model).eval()
+    model.load_state_dict(fx["state_dict"])  # strict: every name and shape the script's
+    assert set(fx["logits"]) == {"causal_loop0", "causal_loop1", "docs_loop0", "docs_loop1"}
+    for key, want in fx["logits"].items():
+        # The docs row holds BOS tokens: pgolf splits attention at them from the ids alone,
+        # the script was given the same split as cu_seqlens.
+        ids = fx["plain_ids"] if key.startswith("causal") else fx["docs_ids"]
+        model.looping_active = key.endswith("loop1")
+        with torch.no_grad():
+            got = model.forward_logits(ids)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+    # The loop and the documents change the output: each case checks a path of its own.
+    lg = fx["logits"]
+    assert (lg["causal_loop1"] - lg["causal_loop0"]).abs().max() > 1e-2
+    assert (lg["docs_loop0"] - lg["causal_loop0"]).abs().max() > 1e-2
