@@ -66,7 +66,7 @@ class ModelConfig:
     embed_dtype: Literal["fp32", "bf16"] = _f(
         "fp32", "storage of tok_emb / bigram / VE tables in training; bf16 is what records "
                 "#549/#1128 ran (their model is cast to bf16), fp32 keeps small updates")
-    # ---- frontier switches (issue 13); each is off by default ----
+    # ---- frontier switches; each is off by default ----
     bos_id: int = _f(1, "BOS token id (the challenge tokenizers' 1): where documents start, for the "
                         "SmearGate BOS fix and document-masked attention")
     num_loops: int = _f(0, "depth recurrence: extra passes over blocks loop_start..loop_end (#1344; #1855 "
@@ -214,7 +214,7 @@ class QuantConfig:
         "compressed", "counted train_gpt.py: compressed = minified + LZMA + base85 self-extracting, readable "
                       "file beside it (records #1394 on; ~4x fewer code bytes); plain = readable; minified = "
                       "no comments, docstrings, annotations")
-    # ---- frontier compression (issue 12): full GPTQ, SDClip, mixed widths, LQER, layouts ----
+    # ---- frontier compression: full GPTQ, SDClip, mixed widths, LQER, layouts ----
     clip_rule: Literal["quantile", "sdclip"] = _f(
         "quantile", "per-row clip of gptq_lite/gptq: quantile = search among |w| quantiles (GPTQ-lite); "
                     "sdclip = k x row std (#1394), which narrows the codes LZMA sees")
@@ -314,10 +314,10 @@ class EvalConfig:
     slot_wd: float = _f(1e-8, "SLOT AdamW weight decay")
     slot_eps: float = _f(1e-5, "SLOT AdamW epsilon")
     slot_bias: bool = _f(False, "causal SLOT also fits a per-window logit bias (a learned unigram cache "
-                                "of the document so far; issue 15)")
+                                "of the document so far)")
     slot_bias_lr: float = _f(0.01, "AdamW learning rate of the causal SLOT logit bias")
     slot_carry: bool = _f(False, "causal SLOT state persists across windows of a document, refitted "
-                                 "only on scored targets and reset at BOS (issue 15)")
+                                 "only on scored targets and reset at BOS")
     slot_carry_steps: int = _f(2, "AdamW steps refitting the carried state on each batch's newly scored targets")
     slot_bos_id: int = _f(1, "token id starting a document (the challenge tokenizer's BOS): causal SLOT "
                              "fits and carries state within one document; -1 = ignore documents")

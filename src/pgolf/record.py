@@ -19,6 +19,7 @@ from typing import Any
 from pgolf.bundle.build import shipped_files
 from pgolf.config_tree import Config
 from pgolf.errors import PgolfError
+from pgolf.eval.runner import EvalMode
 from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact_header
 from pgolf.runfolder import RUN_ARTIFACT, RUN_CONFIG, RUN_LOG, RUN_METRICS, RUN_PLOTS, open_run
 
@@ -90,7 +91,10 @@ def _submission(metrics: dict[str, Any], cfg: Config, report: dict[str, Any], na
 
 def record_slot_noncausal(eval_mode: str) -> bool:
     """True for eval modes that use the published batch SLOT (fitted on the tokens it scores)."""
-    return "+slot" in f"+{eval_mode}" and "causal" not in eval_mode
+    try:
+        return EvalMode.parse(eval_mode).slot == "batch"
+    except PgolfError:  # a name from a newer pgolf: judged by its spelling
+        return "+slot" in f"+{eval_mode}" and "causal" not in eval_mode
 
 
 def _verdict(sub: dict[str, Any]) -> str:

@@ -258,7 +258,7 @@ def resume_edits(cfg: Config, blob: dict, config_file: Path) -> list[str]:
     if unsafe:
         raise TrainingError(f"{config_file} was edited after the checkpoint ({', '.join(unsafe)}): a resume continues "
                             "the run as it was trained; undo the edit, or start a new run with --out (nothing was changed)")
-    return [f"config.toml edits applied on resume: {', '.join(fields)}"] if fields else []
+    return [f"{RUN_CONFIG} edits applied on resume: {', '.join(fields)}"] if fields else []
 
 
 def resume_config(out_dir: str) -> Config:

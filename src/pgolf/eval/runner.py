@@ -24,7 +24,7 @@ EVAL_MODE_BASES: dict[str, tuple[bool, str]] = {
     "plain": (False, "off"), "sliding": (True, "off"), "ttt": (True, "global"),
     "lora-ttt": (False, "lora"), "phased-ttt": (False, "phased"),
 }
-# SLOT name -> (eval.slot_mode, slot_carry, slot_bias); the causal variants are issue 15's.
+# SLOT name -> (eval.slot_mode, slot_carry, slot_bias); the causal variants fit on scored targets only.
 EVAL_MODE_SLOTS: dict[str, tuple[str, bool, bool]] = {
     "slot": ("batch", False, False), "causal-slot": ("causal", False, False),
     "causal-slot-carry": ("causal", True, False), "causal-slot-bias": ("causal", False, True),
