@@ -26,7 +26,18 @@ def _use_embedded_corpus(cfg: Config, log=print) -> None:
     if cfg.data.path:
         return
     from pgolf.data.corpus import prepare_embedded_corpus
+    from pgolf.data.paths import corpus_cache_root
     from pgolf.dist import init_comm
+    root = corpus_cache_root(cfg.data.cache_dir)
+    try:
+        os.makedirs(root, exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK)
+    except OSError as e:
+        raise ConfigError(f"cannot create the data cache {root} ({e.strerror}): set PGOLF_CACHE or "
+                          "data.cache_dir to a writable folder") from None
+    if not writable:
+        raise ConfigError(f"the data cache {root} is not writable: set PGOLF_CACHE or data.cache_dir to a "
+                          "writable folder")
     comm = init_comm(cfg.run.device)
     info = None
     if comm.rank == 0:

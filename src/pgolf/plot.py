@@ -311,8 +311,14 @@ def plot_runs(run_dirs: list[str], out: str | Path | None = None) -> list[Path]:
         raise PlotError("no run folders given; pass at least one folder written by pgolf train")
     histories = [load_run_history(r) for r in run_dirs]
     label_runs(histories, [run_config(Path(r)) for r in run_dirs])
-    if out is None:
-        curves = Path(run_dirs[0]) / RUN_PLOTS / PLOT_CURVES if len(run_dirs) == 1 else Path("runs_curves.png")
+    if out is None and len(run_dirs) == 1:
+        folder = Path(run_dirs[0]) / RUN_PLOTS
+        if folder.is_symlink():  # a run's own plots stay inside the run folder
+            raise PlotError(f"{folder} is a symbolic link: pgolf writes a run's plots only into a real folder; "
+                            "remove the link or pass --out (nothing was written)")
+        curves = folder / PLOT_CURVES
+    elif out is None:
+        curves = Path("runs_curves.png")
     else:
         curves = Path(out)
     budget = curves.with_name(PLOT_BUDGET if out is None and len(run_dirs) == 1 else f"{curves.stem}_budget.png")

@@ -20,8 +20,21 @@ from pgolf.bundle.build import shipped_files
 from pgolf.config_tree import Config
 from pgolf.errors import PgolfError
 from pgolf.eval.runner import EvalMode
-from pgolf.quant.artifact import CHALLENGE_LIMIT_BYTES, budget_report, check_budget, read_artifact_header
-from pgolf.runfolder import RUN_ARTIFACT, RUN_CONFIG, RUN_LOG, RUN_METRICS, RUN_PLOTS, open_run
+from pgolf.quant.artifact import (
+    CHALLENGE_LIMIT_BYTES,
+    budget_report,
+    check_budget,
+    read_artifact_header,
+)
+from pgolf.runfolder import (
+    RUN_ARTIFACT,
+    RUN_CONFIG,
+    RUN_LOG,
+    RUN_METRICS,
+    RUN_PLOTS,
+    open_run,
+)
+from pgolf.runlog import parse_event
 
 RECORD_RUN_FILES = (RUN_METRICS, RUN_CONFIG, RUN_ARTIFACT, RUN_LOG)
 RECORD_RUN_COMMAND = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
@@ -45,9 +58,29 @@ def _version() -> str:
         return str(getattr(sys.modules.get("pgolf"), "__version__", "unknown"))
 
 
+def _stopped_reason(run: Path) -> str:
+    """The log's last `train_stopped` / `run_failed` event as "reason: message", when the run
+    has no metrics; "" otherwise."""
+    if (run / RUN_METRICS).is_file() or not (run / RUN_LOG).is_file():
+        return ""
+    last = ""
+    with open(run / RUN_LOG, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith(("event:train_stopped ", "event:run_failed ")):
+                last = line
+    if not last:
+        return ""
+    ev = parse_event(last.strip())
+    return ": ".join(v.replace("_", " ") for v in (ev.get("reason", ""), ev.get("message", "")) if v)
+
+
 def _check_run(run: Path) -> tuple[dict[str, Any], Config]:
     if not run.is_dir():
         raise RecordError(f"{run}: not a run folder; pass the folder `pgolf train --out` wrote")
+    stopped = _stopped_reason(run)
+    if stopped:
+        raise RecordError(f"{run}: the run stopped before it finished ({stopped}); only a finished run is "
+                          "exported: resume it (pgolf train --resume) or train again")
     view = open_run(run, needs=RECORD_RUN_FILES)
     metrics, where = view.metrics, run / RUN_METRICS
     if metrics.get("failed"):

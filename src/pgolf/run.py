@@ -4,6 +4,7 @@ metrics. The entry point of `pgolf train` and of a generated train_gpt.py (bundl
 import hashlib
 import math
 import os
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pgolf.config_tree import Config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.paths import ValData, load_val, resolve_data_paths
 from pgolf.dist import Comm, init_comm
-from pgolf.errors import TrainingError
+from pgolf.errors import PgolfError, TrainingError
 from pgolf.eval.final import final_evaluation
 from pgolf.hw import device_label, maybe_compile
 from pgolf.interrupts import RunInterrupted, stop_on_signals
@@ -267,7 +268,19 @@ def resume_config(out_dir: str) -> Config:
 
 def bundle_main(preset_text: str, code_path: str = "", shipped_parts: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Entry point of a generated train_gpt.py: preset defaults, reference env vars on top;
-    refuses a config that needs an optional part the file was generated without."""
+    refuses a config that needs an optional part the file was generated without. A user
+    error ends the process with one line on stderr and status 2 (PGOLF_TRACEBACK=1 shows it
+    all), as `pgolf train` does."""
+    try:
+        return _bundle_run(preset_text, code_path, shipped_parts)
+    except PgolfError as e:
+        if os.environ.get("PGOLF_TRACEBACK"):
+            raise
+        print(f"train_gpt.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + e.signum if isinstance(e, RunInterrupted) else 2) from None
+
+
+def _bundle_run(preset_text: str, code_path: str, shipped_parts: tuple[str, ...] | None) -> dict[str, Any]:
     cfg = Config()
     apply_mapping(cfg, tomllib.loads(preset_text), "bundled preset")
     warnings = apply_env(cfg, dict(os.environ))

@@ -87,6 +87,11 @@ class RunFolder:
     def claim_new(cls, path: str | Path, writer: bool = True) -> "RunFolder":
         """Claim `path` for a new run, refusing anything that is not ours to overwrite."""
         p = Path(path)
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:  # the log, the config and the metrics name the folder in UTF-8
+            raise TrainingError(f"--out {ascii(str(p))} is not valid UTF-8: choose a folder name in UTF-8 "
+                                "(nothing was changed)") from None
         if p.exists() and not p.is_dir():
             raise TrainingError(f"--out {p} is a file, not a folder: choose a folder path for the run")
         created = False

@@ -1,5 +1,6 @@
 """Plain-text run logs: one `key:value key:value` line per event, readable and parseable."""
 
+import errno
 import json
 import os
 import time
@@ -40,7 +41,7 @@ class RunLog:
         self.enabled = enabled
         self.echo = echo
         self.stream = stream  # None = stdout; commands whose stdout is data pass sys.stderr
-        self.fh = open(path, "a", encoding="utf-8") if (path and enabled) else None
+        self.fh = _open_append(path) if (path and enabled) else None
         self.sinks = list(sinks) if enabled else []
 
     def line(self, text: str) -> None:
@@ -82,6 +83,16 @@ class RunLog:
                 getattr(sink, "close", lambda: None)()
             except Exception:  # noqa: BLE001 - the run's own files are already safe
                 pass
+
+
+def _open_append(path: str):
+    """Open a log for appending, never through a symbolic link (it could point anywhere)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        why = "it is a symbolic link; replace it with a real file" if e.errno == errno.ELOOP else e.strerror
+        raise AtomicWriteError(f"cannot open log {path}: {why} (nothing was written)", path, e.errno) from None
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -42,6 +42,9 @@ def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
                             "folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     train_glob = os.path.join(d.path, d.train_pattern)
     val_glob = os.path.join(d.path, d.val_pattern)
+    if not glob.glob(val_glob):  # said before the tokenizer search, which would blame the tokenizer
+        raise TrainingError(f"data.path {d.path} holds no validation shards ({d.val_pattern}): set DATA_PATH "
+                            "(or --set data.path=DIR) to the folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     tok = d.tokenizer_path or find_tokenizer(d.path, cfg.model.vocab_size, val_glob)
     return train_glob, val_glob, tok
 
