@@ -122,7 +122,8 @@ def test_integer_enum_from_env_is_refused_naming_the_field():
 
 # Values that are only valid together with another setting (checked by a cross-field rule).
 ENUM_COMPANIONS = {("quant.clip_weighting", "hessian"): ["quant.matrix_method=gptq"],
-                   ("data.packing", "stream"): ["model.doc_mask=true"]}
+                   ("data.packing", "stream"): ["model.doc_mask=true"],
+                   ("schedule.warmdown_mode", "time"): ["run.max_wallclock_seconds=300"]}
 
 
 @pytest.mark.parametrize("key, value", [(k, v) for k, vs in sorted(literal_fields().items()) for v in vs])
@@ -221,7 +222,7 @@ def test_cross_field_rule(sets, key, why):
     ["eval.stride=256"], ["eval.seq_len=8192", "eval.max_tokens=0"],  # no RoPE limit on the eval window
     ["model.model_dim=136", "model.num_heads=4"], ["model.num_kv_heads=4"], ["model.num_kv_heads=1"],
     ["eval.ttt_freeze_blocks=4"], ["quant.matrix_bits=16", "quant.embed_bits=16"],
-    ["schedule.warmdown_mode=time"], ["quant.compressor=zstd", "quant.level=22"],
+    ["schedule.warmdown_mode=time", "run.max_wallclock_seconds=300"], ["quant.compressor=zstd", "quant.level=22"],
 ])
 def test_edges_that_work_are_accepted(sets):
     resolve_config("smoke", None, {}, sets)

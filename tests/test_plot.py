@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pgolf.config import config_to_toml, resolve_config, shippable_config
-from pgolf.plot import CURVE_PANELS, draw_budget, draw_curves, label_runs, parse_run_history, plot_runs, write_run_plots
+from pgolf.plot import (CURVE_PANELS, draw_budget, draw_curves, label_runs, parse_run_history, plot_runs, stopped_early,
+                        write_run_plots)
 
 pytest.importorskip("matplotlib", reason="plots need the pgolf[plot] extra (matplotlib)")
 
@@ -115,7 +116,8 @@ def test_plots_of_a_real_smoke_run(embedded_corpus, tmp_path):
     assert sorted(h.val) == sorted(vals) and len(vals) >= 2
     assert len(h.ttt) == 4  # 512 val tokens in chunks of 128
     counts = _lines(draw_curves([h]))
-    assert counts == {label: (2 if label == "schedule" else 1) for label, *_ in CURVE_PANELS}
+    # val_bpb: the validation curve and the final score (a star at the last step).
+    assert counts == {label: (2 if label in ("schedule", "val_bpb") else 1) for label, *_ in CURVE_PANELS}
     # The byte groups come from model.ptz and add up to it (each group's share, rounded).
     groups = dict(h.groups)
     assert {"embedding", "attention", "mlp"} <= set(groups)
@@ -148,3 +150,23 @@ def test_bundled_script_runs_without_matplotlib_or_trackers(embedded_corpus, tmp
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
     assert metrics["steps"] == 2
+
+
+def test_the_final_score_and_an_early_stop_are_drawn() -> None:
+    """A run with no validation during training still shows its final val_bpb, and a run
+    that stopped before its planned steps says so on both figures."""
+    log = "\n".join(["step:1/300 train_loss:6.9 train_time:10ms step_avg:10.00ms",
+                     "step:5/300 train_loss:6.5 train_time:50ms step_avg:10.00ms",
+                     "event:train_done reason:wallclock_cap steps:5 planned:300 stopped_early:True train_time_s:300",
+                     "event:quant_round_trip pre_quant_val_bpb:4.3625 post_quant_val_bpb:4.3654 "
+                     "quant_penalty_bpb:0.0029",
+                     "event:final val_loss:6.9 val_bpb:4.3654 mode:plain legal:True tokens:2048 bytes:4000"])
+    h = parse_run_history(log, "busy")
+    assert stopped_early(h) == "stopped at 5 of 300 steps (wallclock_cap)"
+    curves = draw_curves([h])
+    assert _lines(curves)["val_bpb"] == 1 and "stopped at 5 of 300" in curves._suptitle.get_text()
+    budget = draw_budget([h])
+    qa = next(a for a in budget.axes if a.get_label() == "quant_penalty")
+    assert qa.get_ylim()[0] == 0 and "+0.0029" in qa.get_title()
+    assert "stopped at 5 of 300" in budget._suptitle.get_text()
+    assert stopped_early(parse_run_history(log.replace("steps:5 planned:300", "steps:300 planned:300"))) == ""

@@ -220,7 +220,7 @@ def test_a_non_utf8_out_is_one_line(tmp_path):
 def test_a_data_folder_without_shards_says_so(tmp_path):
     from pgolf.data.paths import resolve_data_paths
     cfg, _ = resolve_config("smoke", None, {}, [f"data.path={tmp_path}"])
-    with pytest.raises(TrainingError, match="holds no validation shards"):
+    with pytest.raises(TrainingError, match="holds no shards"):
         resolve_data_paths(cfg)
 
 

@@ -83,8 +83,11 @@ def cmd_train(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         from pgolf.plot import write_run_plots
         write_run_plots(metrics["out_dir"], warn=lambda m: print(m, file=sys.stderr))
+        from pgolf.run import stopped_note
         print(f"val_bpb:{metrics['val_bpb']:.6f} val_loss:{metrics['val_loss']:.6f} "
-              f"artifact_bytes:{metrics['artifact_bytes']} legal:{metrics['legal']}")
+              f"artifact_bytes:{metrics['artifact_bytes']} legal:{metrics['legal']} "
+              f"train_time_s:{metrics['train_time_s']:.1f} wall_time_s:{metrics['wall_time_s']:.1f}"
+              f"{stopped_note(metrics)}")
     return 0
 
 
@@ -139,12 +142,18 @@ def cmd_info(args) -> int:
     cfg, warnings = _config_from_args(args)
     with torch.device("meta"):
         params = count_params(GPT(cfg.model))
+    from pgolf.eval.runner import EvalMode
+    mode = EvalMode.of(cfg.eval)
     info = {"preset": args.preset or "smoke", "params": params, "code_form": cfg.quant.code_form,
-            "code_bytes": bundle_code_bytes(cfg), "config": config_to_dict(cfg), "warnings": warnings}
+            "code_bytes": bundle_code_bytes(cfg), "eval_mode": mode.name, "eval_causal": mode.causal,
+            "config": config_to_dict(cfg), "warnings": warnings}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(f"preset: {info['preset']}\nparams: {params:,}\ncode bytes: {info['code_bytes']:,} ({cfg.quant.code_form})")
+        verdict = ("causal" if mode.causal else "NON-CAUSAL: batch SLOT fits its delta on the targets it scores, "
+                   "so the result is not a legal record score")
+        print(f"eval mode: {mode.name} ({verdict})")
         for sec, values in info["config"].items():
             print(f"[{sec}] " + " ".join(f"{k}={v}" for k, v in values.items()))
         for w in warnings:

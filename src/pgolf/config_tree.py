@@ -367,6 +367,8 @@ class RunConfig:
         600.0, "a collective waiting longer fails the rank with an error instead of hanging (a peer died)")
     trackers: str = _f("", "comma-separated trackers fed the log's scalars (tensorboard, wandb), for "
                            "dashboards beside log.txt; empty = none; never part of a bundled run")
+    keep_checkpoints: bool = _f(False, "keep the resumable checkpoints once the run has finished (they "
+                                       "only serve --resume; a finished run removes them)")
 
 
 @dataclass

@@ -202,6 +202,11 @@ def draw_curves(histories: list[RunHistory]):
         s, bpb = h.column(h.val, "val_bpb")
         if s:
             ax["val_bpb"].plot(s, bpb, marker="o", **kw)
+        final, last = _event_float(h, "final", "val_bpb"), _event_float(h, "train_done", "steps")
+        if final is not None:  # the run's score, after quantization and its eval mode
+            mode = h.events["final"].get("mode", "")
+            ax["val_bpb"].plot([last or (s[-1] if s else 0.0)], [final], marker="*", markersize=12, linestyle="",
+                               **{**kw, "label": f"{kw['label']} final ({mode})"})
         for key, style in (("lr_mult", "-"), ("momentum", "--")):
             s, v = h.column(h.train, key)
             if s:
@@ -220,8 +225,24 @@ def draw_curves(histories: list[RunHistory]):
     modes = sorted({h.ttt_mode for h in histories if h.ttt})
     if modes:
         ax["ttt_bpb"].set_title(f"TTT running bpb ({', '.join(modes)})", fontsize=10)
+    _stopped_title(fig, histories)
     _legend(fig, histories)
     return fig
+
+
+def stopped_early(h: RunHistory) -> str:
+    """"stopped at S of N steps (reason)" when the run's log says it made fewer steps than planned."""
+    done = h.events.get("train_done", {})
+    steps, planned = _float(done.get("steps", "")), _float(done.get("planned", ""))
+    if steps is None or planned is None or steps >= planned:
+        return ""
+    return f"stopped at {steps:.0f} of {planned:.0f} steps ({done.get('reason', '?')})"
+
+
+def _stopped_title(fig, histories: list[RunHistory]) -> None:
+    notes = [f"{h.label or h.name}: {note}" for h in histories if (note := stopped_early(h))]
+    if notes:
+        fig.suptitle("; ".join(notes), color="C3", fontsize=10)
 
 
 def _legend(fig, histories: list[RunHistory]) -> None:
@@ -256,11 +277,19 @@ def draw_budget(histories: list[RunHistory]):
             values += ys
     qa.set_xticks([j + width * (len(histories) - 1) / 2 for j in range(len(stages))], [s[0] for s in stages])
     if values:
-        pad = max((max(values) - min(values)) * 0.5, 0.01)
-        qa.set_ylim(min(values) - pad, max(values) + pad)
+        # From zero, so a small penalty looks small; the values and the penalty are written out.
+        qa.set_ylim(0, max(values) * 1.15)
+        for bar in qa.patches:
+            qa.annotate(f"{bar.get_height():.4f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+        pens = [(h.label or h.name, _event_float(h, "quant_round_trip", "quant_penalty_bpb")) for h in histories]
+        pens = [f"{n}: {p:+.4f}" if len(histories) > 1 else f"{p:+.4f}" for n, p in pens if p is not None]
+        if pens:
+            qa.set_title(f"quantization penalty (bpb): {', '.join(pens)}", fontsize=10)
     else:
         _empty(qa, "quantization round trip")
     _bytes(ba, histories)
+    _stopped_title(fig, histories)
     _legend(fig, histories)
     return fig
 

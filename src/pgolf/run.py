@@ -142,6 +142,8 @@ def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
         raise
     log.close()
     spec.folder.mark("done")
+    if not spec.cfg.run.keep_checkpoints:
+        spec.folder.remove_checkpoints(spec.comm.rank)
     spec.folder.release()
     return metrics
 
@@ -202,8 +204,12 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
         why = "signal" if isinstance(e, RunInterrupted) else "error"
         log.event(event="train_stopped", reason=why, step=st.step, message=str(e).replace(" ", "_"))
         raise
-    log.event(event="train_done", reason=reason, steps=st.step, train_time_s=round(st.train_ms / 1000, 2),
+    stopped_early = st.step < cfg.run.iterations
+    log.event(event="train_done", reason=reason, steps=st.step, planned=cfg.run.iterations,
+              stopped_early=stopped_early, train_time_s=round(st.train_ms / 1000, 2),
               swa_snapshots=swa.count if swa else 0)
+    if stopped_early:
+        log.event(event="warning", message=f"training_stopped_at_step_{st.step}_of_{cfg.run.iterations}_({reason})")
     state, label, flat = export_weights(model, ema, swa, cfg, log)
     # Saved before anything can fail in quantization or compression: the trained weights
     # survive an export error or an over-budget refusal.
@@ -216,7 +222,8 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
                           device, log, spec.auditor)
     avg_ms = st.train_ms / max(st.step, 1)
     metrics = {
-        **ev, **exported.metrics(), "steps": st.step, "stop_reason": reason, "train_time_s": st.train_ms / 1000.0,
+        **ev, **exported.metrics(), "steps": st.step, "steps_planned": cfg.run.iterations,
+        "stopped_early": stopped_early, "stop_reason": reason, "train_time_s": st.train_ms / 1000.0,
         "step_avg_ms": avg_ms, "tokens_per_s": cfg.run.train_batch_tokens / max(avg_ms, 1e-9) * 1000.0,
         "world_size": comm.world_size, "device": device_label(device), "params": count_params(model),
         "config_hash": config_hash(cfg), "seed": cfg.run.seed, "data_path": cfg.data.path,
@@ -262,6 +269,13 @@ def resume_edits(cfg: Config, blob: dict, config_file: Path) -> list[str]:
     return [f"{RUN_CONFIG} edits applied on resume: {', '.join(fields)}"] if fields else []
 
 
+def stopped_note(metrics: dict[str, Any]) -> str:
+    """" stopped_early:S/N(reason)" for a run's summary line when it did not make its planned steps."""
+    if not metrics.get("stopped_early"):
+        return ""
+    return f" stopped_early:{metrics['steps']}/{metrics['steps_planned']}({metrics['stop_reason']})"
+
+
 def resume_config(out_dir: str) -> Config:
     return open_run(out_dir, needs=(RUN_CONFIG,)).config
 
@@ -298,5 +312,5 @@ def _bundle_run(preset_text: str, code_path: str, shipped_parts: tuple[str, ...]
     code_bytes = os.path.getsize(code_path) if code_path else 0
     metrics = train(cfg, code_bytes=code_bytes, warnings=warnings, code_files=code_files)
     print(f"val_bpb:{metrics['val_bpb']:.8f} val_loss:{metrics['val_loss']:.8f} "
-          f"artifact_bytes:{metrics['artifact_bytes']}", flush=True)
+          f"artifact_bytes:{metrics['artifact_bytes']}{stopped_note(metrics)}", flush=True)
     return metrics

@@ -204,6 +204,12 @@ class RunFolder:
         if self.writer:
             atomic_write(self.final_state, lambda f: torch.save(flat, f))
 
+    def remove_checkpoints(self, rank: int) -> None:
+        """A finished run's checkpoints (each rank its own): they only serve --resume."""
+        ckpt = self.checkpoint(rank)
+        for path in (ckpt, ckpt.with_name(ckpt.name + ".prev")):
+            path.unlink(missing_ok=True)
+
     def write_artifact(self, blob: bytes) -> None:
         if self.writer:
             write_artifact(self.artifact, blob, overwrite=True)

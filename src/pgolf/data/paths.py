@@ -42,9 +42,6 @@ def resolve_data_paths(cfg: Config) -> tuple[str, str, str]:
                             "folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     train_glob = os.path.join(d.path, d.train_pattern)
     val_glob = os.path.join(d.path, d.val_pattern)
-    if not glob.glob(val_glob):  # said before the tokenizer search, which would blame the tokenizer
-        raise TrainingError(f"data.path {d.path} holds no validation shards ({d.val_pattern}): set DATA_PATH "
-                            "(or --set data.path=DIR) to the folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     tok = d.tokenizer_path or find_tokenizer(d.path, cfg.model.vocab_size, val_glob)
     return train_glob, val_glob, tok
 
@@ -59,6 +56,10 @@ def find_tokenizer(data_path: str, vocab_size: int, val_glob: str) -> str:
     if any(is_sidecar(f) for f in glob.glob(val_glob)):
         candidates += sorted(glob.glob(os.path.join(tok_dir, f"*_{vocab_size}_bpe_*caseops*.model")))
     candidates += plain
+    if not candidates and not glob.glob(val_glob) and not glob.glob(os.path.join(data_path, "*.bin")):
+        # A folder without shards is the wrong folder, whatever the tokenizer search says.
+        raise TrainingError(f"data.path {data_path} holds no shards ({os.path.basename(val_glob)}): set DATA_PATH "
+                            "(or --set data.path=DIR) to the folder holding fineweb_train_*.bin / fineweb_val_*.bin")
     if not candidates:
         raise TrainingError(f"no tokenizer found beside {data_path}: set TOKENIZER_PATH "
                             "(or --set data.tokenizer_path=FILE)")

@@ -8,7 +8,7 @@ from pgolf.config_tree import Config
 from pgolf.data.paths import ValData
 from pgolf.dist import Comm
 from pgolf.eval.bpb import eval_plain
-from pgolf.eval.runner import evaluate
+from pgolf.eval.runner import EvalMode, evaluate
 from pgolf.model.build import model_from_state
 from pgolf.quant.export import load_round_trip
 from pgolf.runlog import RunLog
@@ -19,6 +19,11 @@ def plain_whole_batch_windows(cfg: Config) -> int:
     (the record's VAL_BATCH_TOKENS / (world * grad_accum) / seq_len), else 0 (score all)."""
     ec = cfg.eval
     return ec.batch_tokens // (cfg.run.accum_world * ec.seq_len) if ec.plain_whole_batches else 0
+
+
+def _tagged(log: RunLog, phase: str) -> Callable[[str], None]:
+    """log.line with `phase:NAME` appended, so a reader tells the evals of one run apart."""
+    return lambda text: log.line(f"{text} phase:{phase}")
 
 
 def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm: Comm, device,
@@ -34,17 +39,25 @@ def final_evaluation(cfg: Config, state: dict, artifact: str, val: ValData, comm
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     whole = plain_whole_batch_windows(cfg)
-    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line,
-                        whole_batch_windows=whole)
+    # Each eval's progress lines name what they measure: three evals can run on the same tokens.
+    before = eval_plain(pre, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device,
+                        _tagged(log, "pre_quant"), whole_batch_windows=whole)
     del pre
     model = load_round_trip(artifact, cfg, device)
-    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device, log.line,
-                       whole_batch_windows=whole)
+    after = eval_plain(model, val.tokens, ec.seq_len, ec.batch_tokens, val.tables, comm, device,
+                       _tagged(log, "post_quant"), whole_batch_windows=whole)
     phases["quant_check_s"] = time.perf_counter() - t0
     log.event(event="quant_round_trip", pre_quant_val_bpb=round(before["val_bpb"], 5),
               post_quant_val_bpb=round(after["val_bpb"], 5),
               quant_penalty_bpb=round(after["val_bpb"] - before["val_bpb"], 5))
-    res = evaluate(model, val.tokens, val.tables, ec, comm, device, log.line, compile=cfg.model.compile)
+    mode = EvalMode.of(ec)
+    if mode.name == "plain" and whole == 0 and not cfg.model.compile:
+        # The configured mode is the plain eval just run on the same model, tokens and windows.
+        log.line("eval:final mode:plain is the post_quant eval above (same model, tokens and windows): not run again")
+        res = {**after, "mode": mode.name, "causal": mode.causal, "eval_seconds": after["seconds"]}
+    else:
+        res = evaluate(model, val.tokens, val.tables, ec, comm, device, _tagged(log, "final"),
+                       compile=cfg.model.compile)
     phases["final_eval_s"] = res["eval_seconds"]
     phases.update({f"ttt_{k}": res[k] for k in ("score_seconds", "train_seconds") if k in res})
     out = {"val_loss": res["val_loss"], "val_bpb": res["val_bpb"], "eval_mode": res["mode"],
