@@ -35,6 +35,13 @@ def compute_autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """t as float32, or as it is when already float64: the legality audit runs a float64 copy
+    of the model, and a cast to float32 anywhere on its path would round its NLLs back to
+    float32 ulps (everything else computes in float32 or below, where this is `.float()`)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def fa3_function():
     """FlashAttention-3's `flash_attn_func` when installed (Hopper only), else None."""
     try:
