@@ -128,8 +128,10 @@ class AuditReport:
             lines.append(f"audit mode={self.mode} self_test: batch SLOT caught with margin="
                          f"{self.self_test_margin:.3g}x (required >= {SELF_TEST_MARGIN:g}x)")
         if self.normalized != "n/a":
-            lines.append(f"audit mode={self.mode} normalization: |sum p - 1|={self.norm_deviation:.2e} "
-                         f"tolerance={self.norm_tol:.1e} margin={self.norm_deviation / self.norm_tol:.3g}x")
+            dev, tol = self.norm_deviation, self.norm_tol
+            lines.append(f"audit mode={self.mode} normalization: " + (
+                f"margin={dev / tol:.3g}x (|sum p - 1|={dev:.2e} / tolerance={tol:.1e})" if self.normalized == "FAIL"
+                else f"|sum p - 1|={dev:.2e} <= tolerance={tol:.1e}"))
         return "\n".join(lines)
 
 
