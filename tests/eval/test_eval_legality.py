@@ -229,3 +229,10 @@ def test_normalization_catches_batch_slot_on_a_briefly_trained_model(briefly_tra
     assert report.normalized == "FAIL" and report.norm_deviation >= 100 * report.norm_tol, report.summary()
     ok = audit(model, val.tokens, "sliding", ecfg, val.tables, self_test=False)
     assert ok.normalized == "PASS" and ok.norm_deviation <= ok.norm_tol, ok.summary()
+
+
+def test_perturb_future_changes_every_token_from_j_on_and_none_before():
+    toks = make_tokens(100)
+    pert = legality.perturb_future(toks, 40, 32)
+    assert torch.equal(pert[:40], toks[:40]) and bool((pert[40:] != toks[40:]).all())
+    assert int(pert.max()) < 32 and torch.equal(pert, legality.perturb_future(toks, 40, 32))
