@@ -36,9 +36,8 @@ def compute_autocast(device: torch.device):
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """t as float32, or as it is when already float64: the legality audit runs a float64 copy
-    of the model, and a cast to float32 anywhere on its path would round its NLLs back to
-    float32 ulps (everything else computes in float32 or below, where this is `.float()`)."""
+    # `.float()`, except that float64 stays: the legality audit's float64 model copy would
+    # otherwise get its NLLs rounded back to float32 ulps.
     return t if t.dtype == torch.float64 else t.float()
 
 
