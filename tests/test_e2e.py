@@ -129,7 +129,7 @@ def test_audit_cli_verdicts(baseline_run, embedded_corpus, mode, ok):
     res = subprocess.run([sys.executable, "-m", "pgolf", "audit", str(baseline_run), "--mode", mode],
                          env=env_for(), capture_output=True, text=True, timeout=300)
     assert (res.returncode == 0) == ok, res.stdout + res.stderr
-    assert "causality" in res.stdout
+    assert "causality" in res.stdout and "self_test=PASS" in res.stdout and "causality margin:" in res.stdout
 
 
 RECORD_TINY = ["--preset", "record_1128", "--set", "model.compile=false", "--set", "model.ve_layers=-1",

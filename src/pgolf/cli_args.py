@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain|sliding|ttt|slot|causal-slot|ttt+slot|ttt+causal-slot|lora-ttt|phased-ttt")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--normalization", action="store_true",
-                   help="also check every position's distribution sums to 1 (one eval per vocabulary id)")
+                   help="also check one target's probabilities over the vocabulary sum to 1, which a scorer "
+                        "reading its own target breaks (batch SLOT too, seen in float64); one eval per vocabulary id")
     p = sub.add_parser("info", help="resolved config and parameter count")
     _add_config_args(p)
     p.add_argument("--json", action="store_true")

@@ -35,6 +35,12 @@ def compute_autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    # `.float()`, except that float64 stays: the legality audit's float64 model copy would
+    # otherwise get its NLLs rounded back to float32 ulps.
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def fa3_function():
     """FlashAttention-3's `flash_attn_func` when installed (Hopper only), else None."""
     try:

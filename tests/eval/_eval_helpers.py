@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.hw import at_least_fp32
+
 VOCAB = 32
 
 
@@ -36,7 +38,7 @@ class TinyCausalLM(nn.Module):
         return x
 
     def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h).float()
+        return at_least_fp32(self.head(h))  # float64 in the legality audit
 
     def forward_logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.compute_logits(self.forward_hidden(ids))

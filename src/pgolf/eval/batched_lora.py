@@ -34,7 +34,7 @@ import torch
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, EvalProgress, ScoreRecorder, as_byte_tables, eval_emit_event,
                             val_tokens_tensor)
-from pgolf.hw import compute_autocast
+from pgolf.hw import at_least_fp32, compute_autocast
 from pgolf.model.attention import segment_starts
 
 # The adapters' A is drawn from a generator of its own, so the draws do not depend on what
@@ -163,7 +163,7 @@ def score_batch(work: torch.nn.Module, lora: SideAdapters, opt: torch.optim.Opti
         needs_train = any(ci < nc - 1 for nc in n_chunks)
         for step in range(ecfg.ttt_lora_steps if needs_train else 1):
             with torch.set_grad_enabled(needs_train), compute_autocast(device):
-                nll = work.token_nll(x, y).float()
+                nll = at_least_fp32(work.token_nll(x, y))
             if step == 0:
                 pos = torch.arange(width, device=device)[None]
                 o, l_ = off.to(device)[:, None], ln.to(device)[:, None]

@@ -15,7 +15,7 @@ import torch
 
 from pgolf.dist import Comm
 from pgolf.errors import PgolfError
-from pgolf.hw import compute_autocast
+from pgolf.hw import at_least_fp32, compute_autocast
 
 
 class EvalInputError(PgolfError, ValueError):
@@ -193,7 +193,7 @@ class EvalProgress:
 def plain_token_nll(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                     lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Default scorer: the model's own per-token NLL (lo/hi unused)."""
-    return model.token_nll(x, y).float()
+    return at_least_fp32(model.token_nll(x, y))
 
 
 def val_tokens_tensor(val_tokens: Any) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from pgolf.hw import maybe_compile
+from pgolf.hw import at_least_fp32, maybe_compile
 
 
 class Forwards:
@@ -48,4 +48,4 @@ class PlainScorer:
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        return self.forwards.get(model, "token_nll", x)(x, y).float()
+        return at_least_fp32(self.forwards.get(model, "token_nll", x)(x, y))

@@ -1,9 +1,11 @@
 """Legality audit: empirical checks of conditions 1, 3 and 4 for any eval mode.
 
 On a small slice of validation tokens (with a shrunken config so it runs in seconds):
-- causality (1): replace token j by another id and rerun the whole eval; no target at a
-  token position < j may change its NLL (target j itself is the replaced token, excluded).
-  Positions j include window and chunk boundaries, the first and the last token.
+- causality (1): replace every token from position j on by another id and rerun the whole
+  eval; no target at a token position < j may change its NLL (target j itself reads the
+  replaced token, excluded). Positions j include window and chunk boundaries, the first and
+  the last token. Replacing the whole future, not one token, moves a leak's NLL by orders of
+  magnitude more: batch SLOT's delta then sees many changed targets, not one of hundreds.
 - score_before_update (3, TTT modes): in the event log every trained range, and the token
   just before it (its first input), was scored earlier.
 - once (4): every target is scored exactly once.
@@ -12,9 +14,23 @@ On a small slice of validation tokens (with a shrunken config so it runs in seco
   turn; the probabilities exp(-NLL) of target j0 must sum to 1. A scorer whose
   distribution for token j0 looks at token j0 (a model peeking at its target, batch SLOT)
   breaks the sum. Costs one eval of ~j0 tokens per vocabulary id (normalization=False skips).
+  Batch SLOT breaks it only by what one target moves its delta, far below float32 rounding:
+  the float64 audit sees it (tested), a float32 one (precision="native") may not.
+
+The margin. The built-in evaluator runs on a float64 copy of the model on the CPU
+(precision="float64", the default): no autocast, no TF32, no bf16 kernels, and NLLs kept in
+float64 end to end (pgolf.hw.at_least_fp32). Rerunning the unchanged slice measures the
+noise (0 on CPU); the tolerance is max(atol, 4 * noise) with atol 1e-9 in float64 (1e-6 for
+precision="native", float32 NLLs), and the report gives each check's margin: for a FAIL
+max|dNLL| / tolerance, for a PASS the largest |dNLL| seen beside the tolerance.
+The self-test (self_test=True, the default with a model): batch SLOT, known to leak, goes
+through the same causality check on the same slice first (one base eval and one perturbed
+eval, at the middle position); unless it fails by >= SELF_TEST_MARGIN x the tolerance the
+audit's verdict is FAIL whatever the audited mode gave, so a broken check cannot pass a mode.
 Runs in one process (Comm()); the same model is reused, TTT copies it internally.
 """
 
+import copy
 import dataclasses
 import time
 from typing import Any, Callable
@@ -30,9 +46,36 @@ from pgolf.eval.sliding import plan_windows
 from pgolf.eval.ttt import ttt_chunk_bounds, ttt_chunk_windows
 
 
+SELF_TEST_MARGIN = 100.0  # batch SLOT must fail causality by at least this x the tolerance
+AUDIT_ATOL = {"float64": 1e-9, "native": 1e-6}  # NLL tolerance floor; float32 NLLs round at ~5e-7
+AUDIT_NORM_TOL = {"float64": 1e-9, "native": 1e-3}
+
+
+@dataclasses.dataclass
+class CausalityResult:
+    """One run of the causality check: verdict, where it failed, and the largest |dNLL| seen
+    at a target before the perturbed position, over every position checked."""
+
+    verdict: str
+    detail: str
+    max_delta: float
+    tolerance: float
+
+    @property
+    def margin(self) -> float:
+        return self.max_delta / self.tolerance if self.tolerance > 0 else float("inf")
+
+    def margin_text(self) -> str:
+        if self.verdict == "FAIL":
+            return f"margin={self.margin:.3g}x (max|dNLL|={self.max_delta:.2e} / tolerance={self.tolerance:.1e})"
+        return f"max|dNLL|={self.max_delta:.2e} <= tolerance={self.tolerance:.1e}"
+
+
 @dataclasses.dataclass
 class AuditReport:
-    """Verdicts are PASS, FAIL or n/a; details say where a check failed."""
+    """Verdicts are PASS, FAIL or n/a; details say where a check failed. self_test is the
+    batch-SLOT canary (FAIL there makes the whole audit FAIL), causality_max_delta the
+    largest |dNLL| the causality check saw, norm_deviation |sum p - 1| of the normalization check."""
 
     mode: str
     causality: str
@@ -48,11 +91,23 @@ class AuditReport:
     noise: float
     val_bpb: float
     causal_label: bool
+    precision: str = "native"
+    causality_max_delta: float = 0.0
+    self_test: str = "n/a"
+    self_test_detail: str = ""
+    self_test_margin: float = float("nan")
+    norm_deviation: float = float("nan")
+    norm_tol: float = 0.0
+
+    @property
+    def causality_margin(self) -> float:
+        """max|dNLL| / tolerance: > 1 is a FAIL; a defended FAIL is >= SELF_TEST_MARGIN."""
+        return self.causality_max_delta / self.tolerance if self.tolerance > 0 else float("inf")
 
     @property
     def ok(self) -> bool:
         return all(v != "FAIL" for v in (self.causality, self.once, self.score_before_update,
-                                          self.normalized))
+                                          self.normalized, self.self_test))
 
     def summary(self) -> str:
         def part(name: str, verdict: str, detail: str) -> str:
@@ -62,10 +117,21 @@ class AuditReport:
             part("causality", self.causality, self.causality_detail),
             part("once", self.once, self.once_detail),
             part("score_before_update", self.score_before_update, self.sbu_detail),
-            part("normalized", self.normalized, self.normalized_detail)))]
+            part("normalized", self.normalized, self.normalized_detail),
+            part("self_test", self.self_test, self.self_test_detail)))]
         lines.append(f"audit mode={self.mode} positions={self.positions} tolerance={self.tolerance:.1e} "
-                     f"noise={self.noise:.1e} slice_bpb={self.val_bpb:.6f} verdict="
+                     f"noise={self.noise:.1e} precision={self.precision} slice_bpb={self.val_bpb:.6f} verdict="
                      f"{'PASS' if self.ok else 'FAIL'}")
+        cause = CausalityResult(self.causality, "", self.causality_max_delta, self.tolerance)
+        lines.append(f"audit mode={self.mode} causality margin: {cause.margin_text()}")
+        if self.self_test != "n/a":
+            lines.append(f"audit mode={self.mode} self_test: batch SLOT caught with margin="
+                         f"{self.self_test_margin:.3g}x (required >= {SELF_TEST_MARGIN:g}x)")
+        if self.normalized != "n/a":
+            dev, tol = self.norm_deviation, self.norm_tol
+            lines.append(f"audit mode={self.mode} normalization: " + (
+                f"margin={dev / tol:.3g}x (|sum p - 1|={dev:.2e} / tolerance={tol:.1e})" if self.normalized == "FAIL"
+                else f"|sum p - 1|={dev:.2e} <= tolerance={tol:.1e}"))
         return "\n".join(lines)
 
 
@@ -151,27 +217,38 @@ class AuditProgress:
             self.log(f"audit:{self.phase} run:{done}/{self.total} eta:{el / done * (self.total - done):.1f}s")
 
 
+def perturb_future(tokens: torch.Tensor, j: int, vocab: int) -> torch.Tensor:
+    """A copy of tokens with every token from position j on replaced by a different id
+    (a seeded random non-zero shift, so reruns perturb identically)."""
+    pert = tokens.clone()
+    g = torch.Generator().manual_seed(j)
+    shift = torch.randint(1, max(vocab, 2), pert[j:].shape, generator=g).to(pert.device)
+    pert[j:] = (pert[j:] + shift) % vocab
+    return pert
+
+
 def _audit_causality(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, base: np.ndarray,
                      positions: list, vocab: int, tol: float,
-                     progress: Callable | None = None) -> tuple[str, str]:
+                     progress: Callable | None = None) -> CausalityResult:
+    """Every position is checked (a FAIL's margin is the worst leak, not the first one found)."""
     prog = AuditProgress(progress, "causality", len(positions))
+    worst, first = 0.0, ""
     for k, j in enumerate(positions, start=1):
-        pert = tokens.clone()
-        pert[j] = (int(pert[j]) + 1) % vocab
-        nll, _, _, _ = _audit_run(eval_fn, pert, cfg)
+        nll, _, _, _ = _audit_run(eval_fn, perturb_future(tokens, j, vocab), cfg)
         # Targets at token positions < j are target indices < j - 1.
         diff = np.abs(nll[:j - 1] - base[:j - 1])
         prog.step(k)
+        worst = max(worst, float(diff.max()) if diff.size else 0.0)
         bad = np.nonzero(diff > tol)[0]
-        if bad.size:
+        if bad.size and not first:
             i = int(bad[0])
-            return "FAIL", (f"j={j}, first changed position {i + 1} < j, |dNLL|={diff[i]:.2e}, "
-                            f"{bad.size} earlier positions changed")
-    return "PASS", ""
+            first = (f"j={j}, first changed position {i + 1} < j, |dNLL|={diff[i]:.2e}, "
+                     f"{bad.size} earlier positions changed")
+    return CausalityResult("FAIL" if first else "PASS", first, worst, tol)
 
 
 def _audit_normalized(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, vocab: int,
-                      tol: float, progress: Callable | None = None) -> tuple[str, str]:
+                      tol: float, progress: Callable | None = None) -> tuple[str, str, float]:
     # Past the first window (and first TTT chunk) so SLOT deltas and TTT updates are in play;
     # one token after j0 is kept so token j0 is also an input (a model could peek at it).
     base = cfg.ttt_chunk_tokens if cfg.ttt_enabled else cfg.seq_len
@@ -184,22 +261,64 @@ def _audit_normalized(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, 
         nll, _, _, _ = _audit_run(eval_fn, cut, cfg)
         total += float(np.exp(-nll[j0 - 1]))
         prog.step(a + 1)
-    if abs(total - 1.0) > tol:
-        return "FAIL", f"j={j0}: probabilities of all {vocab} ids sum to {total:.6f}, not 1"
-    return "PASS", ""
+    dev = abs(total - 1.0)
+    if dev > tol:
+        return "FAIL", f"j={j0}: probabilities of all {vocab} ids sum to {total:.12f}, not 1", dev
+    return "PASS", "", dev
+
+
+def audit_model_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of the model on the CPU, with plain SDPA attention (no bf16-only FA3)."""
+    twin = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
+    if hasattr(twin, "attn_backend"):
+        twin.attn_backend = "sdpa"
+    return twin
+
+
+def self_test_config(cfg: EvalConfig) -> EvalConfig:
+    """The audited slice's config switched to batch SLOT (at least one step, a non-zero rate)."""
+    slot = EvalMode.parse("slot").eval_config(cfg)
+    return dataclasses.replace(slot, slot_steps=max(slot.slot_steps, 1), slot_lr=slot.slot_lr or 0.003)
+
+
+def _audit_self_test(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, vocab: int,
+                     tol: float) -> tuple[str, str, float]:
+    """Batch SLOT through the same causality check; FAIL unless caught by >= SELF_TEST_MARGIN."""
+    scfg = self_test_config(cfg)
+    n = tokens.numel() - 1
+    base, _, _, _ = _audit_run(eval_fn, tokens, scfg)
+    res = _audit_causality(eval_fn, tokens, scfg, base, [max(2, n // 2)], vocab, tol)
+    if res.verdict == "FAIL" and res.margin >= SELF_TEST_MARGIN:
+        return "PASS", "", res.margin
+    return "FAIL", (f"the causality check caught known-leaky batch SLOT by only {res.margin:.3g}x the "
+                    f"tolerance (needs >= {SELF_TEST_MARGIN:g}x): no verdict of this audit can be trusted"), res.margin
 
 
 def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfig, tables: Any,
           device: torch.device | str = "cpu", eval_fn: Callable | None = None,
-          positions: list | None = None, vocab_size: int = 0, atol: float = 1e-6,
-          fast: bool = True, normalization: bool = True, norm_tol: float = 1e-3,
-          log: Callable | None = None, progress: Callable | None = None) -> AuditReport:
+          positions: list | None = None, vocab_size: int = 0, atol: float | None = None,
+          fast: bool = True, normalization: bool = True, norm_tol: float | None = None,
+          log: Callable | None = None, progress: Callable | None = None,
+          precision: str = "float64", self_test: bool = True) -> AuditReport:
     """Audit the mode named `mode` (one of EvalMode.names(): plain, sliding, ttt, slot, causal-slot,
     ...; the report shows the name as given) on the first ecfg.audit_tokens targets of tokens.
     eval_fn(tokens, cfg, recorder, events) -> dict replaces the built-in evaluator (model may
-    then be None). log gets the summary, progress the per-run lines with ETA."""
+    then be None; no float64 copy and no self-test then). precision "float64" evaluates a float64
+    CPU copy of the model (`device` is then unused), "native" the model as given on `device`.
+    self_test runs batch SLOT through the causality check first (module docstring). log gets
+    the summary, progress the per-run lines with ETA."""
+    if precision not in AUDIT_ATOL:
+        raise ValueError(f"audit precision must be one of {sorted(AUDIT_ATOL)}, got {precision!r}")
+    builtin = eval_fn is None
+    if builtin and precision == "float64":
+        model, device = audit_model_copy(model), torch.device("cpu")
+        tables = as_byte_tables(tables, device)
+    elif not builtin:
+        precision = "native"  # what a caller's evaluator computes in is its own business
     device = torch.device(device)
     toks = val_tokens_tensor(tokens)
+    if builtin and precision == "float64":
+        toks = toks.cpu()
     if ecfg.audit_tokens > 0:
         toks = toks[:ecfg.audit_tokens + 1]
     n = toks.numel() - 1
@@ -210,19 +329,25 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
             return evaluate(model, t, tables, c, Comm(device), device, None, rec, ev)
     vocab = (vocab_size or getattr(getattr(model, "cfg", None), "vocab_size", 0)
              or as_byte_tables(tables, "cpu").vocab_size)
+    atol = AUDIT_ATOL[precision] if atol is None else atol
+    norm_tol = AUDIT_NORM_TOL[precision] if norm_tol is None else norm_tol
     base, count, events, out = _audit_run(eval_fn, toks, cfg)
     again, _, _, _ = _audit_run(eval_fn, toks, cfg)
     # Rerunning unchanged input measures nondeterminism (GPU kernels); never below atol.
     noise = float(np.max(np.abs(again - base))) if n else 0.0
     tol = max(atol, 4.0 * noise)
+    st, st_detail, st_margin = "n/a", "", float("nan")
+    if self_test and builtin and n >= 4:
+        st, st_detail, st_margin = _audit_self_test(eval_fn, toks, cfg, vocab, tol)
     positions = positions or audit_positions(n, cfg)
-    causality, cdetail = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol, progress)
+    cause = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol, progress)
     once, odetail = _audit_once(count)
     sbu, sdetail = _audit_score_before_update(events, n) if cfg.ttt_enabled else ("n/a", "")
-    norm, ndetail = (_audit_normalized(eval_fn, toks, cfg, vocab, norm_tol, progress) if normalization
-                     else ("n/a", ""))
-    report = AuditReport(mode, causality, cdetail, once, odetail, sbu, sdetail, norm, ndetail,
-                         positions, tol, noise, float(out.get("val_bpb", float("nan"))), em.causal)
+    norm, ndetail, ndev = (_audit_normalized(eval_fn, toks, cfg, vocab, norm_tol, progress) if normalization
+                           else ("n/a", "", float("nan")))
+    report = AuditReport(mode, cause.verdict, cause.detail, once, odetail, sbu, sdetail, norm, ndetail,
+                         positions, tol, noise, float(out.get("val_bpb", float("nan"))), em.causal,
+                         precision, cause.max_delta, st, st_detail, st_margin, ndev, norm_tol)
     if log is not None:
         for line in report.summary().splitlines():
             log(line)

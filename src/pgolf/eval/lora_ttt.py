@@ -30,7 +30,7 @@ from pgolf.config_checks import LORA_TARGET_NAMES
 from pgolf.dist import Comm
 from pgolf.eval.bpb import (BpbAccumulator, ByteTables, EvalInputError, EvalProgress, ScoreRecorder, as_byte_tables,
                             eval_emit_event, eval_rank_span, target_bytes, val_tokens_tensor)
-from pgolf.hw import compute_autocast
+from pgolf.hw import at_least_fp32, compute_autocast
 
 # Roles of the rows of each bank, in units of num_layers (see model/banks.py BANK_LAYOUT).
 LORA_BANK_ROLES = {"qo_bank": ("q", "o"), "kv_bank": ("k", "v"), "mlp_up_bank": ("up",),
@@ -195,7 +195,7 @@ def _doc_forward(work: torch.nn.Module, tokens: torch.Tensor, win: tuple, device
     x = tokens[start:hi].to(device)[None]
     y = tokens[start + 1:hi + 1].to(device)[None]
     with (torch.enable_grad() if grad else torch.no_grad()), compute_autocast(device):
-        return work.token_nll(x, y)[0, lo - start:].float()
+        return at_least_fp32(work.token_nll(x, y)[0, lo - start:])
 
 
 def adapt_document(work: torch.nn.Module, lora: DocLora, tokens: torch.Tensor, doc: tuple,

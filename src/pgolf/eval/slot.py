@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from pgolf.eval.bpb import EvalInputError
 from pgolf.eval.forward import Forwards
+from pgolf.hw import at_least_fp32
 from pgolf.eval.slot_state import SlotCarry, slot_doc_masks
 
 
@@ -86,12 +87,13 @@ class SlotScorer:
         return logits if bias is None else logits + bias * m.float()
 
     def _nll(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
+        return F.cross_entropy(at_least_fp32(logits.flatten(0, 1)), y.flatten(), reduction="none").view(y.shape)
 
     def fit_delta(self, model: torch.nn.Module, h: torch.Tensor, y: torch.Tensor,
                   lo: torch.Tensor) -> torch.Tensor:
         """The batch (NON-CAUSAL) delta [1,1,d], fitted on every position of the batch."""
-        delta = torch.zeros(1, 1, h.shape[-1], device=h.device, dtype=torch.float32, requires_grad=True)
+        delta = torch.zeros(1, 1, h.shape[-1], device=h.device, dtype=at_least_fp32(h[:0]).dtype,
+                            requires_grad=True)
         self._fit(lambda: self._nll(model.compute_logits(h + delta), y).mean(),
                        delta, None, self.steps)
         return delta.detach()

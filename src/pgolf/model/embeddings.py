@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.hw import at_least_fp32
+
 
 def bigram_buckets(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     """bucket(t_i, t_{i-1}) = (36313*t_i XOR 27191*t_{i-1}) mod (B-1); position 0 -> B-1."""
@@ -31,7 +33,7 @@ class BigramHash(nn.Module):
 
     def forward(self, ids: torch.Tensor, proj_weight: torch.Tensor | None = None) -> torch.Tensor:
         """proj_weight: the projection as the caller wants it seen (e.g. fake-quantized)."""
-        e = self.embed(bigram_buckets(ids, self.buckets)).float()
+        e = at_least_fp32(self.embed(bigram_buckets(ids, self.buckets)))
         w = self.proj.weight if proj_weight is None else proj_weight
         return self.scale.to(e.dtype) * F.linear(e, w.to(e.dtype))
 
@@ -80,6 +82,6 @@ class ValueEmbedding(nn.Module):
         nn.init.orthogonal_(self.proj.weight)
 
     def forward(self, ids: torch.Tensor, proj_weight: torch.Tensor | None = None) -> torch.Tensor:
-        e = self.embed(ids).float()
+        e = at_least_fp32(self.embed(ids))
         w = self.proj.weight if proj_weight is None else proj_weight
         return self.scale.to(e.dtype) * F.linear(e, w.to(e.dtype))

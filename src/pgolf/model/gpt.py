@@ -19,7 +19,7 @@ from torch import nn
 
 from pgolf.config import parse_layers
 from pgolf.config_tree import ModelConfig
-from pgolf.hw import doc_attention_kernel
+from pgolf.hw import at_least_fp32, doc_attention_kernel
 from pgolf.model.attention import Attention, Rotary, doc_layout, rms_norm, segment_layout
 from pgolf.model.banks import block_bank_indices
 from pgolf.model.embeddings import BigramHash, SmearGate, ValueEmbedding, input_smear, not_bos_mask
@@ -247,7 +247,7 @@ class GPT(nn.Module):
         x = self.tok_emb(ids)
         # model.stream_dtype "embed" keeps the table's dtype: a bf16 table then makes the whole
         # residual stream bf16, as in #1855 (torch 2.9's autocast keeps rms_norm in bf16).
-        x = x if self.cfg.stream_dtype == "embed" else x.float()
+        x = x if self.cfg.stream_dtype == "embed" else at_least_fp32(x)
         if self.bigram is not None:
             x = x + self.bigram(ids, self._weight("projections", self.bigram.proj.weight))
         keep = not_bos_mask(ids, self.cfg.bos_id, x.dtype) if self.cfg.smear_bos_fix else None
@@ -316,10 +316,10 @@ class GPT(nn.Module):
     def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
         w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
         w = self._weight("head", w)
-        logits = F.linear(h, w.to(h.dtype)).float()
+        logits = at_least_fp32(F.linear(h, w.to(h.dtype)))
         extra = None if self.side_paths is None else self.side_paths("head", 0, h)
         if extra is not None:
-            logits = logits + extra.float()
+            logits = logits + at_least_fp32(extra)
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
