@@ -17,6 +17,7 @@ from pgolf.data.shards import load_shard, read_header, write_shard
 from pgolf.errors import PgolfError
 
 SIDECAR_TAG = "bytes_"
+RETOKENIZE_MANIFEST = "retokenize_manifest.json"   # written by `pgolf data retokenize`
 _SIDECAR_SHARD_NAME = re.compile(r"^(?P<stem>.*_)(?P<index>\d+)\.bin$")
 
 
