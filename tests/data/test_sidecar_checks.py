@@ -224,8 +224,8 @@ def test_shared_caseops_val_set_passes(caseops_copy, manifest):
 
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
 @pytest.mark.parametrize("manifest", [True, False])
-def test_shared_caseops_forgeries_of_the_issue_are_refused(caseops_copy, forgery, manifest):
-    # The issue's cases: all ones gave val_bpb 9.18 instead of 4.26, all zeros 37,611.
+def test_shared_caseops_forgeries_are_refused(caseops_copy, forgery, manifest):
+    # Unchecked, each was scored: all ones more than doubles a bpb, all zeros divides by almost nothing.
     make, says = FORGERIES[forgery]
     forge(caseops_copy, make(counts_of(caseops_copy), None))
     if not manifest:
@@ -246,7 +246,7 @@ def test_shared_caseops_manifest_total_mismatch(caseops_copy):
 
 
 def test_stray_sidecar_beside_the_shared_sp1024_shards_is_refused(tmp_path):
-    # The issue's case: a stray file moved a plain run's score from 4.04 to 3.09.
+    # Unchecked, such a stray file replaced the tokenizer's byte tables and moved the score.
     data, model = SHARED / "datasets" / "fineweb_legal_sp1024", SHARED / "tokenizers" / "fineweb_1024_bpe.model"
     if not (data / "fineweb_val_000000.bin").is_file() or not model.is_file():
         pytest.skip(f"shared sp1024 data absent: {data.resolve()}")
@@ -271,3 +271,18 @@ def test_an_escaped_literal_marker_may_count_its_bytes(tmp_path, models):
     assert sorted(counts[(tokens >= 4) & (tokens <= 7) & (counts > 0)].tolist()) == [3, 3]
     (out / "retokenize_manifest.json").unlink()   # the pieces check alone decides
     assert val_of(out, models["caseops"]).tables.total() > 0
+
+
+def test_tokens_whose_piece_hides_the_bytes_are_not_judged(tmp_path, models):
+    # Characters the tokenizer lacks become <unk> (or byte pieces): the sidecar counts their
+    # bytes, the piece spells none. Text full of them is still a true sidecar.
+    docs = [" ".join(f"{w} ☃ж" for w in d.split()) for d in documents(20, seed=4)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    out = tmp_path / "shards"
+    retokenize(resolve_text_source([str(tmp_path / "docs.jsonl")], val_docs=5), models["caseops"], str(out),
+               caseops=True, log=lambda *_: None)
+    tokens = tokens_of(out)
+    sp = sentencepiece.SentencePieceProcessor(model_file=models["caseops"])
+    assert np.count_nonzero(tokens == sp.unk_id()) > 0.2 * tokens.size
+    (out / "retokenize_manifest.json").unlink()   # the pieces check alone decides
+    assert val_of(out, models["caseops"]).tables.total() == int(counts_of(out)[1:val_of(out, models["caseops"]).tokens.numel()].sum())
