@@ -86,15 +86,46 @@ def test_kill_and_resume_gives_identical_weights(baseline_run, embedded_corpus, 
     assert metrics(out)["weights_sha256"] == metrics(baseline_run)["weights_sha256"]
 
 
-@pytest.mark.multiproc
-def test_torchrun_two_processes_match_one(baseline_run, embedded_corpus, tmp_path):
-    out = tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, embedded_corpus):
+    out = tmp_path_factory.mktemp("runs") / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf"]
     pgolf(["train", "--preset", "smoke", "--out", str(out)], embedded_corpus, launcher=launcher)
-    m2, m1 = metrics(out), metrics(baseline_run)
+    return out
+
+
+@pytest.mark.multiproc
+def test_torchrun_two_processes_match_one(baseline_run, ddp_run):
+    m2, m1 = metrics(ddp_run), metrics(baseline_run)
     assert m2["world_size"] == 2
     # Same global batch (accum_world=2): 1 proc x 2 micro-steps == 2 procs x 1. Muon's bf16
     # Newton-Schulz on differently padded shards allows small drift only.
+    assert abs(m2["val_loss"] - m1["val_loss"]) < 2e-3
+
+
+@pytest.mark.multiproc
+def test_two_node_torchrun_matches_one_node(baseline_run, ddp_run, embedded_corpus, tmp_path):
+    """`torchrun --nnodes 2`: two launchers (one process each) meet at a c10d rendezvous, as two
+    machines would. They train exactly the weights of two processes on one node, and the same
+    global batch in one process gives the same model up to reduction order."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "nodes"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=pgolf-test", "-m", "pgolf"]
+    data = [f"data.path={embedded_corpus['data_path']}", f"data.tokenizer_path={embedded_corpus['tokenizer_path']}",
+            f"data.train_pattern={os.path.basename(embedded_corpus['train_pattern'])}",
+            f"data.val_pattern={os.path.basename(embedded_corpus['val_pattern'])}"]
+    cmd = launcher + ["train", "--preset", "smoke", "--out", str(out)] + [a for s in TINY + data for a in ("--set", s)]
+    nodes = [subprocess.Popen(cmd, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [r[1][-2000:] for r in results]
+    m2, m1 = metrics(out), metrics(baseline_run)
+    assert m2["world_size"] == 2 and m2["steps"] == m1["steps"]
+    assert m2["weights_sha256"] == metrics(ddp_run)["weights_sha256"]
     assert abs(m2["val_loss"] - m1["val_loss"]) < 2e-3
 
 
