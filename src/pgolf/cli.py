@@ -38,7 +38,7 @@ def _use_embedded_corpus(cfg: Config, log=print) -> None:
     if not writable:
         raise ConfigError(f"the data cache {root} is not writable: set PGOLF_CACHE or data.cache_dir to a "
                           "writable folder")
-    comm = init_comm(cfg.run.device)
+    comm = init_comm(cfg.run.device, cfg.run.collective_timeout_seconds)
     info = None
     if comm.rank == 0:
         info = prepare_embedded_corpus(cfg.data.cache_dir, cfg.model.vocab_size, log=log,
@@ -107,7 +107,7 @@ def cmd_eval(args) -> int:
     from pgolf.quant.export import load_round_trip
     from pgolf.runlog import RunLog
     cfg, artifact = _load_run(args.target, args.set)
-    comm = init_comm(cfg.run.device)
+    comm = init_comm(cfg.run.device, cfg.run.collective_timeout_seconds)
     val = load_val(cfg, comm.device)
     model = load_round_trip(artifact, cfg, comm.device)
     log = RunLog(None, enabled=comm.is_main, stream=sys.stderr)  # stdout carries the JSON alone

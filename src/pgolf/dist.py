@@ -5,6 +5,7 @@ process-group one (NCCL on GPUs, gloo on CPU) set up from torchrun's environment
 """
 
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -100,11 +101,21 @@ class ProcessGroupComm(Comm):
         tdist.barrier()
 
     def close(self) -> None:
-        if tdist.is_initialized():
-            # A rank that tears down while a peer still talks to it aborts gloo
-            # ("terminate called without an active exception"): leave together.
-            tdist.barrier()
-            tdist.destroy_process_group()
+        """Leave the group; called from a `finally`, so it never hides the error in flight."""
+        if not tdist.is_initialized():
+            return
+        # Leaving on an error (a collective timed out, a signal), the peer may be silent: a
+        # barrier would wait on it, then raise over the run's one-line reason.
+        if sys.exc_info()[0] is None:
+            try:
+                # A rank that tears down while a peer still talks to it aborts gloo
+                # ("terminate called without an active exception"): leave together.
+                tdist.barrier()
+            except RuntimeError:
+                pass  # nobody left to leave with
+        # Destroyed even then: left to the interpreter's exit, gloo's threads were now and
+        # then torn down unjoined, with that same abort (1 exit in 12 after a timeout).
+        tdist.destroy_process_group()
 
 
 class _AvgHandle:
@@ -119,8 +130,12 @@ class _AvgHandle:
 def init_comm(requested_device: str = "auto", timeout_s: float = 600.0) -> Comm:
     """Comm for this process: a process group when launched by torchrun, else single.
 
-    timeout_s bounds every collective: a rank whose peer died fails with an error instead
-    of waiting forever (NCCL's watchdog and gloo both honour it).
+    timeout_s bounds every collective: a rank whose peer died or stopped answering fails
+    with an error instead of waiting forever. gloo applies the group's timeout to each
+    operation; NCCL's watchdog aborts the process when an operation outlives it. A group
+    that already exists (set up earlier, e.g. to prepare the embedded corpus) is given
+    this timeout too: reused with its first one, the default 600 s, a silent peer held a
+    run with run.collective_timeout_seconds=30 for minutes.
     """
     device = pick_device(requested_device)
     if device.type == "cuda":
@@ -128,7 +143,12 @@ def init_comm(requested_device: str = "auto", timeout_s: float = 600.0) -> Comm:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Comm(device)
+    timeout = timedelta(seconds=timeout_s)
     if not tdist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        # The watchdog ends the process on a timeout (torch's default; a user's value wins).
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+        tdist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        tdist.distributed_c10d._set_pg_timeout(timeout)
     return ProcessGroupComm(device)
