@@ -1,4 +1,4 @@
-"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats | plot | compare`: the command line.
+"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats | plot | compare | sample`: the command line.
 
 Every command resolves one Config (preset < --config < env vars < --set), and every user
 error ends as one line on stderr with exit status 2.
@@ -247,6 +247,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from pgolf.sample import SampleOptions, sample_command
+    sample_command(args.target, SampleOptions(args.prompt, args.tokens, args.temperature, args.top_k, args.seed,
+                                              args.float_weights), args.set)
+    return 0
+
+
 def cmd_stats(args) -> int:
     from pgolf.stats import stats_for_runs, stats_report_text
     res = stats_for_runs(args.new_runs, args.against, args.against_value, metric=args.metric,
@@ -271,7 +278,7 @@ def cmd_compare(args) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "audit": cmd_audit, "info": cmd_info, "data": cmd_data,
             "bundle": cmd_bundle, "bench": cmd_bench, "export": cmd_export, "stats": cmd_stats,
-            "plot": cmd_plot, "compare": cmd_compare}
+            "plot": cmd_plot, "compare": cmd_compare, "sample": cmd_sample}
 
 
 def main(argv: list[str] | None = None) -> int:
