@@ -136,7 +136,8 @@ def test_characters_split_over_byte_pieces_are_written_whole(embedded_corpus):
 
 def test_bad_options_are_refused_before_anything_loads():
     for opts, flag in ((SampleOptions(tokens=0), "--tokens"), (SampleOptions(temperature=-0.1), "--temperature"),
-                       (SampleOptions(temperature=float("nan")), "--temperature"), (SampleOptions(top_k=-1), "--top-k")):
+                       (SampleOptions(temperature=float("nan")), "--temperature"),
+                       (SampleOptions(top_k=-1), "--top-k")):
         with pytest.raises(SampleError, match=flag):
             sample_command("/nonexistent/run", opts)
 

@@ -185,7 +185,8 @@ def reproduce_steps(metrics: dict[str, Any], cfg: Config) -> tuple[str, list[str
         env = {"DATA_PATH": f"path/to/{data}", **({"TOKENIZER_PATH": f"path/to/{tok}"} if tok else {}), **env}
         need = f"with the shards this run trained on (its folder: {data}) on {hardware}"
     else:
-        need = f"on {hardware}; the run recorded no data path: train_gpt.py looks in ./data/datasets, then pgolf's cache"
+        need = (f"on {hardware}; the run recorded no data path: train_gpt.py looks in ./data/datasets, "
+                "then pgolf's cache")
     steps.append(" ".join(f"{k}={v}" for k, v in env.items()) + " " + _launcher(world))
     return need, steps
 

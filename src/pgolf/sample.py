@@ -20,7 +20,9 @@ from pgolf.data.tokenizer import load_tokenizer
 from pgolf.data.tokenizer_train import encode_document
 from pgolf.errors import PgolfError
 from pgolf.hw import compute_autocast, pick_device
-from pgolf.runfolder import RUN_FINAL_STATE, open_run, run_file
+from pgolf.model.build import model_from_state
+from pgolf.quant.export import load_round_trip
+from pgolf.runfolder import RUN_ARTIFACT, RUN_FINAL_STATE, open_run, run_file
 
 
 class SampleError(PgolfError, ValueError):
@@ -174,8 +176,6 @@ def stream_text(codec: TextCodec, prompt_ids: list[int], new_ids: Iterator[int],
 
 def load_sample_model(target: str, sets: list[str], float_weights: bool, note: Callable[[str], None]):
     """(config, model on its device, what was loaded) from a run folder or an artifact."""
-    from pgolf.model.build import model_from_state
-    from pgolf.quant.export import load_round_trip
     run = open_run(target, sets, needs=())
     for line in run.notes:
         note(f"note: {line}")
@@ -192,7 +192,7 @@ def load_sample_model(target: str, sets: list[str], float_weights: bool, note: C
                               "re-run pgolf train to write it again") from None
         return cfg, model_from_state(cfg, sd, device), f"float weights {path}"
     if run.artifact is None:
-        run_file(run.folder, "model.ptz")  # the one-line error saying what writes it
+        run_file(run.folder, RUN_ARTIFACT)  # the one-line error saying what writes it
     return cfg, load_round_trip(str(run.artifact), cfg, device), f"de-quantized artifact {run.artifact}"
 
 
@@ -201,13 +201,16 @@ def run_tokenizer(cfg: Config):
     return load_tokenizer(path, cfg.model.vocab_size)
 
 
-def sample_command(target: str, opts: SampleOptions, sets: list[str] = (), out: TextIO | None = None,
-                   err: TextIO | None = None) -> str:
+def sample_command(target: str, opts: SampleOptions, sets: list[str] | tuple[str, ...] = (),
+                   out: TextIO | None = None, err: TextIO | None = None) -> str:
     """`pgolf sample`: stream the continuation of opts.prompt to `out` (stdout); what was
     loaded goes to `err` (stderr). Returns the continuation."""
     out, err = out or sys.stdout, err or sys.stderr
     opts.check()
-    note = lambda line: print(line, file=err)
+
+    def note(line: str) -> None:
+        print(line, file=err)
+
     cfg, model, what = load_sample_model(target, list(sets), opts.float_weights, note)
     codec = TextCodec(run_tokenizer(cfg), cfg.model.bos_id)
     prompt_ids = codec.encode(opts.prompt)
