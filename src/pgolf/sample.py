@@ -7,6 +7,7 @@ with. One torch.Generator on the CPU draws every token, so a seed gives the same
 device for the same logits.
 """
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, TextIO
@@ -224,8 +225,15 @@ def sample_command(target: str, opts: SampleOptions, sets: list[str] | tuple[str
         out.write(s)
         out.flush()
 
-    write(opts.prompt)
-    text = stream_text(codec, prompt_ids, generate(model, prompt_ids, opts.tokens, opts.temperature, opts.top_k,
-                                                   generator, context), write)
-    write("\n")
+    try:
+        write(opts.prompt)
+        text = stream_text(codec, prompt_ids, generate(model, prompt_ids, opts.tokens, opts.temperature,
+                                                       opts.top_k, generator, context), write)
+        write("\n")
+    except BrokenPipeError:
+        if out is not sys.stdout:
+            raise
+        # `pgolf sample ... | head`: the reader has what it wanted; the exit's flush must not fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ""
     return text
