@@ -75,6 +75,7 @@ def test_commands_that_read_a_run_never_load_the_training_loop(finished_run, tmp
         "export": ["export", run, "--out", str(tmp_path / "record")],
         "compare": ["compare", run, run],
         "stats": ["stats", run, run, "--against-value", "10"],
+        "sample": ["sample", run, "--tokens", "4"],
     }
     # One process runs every command in turn, so a module loaded by any of them shows.
     code = ("import json, sys\nfrom pgolf.cli import main\nseen = {}\n"

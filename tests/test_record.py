@@ -12,9 +12,11 @@ import torch
 
 from pgolf.bundle.build import bundle_for_config
 from pgolf.cli import main
-from pgolf.config import config_hash, config_to_toml, read_config_file, resolve_config, shippable_config
+from pgolf.config import (apply_env, config_hash, config_to_toml, read_config_file, resolve_config,
+                          shippable_config)
 from pgolf.errors import RunFolderError
 from pgolf.quant.artifact import OverBudgetError, pack_artifact, read_artifact, write_artifact
+from pgolf.config_tree import Config
 from pgolf.record import RecordError, export_record, record_slot_noncausal, scrub_local_paths
 
 MACHINE = "/home/alice/private_data"
@@ -86,7 +88,7 @@ def test_export_writes_a_complete_record(tmp_path: Path) -> None:
     sd, _ = read_artifact(out / "final_model.ptz")
     assert sd["blocks.0.mlp.fc.weight"].shape == (32, 16)
     readme = (out / "README.md").read_text()
-    assert "torchrun --standalone --nproc_per_node=8 train_gpt.py" in readme and "SEED=1337" in readme
+    assert "python train_gpt.py" in readme and "SEED=1337" in readme  # the run's own launch: 1 x cpu
     assert f"{sub['bytes_total']:,}" in readme and "non-causal" not in readme
     # The folder appeared by rename: no temporary folder is left beside it.
     assert [p.name for p in out.parent.iterdir()] == ["r1"]
@@ -237,3 +239,66 @@ def test_cli_export(tmp_path: Path, capsys) -> None:
     assert f"margin {sub['bytes_margin']:,}" in out
     assert main(["export", str(run), "--out", str(tmp_path / "rec")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what the README says of the run
+
+def _with_metrics(run: Path, **changes) -> Path:
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, **changes}))
+    return run
+
+
+def _reproduce_block(readme: str) -> list[str]:
+    start = readme.index("Reproduce")
+    return readme[start:].split("```")[1].strip().splitlines()
+
+
+def _launch(line: str) -> tuple[dict[str, str], list[str]]:
+    """A README command line as (environment variables, the command)."""
+    words = line.split()
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("--"))
+    return env, [w for w in words if w.split("=", 1)[0] not in env]
+
+
+@pytest.mark.parametrize("world, device, data, want_cmd, want_env", [
+    (1, "cpu", f"{MACHINE}/cache/pgolf/embedded_sp1024", ["python", "train_gpt.py"], {}),
+    (8, "NVIDIA H100 80GB HBM3", f"{MACHINE}/fineweb10B_sp1024",
+     ["torchrun", "--standalone", "--nproc_per_node=8", "train_gpt.py"],
+     {"DATA_PATH": "./data/datasets/fineweb10B_sp1024", "TOKENIZER_PATH": "./data/tokenizers/tok.model"}),
+    (2, "NVIDIA H100 80GB HBM3", f"{MACHINE}/my_shards",
+     ["torchrun", "--standalone", "--nproc_per_node=2", "train_gpt.py"], {"DATA_PATH": "path/to/my_shards"}),
+])
+def test_readme_reproduces_the_run_that_made_it(tmp_path: Path, world, device, data, want_cmd, want_env) -> None:
+    run = _with_metrics(make_run(tmp_path, seed=7), world_size=world, device=device, data_path=data)
+    export_record(run, tmp_path / "rec", name="n", author="a")
+    readme = (tmp_path / "rec" / "README.md").read_text()
+    block = _reproduce_block(readme)
+    env, cmd = _launch(block[-1])
+    assert cmd == want_cmd
+    assert {k: env[k] for k in want_env} == want_env
+    # The variables, read as train_gpt.py reads them, give the run's seed and device.
+    cfg = Config()
+    assert apply_env(cfg, env) == []
+    assert cfg.run.seed == 7
+    assert cfg.run.device == ("cpu" if device == "cpu" else "auto")
+    assert MACHINE not in readme and f"{world} x {device}" in readme
+    embedded = "embedded" in data
+    assert (block[:-1] == ["pgolf data prepare"]) == embedded and ("embedded Shakespeare" in readme) == embedded
+    assert ("fineweb" in readme.lower()) == ("fineweb" in data)
+
+
+def test_export_says_when_name_and_author_are_empty(tmp_path: Path, capsys) -> None:
+    run = make_run(tmp_path)
+    assert main(["export", str(run), "--out", str(tmp_path / "r1")]) == 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "name and author" in err and "--name" in err and "--author" in err
+    assert "name/author not given" in (tmp_path / "r1" / "README.md").read_text()
+    assert main(["export", str(run), "--out", str(tmp_path / "r2"), "--name", "n"]) == 0
+    assert "empty author" in capsys.readouterr().err
+    readme = (tmp_path / "r2" / "README.md").read_text()
+    assert "author not given" in readme and "name/author" not in readme
+    assert main(["export", str(run), "--out", str(tmp_path / "r3"), "--name", "n", "--author", "a"]) == 0
+    assert capsys.readouterr().err == ""
+    assert "not given" not in (tmp_path / "r3" / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats | plot | compare`: the command line.
+"""`pgolf train | eval | audit | info | data | bundle | bench | export | stats | plot | compare | sample`: the command line.
 
 Every command resolves one Config (preset < --config < env vars < --set), and every user
 error ends as one line on stderr with exit status 2.
@@ -247,12 +247,21 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pgolf.record import export_record
+    from pgolf.record import export_record, identity_warning
     sub = export_record(args.run_dir, args.out, name=args.name, author=args.author,
                         minify=args.minify, compressed=args.compressed)
+    if identity_warning(sub):
+        print(identity_warning(sub), file=sys.stderr)
     print(f"wrote {args.out}: val_bpb {sub['val_bpb']:.6f} ({sub['eval_mode']}, legal: {sub['legal']})")
     print(f"bytes: model {sub['bytes_model']:,} + code {sub['bytes_code']:,} = {sub['bytes_total']:,} "
           f"(limit {sub['bytes_limit']:,}, margin {sub['bytes_margin']:,})")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from pgolf.sample import SampleOptions, sample_command
+    sample_command(args.target, SampleOptions(args.prompt, args.tokens, args.temperature, args.top_k, args.seed,
+                                              args.float_weights), args.set)
     return 0
 
 
@@ -280,7 +289,7 @@ def cmd_compare(args) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "audit": cmd_audit, "info": cmd_info, "data": cmd_data,
             "bundle": cmd_bundle, "bench": cmd_bench, "export": cmd_export, "stats": cmd_stats,
-            "plot": cmd_plot, "compare": cmd_compare}
+            "plot": cmd_plot, "compare": cmd_compare, "sample": cmd_sample}
 
 
 def main(argv: list[str] | None = None) -> int:

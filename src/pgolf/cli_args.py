@@ -122,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minify", action="store_true", help="ship train_gpt.py without comments and docstrings")
     p.add_argument("--compressed", action="store_true",
                    help="ship the self-extracting LZMA train_gpt.py, with the readable source beside it")
+    p = sub.add_parser("sample", help="generate text from a run folder or artifact, streamed to stdout")
+    p.add_argument("target", help="run folder or .ptz artifact")
+    p.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    p.add_argument("--tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (argmax)")
+    p.add_argument("--top-k", type=int, default=200, help="draw from the K most likely tokens; 0 = all")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+    p.add_argument("--float", action="store_true", dest="float_weights",
+                   help="use the float weights (final_state.pt) instead of the de-quantized artifact")
+    p.add_argument("--set", action="append", default=[], help="override a field, e.g. data.tokenizer_path=FILE")
     p = sub.add_parser("stats", help="multi-seed significance test: do new runs beat old ones?")
     p.add_argument("new_runs", nargs="+", metavar="NEW_RUN", help="run or record folders (or metrics JSON files)")
     p.add_argument("--against", nargs="+", metavar="OLD_RUN", help="the runs to beat")

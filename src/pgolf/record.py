@@ -37,10 +37,11 @@ from pgolf.runfolder import (
 from pgolf.runlog import parse_event
 
 RECORD_RUN_FILES = (RUN_METRICS, RUN_CONFIG, RUN_ARTIFACT, RUN_LOG)
-RECORD_RUN_COMMAND = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
-# The challenge repository's layout (data/cached_challenge_fineweb.py writes these paths).
-RECORD_DATA_ENV = {"DATA_PATH": "./data/datasets/fineweb10B_sp1024",
-                   "TOKENIZER_PATH": "./data/tokenizers/fineweb_1024_bpe.model"}
+# The challenge repository's layout (data/cached_challenge_fineweb.py writes these folders).
+RECORD_DATASETS, RECORD_TOKENIZERS = "./data/datasets", "./data/tokenizers"
+# The folder names pgolf's embedded corpus takes in its cache (data/corpus.py): its own
+# tokenizer, or a given one (named by the digest of its file).
+_EMBEDDED_FOLDER = re.compile(r"embedded_(sp\d+|[0-9a-f]{12})")
 # Continued-fraction settings of the incomplete beta: converges in a few dozen terms for
 # the t statistics seen here; the cap only guards against pathological inputs.
 
@@ -138,9 +139,77 @@ def _verdict(sub: dict[str, Any]) -> str:
     return "not audited (eval.audit=false)"
 
 
-def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] = ()) -> str:
-    """The README.md of a record folder: the numbers, the verdict, how to reproduce, the plots."""
-    env = " ".join(f"{k}={v}" for k, v in {**RECORD_DATA_ENV, "SEED": sub["seed"]}.items())
+def _launcher(world_size: int) -> str:
+    if world_size > 1:
+        return f"torchrun --standalone --nproc_per_node={world_size} train_gpt.py"
+    return "python train_gpt.py"
+
+
+def reproduce_steps(metrics: dict[str, Any], cfg: Config) -> tuple[str, list[str]]:
+    """(what the commands need, the commands) that train this run again with the shipped
+    train_gpt.py: the run's own world size, device and data, named without this machine's
+    paths (the preset inside train_gpt.py holds the rest of its config)."""
+    world = int(metrics.get("world_size") or 1)
+    device = str(metrics.get("device") or "")
+    where = str(metrics.get("data_path") or cfg.data.path or "")
+    data = os.path.basename(os.path.normpath(where)) if where else ""
+    tok = os.path.basename(cfg.data.tokenizer_path) if cfg.data.tokenizer_path else ""
+    env = {"SEED": metrics.get("seed", cfg.run.seed)}
+    if device == "cpu":  # on a machine with a GPU, run.device=auto would pick it: other numerics
+        env["PGOLF_RUN_DEVICE"] = "cpu"
+    hardware = f"{world} x {device or 'unknown device'}"
+    steps: list[str] = []
+    embedded = _EMBEDDED_FOLDER.fullmatch(data)
+    if embedded and embedded.group(1) == f"sp{cfg.model.vocab_size}":
+        # train_gpt.py looks for this set in pgolf's cache when DATA_PATH is unset.
+        if cfg.model.vocab_size == 1024:
+            steps.append("pgolf data prepare")
+        else:
+            steps.append(f"# `pgolf data prepare` makes vocabulary 1024 only: the first `pgolf train --set "
+                         f"model.vocab_size={cfg.model.vocab_size}` prepares {data}")
+        need = (f"trained on pgolf's embedded Shakespeare corpus ({data}) on {hardware}; `pgolf data prepare` "
+                "writes it into pgolf's cache, where train_gpt.py looks when DATA_PATH is unset and there is "
+                "no ./data/datasets folder for it")
+    elif embedded:
+        steps.append(f"pgolf data prepare --tokenizer {tok or 'TOKENIZER.model'}  # prints its data_path")
+        env = {"DATA_PATH": "<the data_path it printed>", "TOKENIZER_PATH": tok or "TOKENIZER.model", **env}
+        need = (f"trained on pgolf's embedded Shakespeare corpus tokenized with {tok or 'its own tokenizer'} "
+                f"on {hardware}")
+    elif data.startswith("fineweb"):
+        paths = {"DATA_PATH": f"{RECORD_DATASETS}/{data}"}
+        if tok:
+            paths["TOKENIZER_PATH"] = f"{RECORD_TOKENIZERS}/{tok}"
+        env = {**paths, **env}
+        need = f"from the challenge repository, with its {data} shards downloaded, on {hardware}"
+    elif data:
+        env = {"DATA_PATH": f"path/to/{data}", **({"TOKENIZER_PATH": f"path/to/{tok}"} if tok else {}), **env}
+        need = f"with the shards this run trained on (its folder: {data}) on {hardware}"
+    else:
+        need = (f"on {hardware}; the run recorded no data path: train_gpt.py looks in ./data/datasets, "
+                "then pgolf's cache")
+    steps.append(" ".join(f"{k}={v}" for k, v in env.items()) + " " + _launcher(world))
+    return need, steps
+
+
+def missing_identity(sub: dict[str, Any]) -> list[str]:
+    """The submission.json fields a record needs from its author that are empty."""
+    return [k for k in ("name", "author") if not str(sub.get(k) or "").strip()]
+
+
+def identity_warning(sub: dict[str, Any]) -> str:
+    """One line for `pgolf export` when submission.json lacks its name or author ("" if not)."""
+    missing = missing_identity(sub)
+    if not missing:
+        return ""
+    return (f"warning: submission.json has an empty {' and '.join(missing)}: export again with "
+            "--name 'RECORD NAME' --author 'YOUR NAME' (or edit submission.json) before submitting")
+
+
+def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] = (),
+                  reproduce: tuple[str, list[str]] | None = None) -> str:
+    """The README.md of a record folder: the numbers, the verdict, how to reproduce, the plots.
+    reproduce: reproduce_steps' (what it needs, commands)."""
+    need, steps = reproduce or ("", [f"SEED={sub['seed']} {_launcher(int(sub.get('world_size') or 1))}"])
     rows = [("val_bpb", f"{sub['val_bpb']:.6f}"), ("val_loss (nats)", f"{sub['val_loss']:.6f}"),
             ("eval mode", str(sub["eval_mode"])), ("legality", _verdict(sub)),
             ("bytes total", f"{sub['bytes_total']:,} (limit {sub['bytes_limit']:,}, margin {sub['bytes_margin']:,})"),
@@ -151,12 +220,14 @@ def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] 
     lines = [f"# {sub['name'] or 'pgolf record'}", ""]
     if sub["author"]:
         lines += [f"Author: {sub['author']}", ""]
+    missing = missing_identity(sub)
+    if missing:
+        lines += [f"{'/'.join(missing)} not given (`pgolf export --name ... --author ...` sets them)", ""]
     lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
     if record_slot_noncausal(str(sub["eval_mode"])):
         lines += ["**Warning:** this evaluation uses batch SLOT as published, which is **non-causal**: its "
                   "delta is fitted on the very tokens it then scores. Use `causal-slot` for a legal number.", ""]
-    lines += ["Reproduce (from the challenge repository, with its FineWeb shards downloaded):", "", "```",
-              f"{env} {RECORD_RUN_COMMAND}", "```", "",
+    lines += [f"Reproduce ({need}):" if need else "Reproduce:", "", "```", *steps, "```", "",
               "`train_gpt.py` is generated by `pgolf export`; its preset holds this run's config, and the "
               "reference environment variables override it."]
     if compressed:
@@ -220,7 +291,9 @@ def export_record(run_dir: str | os.PathLike, out_dir: str | os.PathLike, name: 
     plots = record_plots(run)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _write(tmp, run, code, sub, record_readme(sub, "train_gpt_readable.py" in code, tuple(p.name for p in plots)))
+        readme = record_readme(sub, "train_gpt_readable.py" in code, tuple(p.name for p in plots),
+                               reproduce_steps(metrics, cfg))
+        _write(tmp, run, code, sub, readme)
         if plots:
             (tmp / RUN_PLOTS).mkdir()
             for p in plots:
