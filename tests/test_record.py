@@ -302,3 +302,20 @@ def test_export_says_when_name_and_author_are_empty(tmp_path: Path, capsys) -> N
     assert main(["export", str(run), "--out", str(tmp_path / "r3"), "--name", "n", "--author", "a"]) == 0
     assert capsys.readouterr().err == ""
     assert "not given" not in (tmp_path / "r3" / "README.md").read_text()
+
+
+def test_export_says_when_the_run_stopped_early(tmp_path, capsys):
+    run = make_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.update(steps=5, steps_planned=300, stopped_early=True, stop_reason="wallclock_cap")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["export", str(run), "--out", str(tmp_path / "rec"), "--name", "n", "--author", "a"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["warning: the run stopped at step 5 of 300 (wallclock_cap); submission.json and the README say so"]
+    sub = json.loads((tmp_path / "rec" / "submission.json").read_text())
+    assert sub["stopped_early"] is True and sub["steps_planned"] == 300
+    assert "**Stopped early:** training ended at step 5 of the 300" in (tmp_path / "rec" / "README.md").read_text()
+    full = make_run(tmp_path, name="full")
+    assert main(["export", str(full), "--out", str(tmp_path / "rec2"), "--name", "n", "--author", "a"]) == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads((tmp_path / "rec2" / "submission.json").read_text())["stopped_early"] is False

@@ -247,11 +247,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pgolf.record import export_record, identity_warning
+    from pgolf.record import export_record, identity_warning, stopped_warning
     sub = export_record(args.run_dir, args.out, name=args.name, author=args.author,
                         minify=args.minify, compressed=args.compressed)
-    if identity_warning(sub):
-        print(identity_warning(sub), file=sys.stderr)
+    for warning in (stopped_warning(sub), identity_warning(sub)):
+        if warning:
+            print(warning, file=sys.stderr)
     print(f"wrote {args.out}: val_bpb {sub['val_bpb']:.6f} ({sub['eval_mode']}, legal: {sub['legal']})")
     print(f"bytes: model {sub['bytes_model']:,} + code {sub['bytes_code']:,} = {sub['bytes_total']:,} "
           f"(limit {sub['bytes_limit']:,}, margin {sub['bytes_margin']:,})")

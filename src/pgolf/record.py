@@ -117,6 +117,8 @@ def _submission(metrics: dict[str, Any], cfg: Config, report: dict[str, Any], na
         "bytes_total": report["artifact_bytes"], "bytes_model": report["model_bytes"],
         "bytes_code": report["code_bytes"], "bytes_limit": limit, "bytes_margin": report["margin"],
         "seed": metrics.get("seed", cfg.run.seed), "steps": metrics.get("steps"),
+        "steps_planned": metrics.get("steps_planned"), "stopped_early": bool(metrics.get("stopped_early")),
+        "stop_reason": metrics.get("stop_reason"),
         "train_time_s": metrics.get("train_time_s"), "world_size": metrics.get("world_size"),
         "device": metrics.get("device"), "weights_sha256": metrics.get("weights_sha256"),
         "config_hash": metrics.get("config_hash"), "pgolf_version": _version(),
@@ -196,6 +198,14 @@ def missing_identity(sub: dict[str, Any]) -> list[str]:
     return [k for k in ("name", "author") if not str(sub.get(k) or "").strip()]
 
 
+def stopped_warning(sub: dict[str, Any]) -> str:
+    """One line for `pgolf export` when the run made fewer steps than it planned ("" if not)."""
+    if not sub.get("stopped_early"):
+        return ""
+    return (f"warning: the run stopped at step {sub['steps']} of {sub['steps_planned']} ({sub['stop_reason']}); "
+            "submission.json and the README say so")
+
+
 def identity_warning(sub: dict[str, Any]) -> str:
     """One line for `pgolf export` when submission.json lacks its name or author ("" if not)."""
     missing = missing_identity(sub)
@@ -224,6 +234,9 @@ def record_readme(sub: dict[str, Any], compressed: bool, plots: tuple[str, ...] 
     if missing:
         lines += [f"{'/'.join(missing)} not given (`pgolf export --name ... --author ...` sets them)", ""]
     lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    if sub.get("stopped_early"):
+        lines += [f"**Stopped early:** training ended at step {sub['steps']} of the {sub['steps_planned']} it "
+                  f"planned ({sub['stop_reason']}).", ""]
     if record_slot_noncausal(str(sub["eval_mode"])):
         lines += ["**Warning:** this evaluation uses batch SLOT as published, which is **non-causal**: its "
                   "delta is fitted on the very tokens it then scores. Use `causal-slot` for a legal number.", ""]
