@@ -13,6 +13,7 @@ MFU = achieved FLOP/s / the device's bf16 dense peak (BENCH_BF16_PEAK_TFLOPS).
 The eval-mode benchmark lives in pgolf.bench_eval.
 """
 
+import dataclasses
 import math
 import re
 import resource
@@ -27,7 +28,7 @@ from pgolf.config import config_hash
 from pgolf.config_tree import Config
 from pgolf.dist import Comm
 from pgolf.errors import BenchError
-from pgolf.hw import device_label, pick_device
+from pgolf.hw import choose_precision, device_label, pick_device
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.build import build_model
 from pgolf.model.gpt import GPT, count_params
@@ -159,10 +160,11 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(seed)
-    model = build_model(cfg, device)
+    precision = choose_precision(r.low_precision, device)
+    model = build_model(cfg, device, precision)
     transform = _qat(model, cfg, qat)
     fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
-    opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile)
+    opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile, precision=precision)
     seqs = r.train_batch_tokens // (accum * r.train_seq_len)
     tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, device, seed)
     t0 = time.perf_counter()
@@ -179,8 +181,25 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
     out.update(first_step_s=first_ms / 1000.0,
                compile_s=max(0.0, first_ms - out["median_ms"]) / 1000.0 if cfg.model.compile else None,
                qat="none" if transform is None else qat, qat_scope=cfg.quant.qat_scope if transform else None,
-               peak_bf16_tflops=peak, peak_source=source, mfu=bench_mfu(out["achieved_tflops"], peak))
+               peak_bf16_tflops=peak, peak_source=source, mfu=bench_mfu(out["achieved_tflops"], peak),
+               precision=precision.fields(cfg.model.embed_dtype))
     return out
+
+
+BENCH_PRECISION_CHOICES = ("auto", "bf16", "fp32", "both")
+
+
+def bench_throughput_precisions(cfg: Config, precision: str = "auto", **kw: Any) -> dict[str, Any]:
+    """bench_throughput under run.low_precision = `precision`; "both" times bf16 then fp32 on
+    this machine and adds bf16's median step time over fp32's (the cost of bf16 here)."""
+    if precision not in BENCH_PRECISION_CHOICES:
+        raise BenchError(f"--precision {precision!r}: use one of {', '.join(BENCH_PRECISION_CHOICES)}")
+    if precision != "both":
+        return bench_throughput(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, low_precision=precision)),
+                                **kw)
+    runs = {p: bench_throughput_precisions(cfg, p, **kw) for p in ("bf16", "fp32")}
+    return {"bf16": runs["bf16"], "fp32": runs["fp32"],
+            "bf16_over_fp32": runs["bf16"]["median_ms"] / runs["fp32"]["median_ms"]}
 
 
 def _throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s) -> dict[str, Any]:
@@ -228,7 +247,22 @@ def format_throughput(res: dict[str, Any]) -> str:
         f"peak memory: {res['peak_mem_bytes'] / 2**30:.2f} GiB ({res['peak_mem_kind']})",
         f"loss: {res['loss_first']:.4f} -> {res['loss_last']:.4f}",
     ]
+    if "precision" in res:
+        lines.insert(1, "precision: " + " ".join(f"{k}={v}" for k, v in res["precision"].items()))
     return "\n".join(lines)
+
+
+def format_throughput_precisions(res: dict[str, Any]) -> str:
+    """One run's report, or for --precision both a row per dtype and their ratio."""
+    if "bf16_over_fp32" not in res:
+        return format_throughput(res)
+    rows = [format_throughput(res["bf16"]), "", format_throughput(res["fp32"]), ""]
+    for name in ("bf16", "fp32"):
+        r = res[name]
+        rows.append(f"{name}: median {r['median_ms']:.1f} ms/step  {r['tokens_per_s']:,.0f} tokens/s  "
+                    f"({' '.join(f'{k}={v}' for k, v in r['precision'].items())})")
+    rows.append(f"bf16 / fp32 step time: {res['bf16_over_fp32']:.2f}x")
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- artifact budget

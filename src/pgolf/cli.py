@@ -60,6 +60,16 @@ def bundle_code_bytes(cfg: Config) -> int:
     return len(shipped_files(cfg)["train_gpt.py"].encode("utf-8"))
 
 
+def info_precision(cfg: Config) -> dict[str, str]:
+    """What a run of cfg would choose on this machine for run.low_precision, and why
+    (run.device=cuda is taken at its word, so `info` works where CUDA is absent)."""
+    import torch
+
+    from pgolf.hw import choose_precision, pick_device
+    device = torch.device("cuda") if cfg.run.device == "cuda" else pick_device(cfg.run.device)
+    return choose_precision(cfg.run.low_precision, device).fields(cfg.model.embed_dtype)
+
+
 def cmd_train(args) -> int:
     from pgolf.bundle import shipped_files
     from pgolf.eval.legality import audit
@@ -139,12 +149,15 @@ def cmd_info(args) -> int:
     cfg, warnings = _config_from_args(args)
     with torch.device("meta"):
         params = count_params(GPT(cfg.model))
+    precision = info_precision(cfg)
     info = {"preset": args.preset or "smoke", "params": params, "code_form": cfg.quant.code_form,
-            "code_bytes": bundle_code_bytes(cfg), "config": config_to_dict(cfg), "warnings": warnings}
+            "code_bytes": bundle_code_bytes(cfg), "precision": precision, "config": config_to_dict(cfg),
+            "warnings": warnings}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print(f"preset: {info['preset']}\nparams: {params:,}\ncode bytes: {info['code_bytes']:,} ({cfg.quant.code_form})")
+        print("precision here: " + " ".join(f"{k}={v}" for k, v in precision.items()))
         for sec, values in info["config"].items():
             print(f"[{sec}] " + " ".join(f"{k}={v}" for k, v in values.items()))
         for w in warnings:
@@ -219,16 +232,18 @@ def cmd_bench(args) -> int:
                           log=(lambda line: print(line, file=sys.stderr)) if args.verbose else None)
         text = format_quant(res)
     else:
-        from pgolf.bench import bench_artifact, bench_micro_batch, bench_throughput, format_artifact, format_throughput
+        from pgolf.bench import bench_artifact, bench_micro_batch, bench_throughput_precisions, format_artifact
+        from pgolf.bench import format_throughput_precisions
         cfg, warnings = _config_from_args(args)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         if args.bench_cmd == "throughput":
             if args.micro_batch_seqs:
                 bench_micro_batch(cfg, args.micro_batch_seqs)
-            res = bench_throughput(cfg, steps=args.steps, warmup=args.warmup, seed=args.seed, qat=args.qat,
-                                   peak_tflops=args.peak_tflops)
-            text = format_throughput(res)
+            res = bench_throughput_precisions(cfg, args.precision or cfg.run.low_precision, steps=args.steps,
+                                              warmup=args.warmup, seed=args.seed, qat=args.qat,
+                                              peak_tflops=args.peak_tflops)
+            text = format_throughput_precisions(res)
         else:
             res = bench_artifact(cfg, args.preset or "smoke", sigma=args.sigma, emb_std=args.emb_std,
                                  seed=args.seed)

@@ -367,6 +367,10 @@ class RunConfig:
         600.0, "a collective waiting longer fails the rank with an error instead of hanging (a peer died)")
     trackers: str = _f("", "comma-separated trackers fed the log's scalars (tensorboard, wandb), for "
                            "dashboards beside log.txt; empty = none; never part of a bundled run")
+    low_precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto", "dtype of Muon's Newton-Schulz and gradient reduction and of model.embed_dtype=bf16 tables: "
+                "auto = bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16, AMX), fp32 on other CPUs "
+                "(emulated bf16 is ~40x slower); bf16 = the reference's numerics anywhere; fp32 everywhere")
 
 
 @dataclass
