@@ -157,6 +157,17 @@ def test_run_logs_the_choice_and_builds_with_it(monkeypatch, embedded_corpus, tm
     assert {p.dtype for p in seen["model"].embedding_params()} == {FP32}
 
 
+def test_info_precision_is_the_run_choice(monkeypatch):
+    from pgolf.cli import info_precision
+    _native(monkeypatch, False)
+    cfg = _cfg("run.device=cpu")
+    assert info_precision(cfg) == {"ns": "fp32", "reduce": "fp32", "tables": "fp32",
+                                   "reason": "cpu_without_native_bf16"}
+    # run.device=cuda is taken at its word, even on a machine without CUDA.
+    assert info_precision(_cfg("run.device=cuda"))["reason"] == "cuda"
+
+
+@pytest.mark.slow
 def test_info_says_which_and_why(monkeypatch, capsys):
     from pgolf.cli import main
     _native(monkeypatch, False)
