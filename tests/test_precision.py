@@ -178,14 +178,17 @@ def test_info_says_which_and_why(monkeypatch, capsys):
 
 
 def test_bench_throughput_both_times_each_dtype(monkeypatch):
-    from pgolf.bench import bench_throughput_precisions, format_throughput_precisions
+    from pgolf.bench import bench_throughput, format_throughput
     _native(monkeypatch, False)
     cfg = _cfg("run.train_batch_tokens=128", "run.train_seq_len=32", "run.accum_world=1", "run.device=cpu")
-    res = bench_throughput_precisions(cfg, "both", steps=1, warmup=0)
+    res = bench_throughput(cfg, steps=2, warmup=0, precision="both")
     assert res["bf16"]["precision"]["ns"] == "bf16" and res["fp32"]["precision"]["ns"] == "fp32"
     assert res["bf16_over_fp32"] == res["bf16"]["median_ms"] / res["fp32"]["median_ms"]
-    text = format_throughput_precisions(res)
+    assert res["bf16"]["steps"] == res["fp32"]["steps"] == 2 and res["paired_ratio_median"] > 0
+    # The twins start from the same weights and tokens: the same first loss to bf16's precision.
+    assert res["bf16"]["loss_first"] == pytest.approx(res["fp32"]["loss_first"], rel=1e-3)
+    text = format_throughput(res)
     assert "bf16 / fp32 step time:" in text and "reason=run.low_precision=fp32" in text
-    auto = bench_throughput_precisions(cfg, "auto", steps=1, warmup=0)
+    auto = bench_throughput(cfg, steps=1, warmup=0)
     assert auto["precision"] == {"ns": "fp32", "reduce": "fp32", "tables": "fp32",
                                  "reason": "cpu_without_native_bf16"}

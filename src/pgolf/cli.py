@@ -232,18 +232,16 @@ def cmd_bench(args) -> int:
                           log=(lambda line: print(line, file=sys.stderr)) if args.verbose else None)
         text = format_quant(res)
     else:
-        from pgolf.bench import bench_artifact, bench_micro_batch, bench_throughput_precisions, format_artifact
-        from pgolf.bench import format_throughput_precisions
+        from pgolf.bench import bench_artifact, bench_micro_batch, bench_throughput, format_artifact, format_throughput
         cfg, warnings = _config_from_args(args)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         if args.bench_cmd == "throughput":
             if args.micro_batch_seqs:
                 bench_micro_batch(cfg, args.micro_batch_seqs)
-            res = bench_throughput_precisions(cfg, args.precision or cfg.run.low_precision, steps=args.steps,
-                                              warmup=args.warmup, seed=args.seed, qat=args.qat,
-                                              peak_tflops=args.peak_tflops)
-            text = format_throughput_precisions(res)
+            res = bench_throughput(cfg, steps=args.steps, warmup=args.warmup, seed=args.seed, qat=args.qat,
+                                   peak_tflops=args.peak_tflops, precision=args.precision)
+            text = format_throughput(res)
         else:
             res = bench_artifact(cfg, args.preset or "smoke", sigma=args.sigma, emb_std=args.emb_std,
                                  seed=args.seed)
