@@ -13,7 +13,7 @@ from _train_helpers import tiny  # noqa: E402
 
 import pgolf.hw
 import pgolf.run
-from pgolf.config import resolve_config
+from pgolf.config import ConfigError, resolve_config
 from pgolf.hw import Precision, choose_precision, cpu_has_native_bf16
 from pgolf.model.build import build_model
 from pgolf.optim.builder import build_optimizers
@@ -43,9 +43,9 @@ def test_decision_table(monkeypatch, requested, device, native, low, reason):
     assert choose_precision(requested, device) == Precision(low, reason)
 
 
-def test_unknown_choice_is_refused():
-    with pytest.raises(ValueError, match="low_precision"):
-        choose_precision("fp16", CPU)
+def test_unknown_choice_is_refused_by_the_config_check():
+    with pytest.raises(ConfigError, match="run.low_precision"):
+        resolve_config("smoke", None, {}, ["run.low_precision=fp16"])
 
 
 @pytest.mark.parametrize("flags, native", [

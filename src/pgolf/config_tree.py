@@ -368,9 +368,8 @@ class RunConfig:
     trackers: str = _f("", "comma-separated trackers fed the log's scalars (tensorboard, wandb), for "
                            "dashboards beside log.txt; empty = none; never part of a bundled run")
     low_precision: Literal["auto", "bf16", "fp32"] = _f(
-        "auto", "dtype of Muon's Newton-Schulz and gradient reduction and of model.embed_dtype=bf16 tables: "
-                "auto = bf16 on CUDA and on CPUs with native bf16 (AVX-512-BF16, AMX), fp32 on other CPUs "
-                "(emulated bf16 is ~40x slower); bf16 = the reference's numerics anywhere; fp32 everywhere")
+        "auto", "Newton-Schulz, Muon reduction and bf16 tables in bf16 or fp32; auto = bf16 on CUDA and on "
+                "CPUs with native bf16, fp32 elsewhere (emulated bf16 is ~40x slower)")
 
 
 @dataclass
