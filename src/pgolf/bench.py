@@ -145,7 +145,7 @@ def _qat(model, cfg: Config, qat: str):
     return transform
 
 
-class _ThroughputRun:
+class ThroughputRun:
     """cfg's model, optimizer and synthetic tokens in one process that runs all
     run.accum_world micro-steps itself, ready to time steps."""
 
@@ -213,7 +213,7 @@ def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 
     if precision is not None and precision not in BENCH_PRECISION_CHOICES:
         raise BenchError(f"--precision {precision!r}: use one of {', '.join(BENCH_PRECISION_CHOICES)}")
     names = ("bf16", "fp32") if precision == "both" else (precision or cfg.run.low_precision,)
-    runs = {p: _ThroughputRun(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, low_precision=p)), seed, qat)
+    runs = {p: ThroughputRun(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, low_precision=p)), seed, qat)
             for p in names}
     for run in runs.values():
         run.steps(warmup, timed=False)
