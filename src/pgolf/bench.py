@@ -13,6 +13,7 @@ MFU = achieved FLOP/s / the device's bf16 dense peak (BENCH_BF16_PEAK_TFLOPS).
 The eval-mode benchmark lives in pgolf.bench_eval.
 """
 
+import dataclasses
 import math
 import re
 import resource
@@ -27,7 +28,7 @@ from pgolf.config import config_hash
 from pgolf.config_tree import Config
 from pgolf.dist import Comm
 from pgolf.errors import BenchError
-from pgolf.hw import device_label, pick_device
+from pgolf.hw import choose_precision, device_label, pick_device
 from pgolf.model.banks import unbank_state_dict
 from pgolf.model.build import build_model
 from pgolf.model.gpt import GPT, count_params
@@ -144,43 +145,89 @@ def _qat(model, cfg: Config, qat: str):
     return transform
 
 
+class ThroughputRun:
+    """cfg's model, optimizer and synthetic tokens in one process that runs all
+    run.accum_world micro-steps itself, ready to time steps."""
+
+    def __init__(self, cfg: Config, seed: int, qat: str) -> None:
+        r = self.run = cfg.run
+        if r.train_batch_tokens % (r.accum_world * r.train_seq_len):
+            raise BenchError(f"run.train_batch_tokens {r.train_batch_tokens} is not a multiple of "
+                             f"run.accum_world x run.train_seq_len = {r.accum_world * r.train_seq_len}")
+        self.cfg, self.accum, self.device = cfg, r.accum_world, pick_device(r.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(seed)
+        self.precision = choose_precision(r.low_precision, self.device)
+        self.model = build_model(cfg, self.device, self.precision)
+        self.transform = _qat(self.model, cfg, qat)
+        self.fwd = torch.compile(self.model, dynamic=False, fullgraph=True) if cfg.model.compile else self.model
+        self.opt = build_optimizers(self.model, cfg.optim, Comm(self.device), compile_ns=cfg.model.compile,
+                                    precision=self.precision)
+        self.seqs = r.train_batch_tokens // (self.accum * r.train_seq_len)
+        self.tokens = _BenchTokens(cfg.model.vocab_size, self.seqs, r.train_seq_len, self.device, seed)
+        self.warm_times: list[float] = []
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        self.warmup_s = 0.0
+
+    def steps(self, n: int, timed: bool = True) -> None:
+        t0 = time.perf_counter()
+        times, losses = _run_steps(self.model, self.fwd, self.opt, self.tokens, self.cfg, self.accum, self.device, n)
+        if timed:
+            self.times += times
+            self.losses += losses
+        else:
+            self.warm_times += times
+            self.warmup_s += time.perf_counter() - t0
+
+    def report(self, qat: str, peak_tflops: float) -> dict[str, Any]:
+        cfg = self.cfg
+        out = _throughput_report(cfg, self.model, self.device, self.accum, self.seqs, self.times, self.losses,
+                                 len(self.warm_times), self.warmup_s)
+        # The first step pays for tracing, compiling and autotuning (model and Newton-Schulz);
+        # its excess over a steady step is the compile cost a run's priming absorbs.
+        first_ms = (self.warm_times or self.times)[0]
+        peak, source = bench_peak_tflops(out["device"], peak_tflops)
+        out.update(first_step_s=first_ms / 1000.0,
+                   compile_s=max(0.0, first_ms - out["median_ms"]) / 1000.0 if cfg.model.compile else None,
+                   qat="none" if self.transform is None else qat,
+                   qat_scope=cfg.quant.qat_scope if self.transform else None,
+                   peak_bf16_tflops=peak, peak_source=source, mfu=bench_mfu(out["achieved_tflops"], peak),
+                   precision=self.precision.fields(cfg.model.embed_dtype))
+        return out
+
+
+BENCH_PRECISION_CHOICES = ("auto", "bf16", "fp32", "both")
+
+
 def bench_throughput(cfg: Config, steps: int = 20, warmup: int = 3, seed: int = 0, qat: str = "off",
-                     peak_tflops: float = 0.0) -> dict[str, Any]:
+                     peak_tflops: float = 0.0, precision: str | None = None) -> dict[str, Any]:
     """Time `steps` training steps (after `warmup` untimed ones) of cfg's model on synthetic
-    tokens, in one process that runs all run.accum_world micro-steps itself."""
+    tokens, under run.low_precision = `precision` (None: the config's). "both" builds a bf16
+    and an fp32 twin and alternates their timed steps, so on a shared machine both see the
+    same load: {"bf16": report, "fp32": report, "bf16_over_fp32": ratio of the medians,
+    "paired_ratio_median": median of the adjacent steps' ratios}."""
     if steps < 1 or warmup < 0:
         raise BenchError(f"--steps {steps} --warmup {warmup}: need steps >= 1 and warmup >= 0")
-    r = cfg.run
-    accum = r.accum_world
-    if r.train_batch_tokens % (accum * r.train_seq_len):
-        raise BenchError(f"run.train_batch_tokens {r.train_batch_tokens} is not a multiple of "
-                         f"run.accum_world x run.train_seq_len = {accum * r.train_seq_len}")
-    device = pick_device(r.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.manual_seed(seed)
-    model = build_model(cfg, device)
-    transform = _qat(model, cfg, qat)
-    fwd = torch.compile(model, dynamic=False, fullgraph=True) if cfg.model.compile else model
-    opt = build_optimizers(model, cfg.optim, Comm(device), compile_ns=cfg.model.compile)
-    seqs = r.train_batch_tokens // (accum * r.train_seq_len)
-    tokens = _BenchTokens(cfg.model.vocab_size, seqs, r.train_seq_len, device, seed)
-    t0 = time.perf_counter()
-    warm_times, _ = _run_steps(model, fwd, opt, tokens, cfg, accum, device, warmup)
-    warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, losses = _run_steps(model, fwd, opt, tokens, cfg, accum, device, steps)
-    out = _throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s)
-    # The first step pays for tracing, compiling and autotuning (model and Newton-Schulz);
-    # its excess over a steady step is the compile cost a run's priming absorbs.
-    first_ms = (warm_times or times)[0]
-    peak, source = bench_peak_tflops(out["device"], peak_tflops)
-    out.update(first_step_s=first_ms / 1000.0,
-               compile_s=max(0.0, first_ms - out["median_ms"]) / 1000.0 if cfg.model.compile else None,
-               qat="none" if transform is None else qat, qat_scope=cfg.quant.qat_scope if transform else None,
-               peak_bf16_tflops=peak, peak_source=source, mfu=bench_mfu(out["achieved_tflops"], peak))
-    return out
+    if precision is not None and precision not in BENCH_PRECISION_CHOICES:
+        raise BenchError(f"--precision {precision!r}: use one of {', '.join(BENCH_PRECISION_CHOICES)}")
+    names = ("bf16", "fp32") if precision == "both" else (precision or cfg.run.low_precision,)
+    runs = {p: ThroughputRun(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, low_precision=p)), seed, qat)
+            for p in names}
+    for run in runs.values():
+        run.steps(warmup, timed=False)
+    if runs[names[0]].device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(runs[names[0]].device)
+    for _ in range(steps):
+        for run in runs.values():
+            run.steps(1)
+    out = {p: run.report(qat, peak_tflops) for p, run in runs.items()}
+    if precision != "both":
+        return out[names[0]]
+    pairs = [b / f for b, f in zip(runs["bf16"].times, runs["fp32"].times)]
+    return {**out, "bf16_over_fp32": out["bf16"]["median_ms"] / out["fp32"]["median_ms"],
+            "paired_ratio_median": statistics.median(pairs)}
 
 
 def _throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, warmup_s) -> dict[str, Any]:
@@ -205,7 +252,7 @@ def _throughput_report(cfg, model, device, accum, seqs, times, losses, warmup, w
     return out
 
 
-def format_throughput(res: dict[str, Any]) -> str:
+def _format_one_throughput(res: dict[str, Any]) -> str:
     gpu = res["tokens_per_s_per_gpu"] is not None
     mfu = res.get("mfu")
     compile_s = res.get("compile_s")
@@ -228,7 +275,23 @@ def format_throughput(res: dict[str, Any]) -> str:
         f"peak memory: {res['peak_mem_bytes'] / 2**30:.2f} GiB ({res['peak_mem_kind']})",
         f"loss: {res['loss_first']:.4f} -> {res['loss_last']:.4f}",
     ]
+    if "precision" in res:
+        lines.insert(1, "precision: " + " ".join(f"{k}={v}" for k, v in res["precision"].items()))
     return "\n".join(lines)
+
+
+def format_throughput(res: dict[str, Any]) -> str:
+    """One run's report, or for --precision both each one's, a row per dtype and their ratio."""
+    if "bf16_over_fp32" not in res:
+        return _format_one_throughput(res)
+    rows = [_format_one_throughput(res["bf16"]), "", _format_one_throughput(res["fp32"]), ""]
+    for name in ("bf16", "fp32"):
+        r = res[name]
+        rows.append(f"{name}: median {r['median_ms']:.1f} ms/step  {r['tokens_per_s']:,.0f} tokens/s  "
+                    f"({' '.join(f'{k}={v}' for k, v in r['precision'].items())})")
+    rows.append(f"bf16 / fp32 step time: {res['bf16_over_fp32']:.2f}x (median of adjacent steps' ratios "
+                f"{res['paired_ratio_median']:.2f}x; steps alternate, so both see the same load)")
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- artifact budget

@@ -60,6 +60,16 @@ def bundle_code_bytes(cfg: Config) -> int:
     return len(shipped_files(cfg)["train_gpt.py"].encode("utf-8"))
 
 
+def info_precision(cfg: Config) -> dict[str, str]:
+    """What a run of cfg would choose on this machine for run.low_precision, and why
+    (run.device=cuda is taken at its word, so `info` works where CUDA is absent)."""
+    import torch
+
+    from pgolf.hw import choose_precision, pick_device
+    device = torch.device("cuda") if cfg.run.device == "cuda" else pick_device(cfg.run.device)
+    return choose_precision(cfg.run.low_precision, device).fields(cfg.model.embed_dtype)
+
+
 def cmd_train(args) -> int:
     from pgolf.bundle import shipped_files
     from pgolf.eval.legality import audit
@@ -144,9 +154,10 @@ def cmd_info(args) -> int:
         params = count_params(GPT(cfg.model))
     from pgolf.eval.runner import EvalMode
     mode = EvalMode.of(cfg.eval)
+    precision = info_precision(cfg)
     info = {"preset": args.preset or "smoke", "params": params, "code_form": cfg.quant.code_form,
             "code_bytes": bundle_code_bytes(cfg), "eval_mode": mode.name, "eval_causal": mode.causal,
-            "config": config_to_dict(cfg), "warnings": warnings}
+            "precision": precision, "config": config_to_dict(cfg), "warnings": warnings}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -154,6 +165,7 @@ def cmd_info(args) -> int:
         verdict = ("causal" if mode.causal else "NON-CAUSAL: batch SLOT fits its delta on the targets it scores, "
                    "so the result is not a legal record score")
         print(f"eval mode: {mode.name} ({verdict})")
+        print("precision here: " + " ".join(f"{k}={v}" for k, v in precision.items()))
         for sec, values in info["config"].items():
             print(f"[{sec}] " + " ".join(f"{k}={v}" for k, v in values.items()))
         for w in warnings:
@@ -236,7 +248,7 @@ def cmd_bench(args) -> int:
             if args.micro_batch_seqs:
                 bench_micro_batch(cfg, args.micro_batch_seqs)
             res = bench_throughput(cfg, steps=args.steps, warmup=args.warmup, seed=args.seed, qat=args.qat,
-                                   peak_tflops=args.peak_tflops)
+                                   peak_tflops=args.peak_tflops, precision=args.precision)
             text = format_throughput(res)
         else:
             res = bench_artifact(cfg, args.preset or "smoke", sigma=args.sigma, emb_std=args.emb_std,

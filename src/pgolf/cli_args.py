@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time steps with late QAT off (most of a run) or on (its last stretch)")
     b.add_argument("--peak-tflops", type=float, default=0.0,
                    help="bf16 dense peak for MFU; 0 = from the device name (H100 SXM/PCIe, H200)")
+    b.add_argument("--precision", choices=("auto", "bf16", "fp32", "both"), default=None,
+                   help="run.low_precision for the timed steps; both = bf16 then fp32 and their ratio "
+                        "(default: the config's, auto unless set)")
     b = bsub.add_parser("artifact", help="artifact bytes of filled weights through the real export path")
     _add_config_args(b, default_preset="record_1128")
     b.add_argument("--sigma", type=float, default=0.3, help="std of the filled block matrices")

@@ -369,6 +369,9 @@ class RunConfig:
                            "dashboards beside log.txt; empty = none; never part of a bundled run")
     keep_checkpoints: bool = _f(False, "keep the resumable checkpoints once the run has finished (they "
                                        "only serve --resume; a finished run removes them)")
+    low_precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto", "Newton-Schulz, Muon reduction and bf16 tables in bf16 or fp32; auto = bf16 on CUDA and on "
+                "CPUs with native bf16, fp32 elsewhere (emulated bf16 is ~40x slower)")
 
 
 @dataclass

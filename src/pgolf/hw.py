@@ -7,6 +7,7 @@ with a fallback (the bundled train_gpt.py must run where they are absent).
 """
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -39,6 +40,50 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     # `.float()`, except that float64 stays: the legality audit's float64 model copy would
     # otherwise get its NLLs rounded back to float32 ulps.
     return t if t.dtype == torch.float64 else t.float()
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX-512-BF16 or AMX), from Linux's
+    /proc/cpuinfo flags. Elsewhere (unreadable, other systems) False: bf16 there may be
+    emulated, tens of times slower than fp32, while fp32 is never the slow choice."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype of the work a config allows in bf16 (Muon's Newton-Schulz, its gradient
+    reduction, embedding tables with model.embed_dtype = "bf16") on this machine, and why."""
+    low: torch.dtype
+    reason: str
+
+    def table_dtype(self, embed_dtype: str) -> str:
+        """model.embed_dtype as built: the config's choice, or fp32 where bf16 is not run."""
+        return embed_dtype if self.low == torch.bfloat16 else "fp32"
+
+    def fields(self, embed_dtype: str) -> dict[str, str]:
+        """What `pgolf info` and the run log's event:precision say."""
+        low = "bf16" if self.low == torch.bfloat16 else "fp32"
+        return {"ns": low, "reduce": low, "tables": self.table_dtype(embed_dtype), "reason": self.reason}
+
+
+def choose_precision(requested: str, device: torch.device) -> Precision:
+    """run.low_precision -> Precision: bf16 on CUDA and on CPUs with native bf16 (the
+    reference's numerics), fp32 on other CPUs, where bf16 matmuls are emulated; bf16 or
+    fp32 when asked for by name, on any device (the config check refuses other values)."""
+    if requested != "auto":
+        return Precision(torch.bfloat16 if requested == "bf16" else torch.float32, f"run.low_precision={requested}")
+    if device.type == "cuda":
+        return Precision(torch.bfloat16, "cuda")
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return Precision(torch.bfloat16, "cpu_with_native_bf16")
+    return Precision(torch.float32, f"{device.type}_without_native_bf16")
 
 
 def fa3_function():

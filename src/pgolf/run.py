@@ -22,7 +22,7 @@ from pgolf.data.paths import ValData, load_val, resolve_data_paths
 from pgolf.dist import Comm, init_comm
 from pgolf.errors import PgolfError, TrainingError
 from pgolf.eval.final import final_evaluation
-from pgolf.hw import device_label, maybe_compile
+from pgolf.hw import choose_precision, device_label, maybe_compile
 from pgolf.interrupts import RunInterrupted, stop_on_signals
 from pgolf.model.build import build_model
 from pgolf.model.gpt import count_params
@@ -173,13 +173,15 @@ def _run(spec: RunSpec, log: RunLog) -> dict[str, Any]:
     _log_setup(spec, log)
     _train_seed(cfg.run.seed)
     train_glob, val_glob, _ = resolve_data_paths(cfg)
-    model = build_model(cfg, device)
+    precision = choose_precision(cfg.run.low_precision, device)
+    log.event(event="precision", **precision.fields(cfg.model.embed_dtype))
+    model = build_model(cfg, device, precision)
     model.looping_active = looping_due(cfg.model, 0.0)  # progressive recurrence starts unlooped
     qat = None
     if cfg.quant.late_qat_threshold > 0:
         qat = attach_late_qat(model, cfg.quant.matrix_bits, cfg.quant.qat_scope)
     fwd = maybe_compile(model, cfg.model.compile)
-    opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile)
+    opt = build_optimizers(model, cfg.optim, comm, compile_ns=cfg.model.compile, precision=precision)
     loader = DistributedTokenLoader(train_glob, comm.rank, comm.world_size, device, val_pattern=val_glob,
                                     vocab_size=cfg.model.vocab_size, sampling=cfg.data.sampling, seed=cfg.run.seed,
                                     packing=cfg.data.packing, bos_id=cfg.model.bos_id)

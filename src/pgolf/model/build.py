@@ -1,15 +1,21 @@
 """Building the model a config asks for on a device: from scratch, or holding given weights."""
 
+import dataclasses
+
 import torch
 
 from pgolf.config_tree import Config
-from pgolf.hw import resolve_attention_backend
+from pgolf.hw import Precision, choose_precision, resolve_attention_backend
 from pgolf.model.banks import rebank_state_dict
 from pgolf.model.gpt import GPT
 
 
-def build_model(cfg: Config, device: torch.device) -> GPT:
-    model = GPT(cfg.model).to(device)
+def build_model(cfg: Config, device: torch.device, precision: Precision | None = None) -> GPT:
+    """cfg's model on `device`; bf16 embedding tables only where `precision` (default: the
+    choice of run.low_precision on this device) runs bf16, else fp32 ones."""
+    precision = precision or choose_precision(cfg.run.low_precision, device)
+    mcfg = dataclasses.replace(cfg.model, embed_dtype=precision.table_dtype(cfg.model.embed_dtype))
+    model = GPT(mcfg).to(device)
     model.attn_backend = resolve_attention_backend(cfg.model.attn_backend, device)
     for dtype in (torch.float32, torch.bfloat16):
         # Filled before any torch.compile trace, so compiled graphs only read the cache.

@@ -17,7 +17,7 @@ import torch
 
 from pgolf.config_tree import OptimConfig
 from pgolf.dist import Comm
-from pgolf.hw import fused_adamw
+from pgolf.hw import Precision, fused_adamw
 from pgolf.optim.errors import OptimError
 from pgolf.optim.muon import Muon
 
@@ -124,19 +124,22 @@ def _adam_groups(model: Any, ocfg: OptimConfig) -> list[dict[str, Any]]:
 
 
 def build_optimizers(model: Any, ocfg: OptimConfig, comm: Comm | None = None,
-                     compile_ns: bool = False) -> OptimizerSet:
+                     compile_ns: bool = False, precision: Precision | None = None) -> OptimizerSet:
     """Muon over model.matrix_params(); AdamW over embedding tables, scalars (and an untied head).
 
-    compile_ns=True wraps Newton–Schulz in torch.compile (worth it on GPU only).
+    compile_ns=True wraps Newton–Schulz in torch.compile (worth it on GPU only). `precision`
+    (hw.choose_precision) sets the dtype of Newton–Schulz and of Muon's gradient reduction;
+    None keeps Muon's bf16, the reference's numerics.
     """
     comm = comm if comm is not None else Comm()
+    low = torch.bfloat16 if precision is None else precision.low
     matrices = list(model.matrix_params())
     if not matrices:
         raise OptimError("build_optimizers: model.matrix_params() is empty; Muon needs block matrices")
     muon = Muon([dict(params=matrices, base_lr=ocfg.matrix_lr, base_wd=ocfg.muon_wd)], lr=ocfg.matrix_lr,
                 momentum=ocfg.muon_momentum, nesterov=ocfg.muon_nesterov,
                 backend_steps=ocfg.muon_backend_steps, weight_decay=ocfg.muon_wd, comm=comm,
-                compile_ns=compile_ns, coeffs=ocfg.muon_coeffs, row_norm=ocfg.muon_row_norm,
+                compile_ns=compile_ns, ns_dtype=low, reduce_dtype=low, coeffs=ocfg.muon_coeffs, row_norm=ocfg.muon_row_norm,
                 pe_safety=ocfg.muon_pe_safety,
                 momentum_dtype=torch.bfloat16 if ocfg.muon_momentum_dtype == "bf16" else torch.float32,
                 ns_norm_fp32=ocfg.muon_ns_norm_dtype == "fp32", row_norm_clamp=ocfg.muon_row_norm_eps == "clamp")
