@@ -21,6 +21,7 @@ from pgolf.data.loader import TokenStream, find_shards
 from pgolf.data.paths import resolve_data_paths
 from pgolf.data.shards import load_shard, read_header
 from pgolf.errors import PgolfError
+from pgolf.hw import choose_precision
 from pgolf.model.gpt import GPT
 
 CALIB_SOURCES: tuple[str, ...] = ("train", "self")
@@ -236,7 +237,9 @@ def collect_hessians(model: GPT, tokens: Tensor, batch_seqs: int, device,
 
 def per_layer_model(cfg: Config, flat: dict[str, Tensor], device) -> GPT:
     """An eval-mode per-layer model holding the unbanked state `flat` (artifact names)."""
-    mcfg = cfg.model
+    # Tables in the dtype the run trained them in on this machine (fp32 where bf16 is emulated).
+    table = choose_precision(cfg.run.low_precision, torch.device(device)).table_dtype(cfg.model.embed_dtype)
+    mcfg = dataclasses.replace(cfg.model, embed_dtype=table)
     if cfg.quant.calib_attention == "dense":  # #1855 calibrates without cu_seqlens: across documents
         mcfg = dataclasses.replace(mcfg, doc_mask=False)
     model = GPT(mcfg, banked=False).to(device)
