@@ -139,8 +139,10 @@ def cmd_audit(args) -> int:
     device = pick_device(cfg.run.device)
     val = load_val(cfg, device)
     model = load_round_trip(artifact, cfg, device)
+    from pgolf.runlog import RunLog
+    progress = RunLog(None, stream=sys.stderr).line  # stdout carries the report alone
     report = audit(model, val.tokens, args.mode, cfg.eval, val.tables, device,
-                   normalization=args.normalization)
+                   normalization=args.normalization, progress=progress)
     print(report.summary())
     return 0 if report.ok else 1
 

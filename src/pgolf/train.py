@@ -24,6 +24,7 @@ from pgolf.hw import compute_autocast, device_sync
 from pgolf.model.stack import looping_due
 from pgolf.optim.schedule import (lr_multiplier, momentum_cooldown, muon_momentum_at, training_fraction,
                                   wd_taper_multiplier)
+from pgolf.progress import Progress
 from pgolf.runlog import RunLog
 from pgolf.wallclock import AutoCheckpoints, CapSchedule, TrainClock, training_cap_ms
 
@@ -101,27 +102,37 @@ def prime(model, fwd, opt, loader, cfg: Config, accum: int, device, log: RunLog,
         return
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), loader.state())
     t0 = time.perf_counter()
-    for _ in range(n):
-        train_step(model, fwd, opt, loader, cfg, accum, device)
     qat_primed = qat is not None and cfg.model.compile
+    loop_primed = cfg.model.compile and cfg.model.num_loops > 0 and not model.looping_active
+    # One line a step: compiling makes single steps take minutes.
+    lines = Progress(log.line, "priming", n + int(qat_primed) + int(loop_primed), every_s=0.0)
+    lines.step(0)
+    for i in range(n):
+        primed_step(model, fwd, opt, loader, cfg, accum, device, lines, i + 1)
     if qat_primed:
         qat.active = True
-        train_step(model, fwd, opt, loader, cfg, accum, device)
+        primed_step(model, fwd, opt, loader, cfg, accum, device, lines, n + 1)
         qat.active = False
-    loop_primed = cfg.model.compile and cfg.model.num_loops > 0 and not model.looping_active
     if loop_primed:
         # Likewise the looped graph, which progressive recurrence switches to mid-run.
         model.looping_active = True
-        train_step(model, fwd, opt, loader, cfg, accum, device)
+        primed_step(model, fwd, opt, loader, cfg, accum, device, lines, lines.total)
         model.looping_active = False
     device_sync(device)
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     loader.load_state(saved[2])
     opt.zero_grad(set_to_none=True)
-    log.event(event="priming_done", steps=n + int(qat_primed) + int(loop_primed), qat_graph=qat_primed,
+    log.event(event="priming_done", steps=lines.total, qat_graph=qat_primed,
               loop_graph=loop_primed,
               seconds=round(time.perf_counter() - t0, 2))
+
+
+def primed_step(model, fwd, opt, loader, cfg: Config, accum: int, device, lines: Progress, done: int) -> None:
+    """One priming step, waited for so its line's ETA counts the step."""
+    train_step(model, fwd, opt, loader, cfg, accum, device)
+    device_sync(device)
+    lines.step(done)
 
 
 # ---------------------------------------------------------------- the loop

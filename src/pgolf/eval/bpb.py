@@ -16,6 +16,7 @@ import torch
 from pgolf.dist import Comm
 from pgolf.errors import PgolfError
 from pgolf.hw import at_least_fp32, compute_autocast
+from pgolf.progress import PROGRESS_EVERY_S, Progress
 
 
 class EvalInputError(PgolfError, ValueError):
@@ -160,31 +161,27 @@ def eval_emit_event(events: Any, kind: str, lo: int, hi: int) -> None:
 
 
 class EvalProgress:
-    """Rate-limited progress lines with running bpb and ETA; warns once when over budget."""
+    """Progress lines (pgolf.progress) with running bpb and ETA; warns once when over budget.
+    About `lines` lines per eval, and one at least every every_s seconds of a long one."""
 
     def __init__(self, log: Callable[[str], None] | None, label: str, unit: str, total: int,
-                 budget_seconds: float = 0.0, lines: int = 10, suffix: str = "") -> None:
-        self.log, self.label, self.unit, self.total = log, label, unit, max(total, 1)
-        self.budget, self.suffix = budget_seconds, suffix
-        self.every = max(1, self.total // max(lines, 1))
-        self.t0 = time.perf_counter()
+                 budget_seconds: float = 0.0, lines: int = 10, suffix: str = "",
+                 every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] | None = None) -> None:
+        self.log, self.label, self.budget, self.suffix = log, label, budget_seconds, suffix
+        self.lines = Progress(log, f"eval:{label} {unit}", total, every_s, lines, clock)
+        self.total = self.lines.total
         self.warned = False
         self.projected = 0.0
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        return self.lines.elapsed()
 
     def step(self, done: int, acc: BpbAccumulator, extra_seconds: float = 0.0) -> None:
         """done units of total finished; extra_seconds is time spent before this phase."""
-        el = self.elapsed()
-        eta = el / max(done, 1) * (self.total - done)
-        self.projected = extra_seconds + el + eta
-        if self.log is None:
-            return
-        if done % self.every == 0 or done == self.total:
-            self.log(f"eval:{self.label} {self.unit}:{done}/{self.total} tokens:{acc.tokens} "
-                     f"running_bpb:{acc.val_bpb:.6f} eta:{eta:.1f}s{self.suffix}")
-        if self.budget > 0 and not self.warned and self.projected > self.budget and done < self.total:
+        eta = self.lines.step(done, lambda: f"tokens:{acc.tokens} running_bpb:{acc.val_bpb:.6f}", self.suffix)
+        self.projected = extra_seconds + self.elapsed() + eta
+        if (self.log is not None and self.budget > 0 and not self.warned and self.projected > self.budget
+                and done < self.total):
             self.warned = True
             self.log(f"eval:warning {self.label} projected {self.projected:.0f}s exceeds "
                      f"eval.budget_seconds {self.budget:.0f}s")

@@ -32,7 +32,6 @@ Runs in one process (Comm()); the same model is reused, TTT copies it internally
 
 import copy
 import dataclasses
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -44,6 +43,7 @@ from pgolf.eval.bpb import ScoreRecorder, as_byte_tables, val_tokens_tensor
 from pgolf.eval.runner import EvalMode, evaluate
 from pgolf.eval.sliding import plan_windows
 from pgolf.eval.ttt import ttt_chunk_bounds, ttt_chunk_windows
+from pgolf.progress import Progress
 
 
 SELF_TEST_MARGIN = 100.0  # batch SLOT must fail causality by at least this x the tolerance
@@ -202,19 +202,13 @@ def _audit_run(eval_fn: Callable, tokens: torch.Tensor,
     return rec.nll_array(), rec.count_array(), events, out
 
 
-class AuditProgress:
-    """`audit:<phase> run:i/n eta:Xs` lines, about ten per phase: an audit is minutes of
-    re-evaluations on a large model and should not look hung."""
+class AuditProgress(Progress):
+    """`audit:<phase> run:i/n eta:Xs` lines (pgolf.progress), about ten per phase and one at
+    least every PROGRESS_EVERY_S: an audit is minutes of re-evaluations on a large model and
+    should not look hung."""
 
     def __init__(self, log: Callable[[str], None] | None, phase: str, total: int) -> None:
-        self.log, self.phase, self.total = log, phase, max(total, 1)
-        self.every = max(1, self.total // 10)
-        self.t0 = time.perf_counter()
-
-    def step(self, done: int) -> None:
-        if self.log is not None and (done % self.every == 0 or done == self.total):
-            el = time.perf_counter() - self.t0
-            self.log(f"audit:{self.phase} run:{done}/{self.total} eta:{el / done * (self.total - done):.1f}s")
+        super().__init__(log, f"audit:{phase} run", total, lines=10)
 
 
 def perturb_future(tokens: torch.Tensor, j: int, vocab: int) -> torch.Tensor:
@@ -282,12 +276,16 @@ def self_test_config(cfg: EvalConfig) -> EvalConfig:
 
 
 def _audit_self_test(eval_fn: Callable, tokens: torch.Tensor, cfg: EvalConfig, vocab: int,
-                     tol: float) -> tuple[str, str, float]:
+                     tol: float, progress: Callable | None = None) -> tuple[str, str, float]:
     """Batch SLOT through the same causality check; FAIL unless caught by >= SELF_TEST_MARGIN."""
     scfg = self_test_config(cfg)
     n = tokens.numel() - 1
+    prog = AuditProgress(progress, "self_test", 2)
+    prog.step(0)
     base, _, _, _ = _audit_run(eval_fn, tokens, scfg)
+    prog.step(1)
     res = _audit_causality(eval_fn, tokens, scfg, base, [max(2, n // 2)], vocab, tol)
+    prog.step(2)
     if res.verdict == "FAIL" and res.margin >= SELF_TEST_MARGIN:
         return "PASS", "", res.margin
     return "FAIL", (f"the causality check caught known-leaky batch SLOT by only {res.margin:.3g}x the "
@@ -311,7 +309,10 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
         raise ValueError(f"audit precision must be one of {sorted(AUDIT_ATOL)}, got {precision!r}")
     builtin = eval_fn is None
     if builtin and precision == "float64":
+        copying = AuditProgress(progress, "float64_copy", 1)
+        copying.step(0)
         model, device = audit_model_copy(model), torch.device("cpu")
+        copying.step(1)
         tables = as_byte_tables(tables, device)
     elif not builtin:
         precision = "native"  # what a caller's evaluator computes in is its own business
@@ -331,14 +332,18 @@ def audit(model: torch.nn.Module | None, tokens: Any, mode: str, ecfg: EvalConfi
              or as_byte_tables(tables, "cpu").vocab_size)
     atol = AUDIT_ATOL[precision] if atol is None else atol
     norm_tol = AUDIT_NORM_TOL[precision] if norm_tol is None else norm_tol
+    baseline = AuditProgress(progress, "baseline", 2)
+    baseline.step(0)
     base, count, events, out = _audit_run(eval_fn, toks, cfg)
+    baseline.step(1)
     again, _, _, _ = _audit_run(eval_fn, toks, cfg)
+    baseline.step(2)
     # Rerunning unchanged input measures nondeterminism (GPU kernels); never below atol.
     noise = float(np.max(np.abs(again - base))) if n else 0.0
     tol = max(atol, 4.0 * noise)
     st, st_detail, st_margin = "n/a", "", float("nan")
     if self_test and builtin and n >= 4:
-        st, st_detail, st_margin = _audit_self_test(eval_fn, toks, cfg, vocab, tol)
+        st, st_detail, st_margin = _audit_self_test(eval_fn, toks, cfg, vocab, tol, progress)
     positions = positions or audit_positions(n, cfg)
     cause = _audit_causality(eval_fn, toks, cfg, base, positions, vocab, tol, progress)
     once, odetail = _audit_once(count)

@@ -27,7 +27,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torch import Tensor
 from pgolf.atomic import atomic_write
 from pgolf.config_tree import QuantConfig
 from pgolf.errors import PgolfError
+from pgolf.progress import Progress
 from pgolf.quant.codec import (COMPRESSORS, INT_LAYOUTS, CodecError, compress_bytes, decompress_bytes, pack_codes,
                                unpack_codes)
 from pgolf.quant.pergroup import compress_pergroup, decompress_pergroup
@@ -238,21 +239,25 @@ def _compress(body: bytes, qcfg: QuantConfig) -> bytes:
 
 def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
                    meta: dict[str, Any] | None = None, int_layout: str | None = None,
-                   hessians: dict[str, Tensor] | None = None, payload_out: dict | None = None
-                   ) -> tuple[bytes, dict[str, Any]]:
+                   hessians: dict[str, Tensor] | None = None, payload_out: dict | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[bytes, dict[str, Any]]:
     """Quantize, serialize, compress and frame a state dict -> (artifact bytes, quant stats).
 
     hessians: calibration Hessians for quant.matrix_method=gptq (pgolf.quant.calibration);
-    payload_out, when given, receives the quantized payload (for group_byte_report).
+    payload_out, when given, receives the quantized payload (for group_byte_report); log gets
+    progress lines (compression is one call: a line before it and one after).
     """
     if qcfg.compressor not in ARTIFACT_COMPRESSORS:
         raise ArtifactError(f"quant.compressor={qcfg.compressor!r} unknown; "
                             f"use one of {', '.join(ARTIFACT_COMPRESSORS)}")
-    payload, stats = quantize_state_dict(state_dict, qcfg, hessians)
+    payload, stats = quantize_state_dict(state_dict, qcfg, hessians, log)
     if payload_out is not None:
         payload_out.update(payload)
     body = _body(payload, qcfg, int_layout)
+    lines, what = Progress(log, "quant:compress part", 1), f"bytes:{len(body)} compressor:{qcfg.compressor}"
+    lines.step(0, what)
     comp = _compress(body, qcfg)
+    lines.step(1, what)
     header = json.dumps({"compressor": qcfg.compressor, "level": qcfg.level, "body_bytes": len(body),
                          "config_hash": config_hash, "meta": meta or {}},
                         sort_keys=True, separators=(",", ":")).encode()
@@ -264,9 +269,9 @@ def build_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash
 
 def pack_artifact(state_dict: dict[str, Tensor], qcfg: QuantConfig, config_hash: str = "",
                   meta: dict[str, Any] | None = None, int_layout: str | None = None,
-                  hessians: dict[str, Tensor] | None = None) -> bytes:
+                  hessians: dict[str, Tensor] | None = None, log: Callable[[str], None] | None = None) -> bytes:
     """State dict -> artifact bytes (see build_artifact for the stats as well)."""
-    return build_artifact(state_dict, qcfg, config_hash, meta, int_layout, hessians)[0]
+    return build_artifact(state_dict, qcfg, config_hash, meta, int_layout, hessians, log=log)[0]
 
 
 def _check_frame(blob: bytes, source: str) -> tuple[dict[str, Any], bytes]:

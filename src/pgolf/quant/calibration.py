@@ -9,7 +9,7 @@ weight records the input of the F.linear it meets. The model itself knows nothin
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ from pgolf.data.loader import TokenStream, find_shards
 from pgolf.data.paths import resolve_data_paths
 from pgolf.data.shards import load_shard, read_header
 from pgolf.errors import PgolfError
-from pgolf.hw import choose_precision
+from pgolf.hw import choose_precision, device_sync
 from pgolf.model.gpt import GPT
+from pgolf.progress import Progress
 
 CALIB_SOURCES: tuple[str, ...] = ("train", "self")
 # Where the tied embedding's Hessian is filed: the head's input is the final hidden state.
@@ -95,7 +96,8 @@ class HessianTap(nn.Module):
         return w if name is None else TaggedWeight.tag(w, name, self.sink)
 
 
-def calibration_tokens(cfg: Config, model: GPT, device, source: str | None = None) -> Tensor:
+def calibration_tokens(cfg: Config, model: GPT, device, source: str | None = None,
+                       log: Callable[[str], None] | None = None) -> Tensor:
     """[calib_seqs, calib_seq_len] token ids from quant.calib_source (validation refused)."""
     q = cfg.quant
     source = source or q.calib_source
@@ -109,7 +111,7 @@ def calibration_tokens(cfg: Config, model: GPT, device, source: str | None = Non
         return train_calibration_tokens(cfg, q.calib_seqs, seq_len)
     if source == "self":
         return sample_sequences(model, q.calib_seqs, seq_len, q.calib_temperature, q.calib_batch_seqs,
-                                device, seed=cfg.run.seed)
+                                device, seed=cfg.run.seed, log=log)
     raise CalibrationError(f"quant.calib_source={source!r}; use one of {', '.join(CALIB_SOURCES)}")
 
 
@@ -191,19 +193,22 @@ def find_shards_or_none(pattern: str) -> list[str]:
 
 @torch.no_grad()
 def sample_sequences(model: GPT, n_seqs: int, seq_len: int, temperature: float, batch: int, device,
-                     seed: int = 0, bos: int = 1) -> Tensor:
+                     seed: int = 0, bos: int = 1, log: Callable[[str], None] | None = None) -> Tensor:
     """Autoregressive samples from the model (#1019's self-generated calibration): each
     sequence starts at BOS and draws every next token at `temperature`. No KV cache: every
     step re-reads the prefix, O(T^2) but exact."""
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
+    batches = -(-n_seqs // batch)
+    lines = Progress(log, "quant:calib_sampling positions", batches * (seq_len - 1))
     for b0 in range(0, n_seqs, batch):
         nb = min(batch, n_seqs - b0)
         ids = torch.full((nb, 1), bos, dtype=torch.long, device=device)
-        for _ in range(seq_len - 1):
+        for t in range(seq_len - 1):
             logits = model.forward_logits(ids)[:, -1].float() / temperature
             nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)
             ids = torch.cat([ids, nxt], dim=1)
+            lines.step(b0 // batch * (seq_len - 1) + t + 1)
         out.append(ids.cpu())
     return torch.cat(out)
 
@@ -215,8 +220,8 @@ def block_matrix_names(model: GPT) -> dict[int, str]:
 
 
 @torch.no_grad()
-def collect_hessians(model: GPT, tokens: Tensor, batch_seqs: int, device,
-                     with_head: bool = False) -> dict[str, Tensor]:
+def collect_hessians(model: GPT, tokens: Tensor, batch_seqs: int, device, with_head: bool = False,
+                     log: Callable[[str], None] | None = None) -> dict[str, Tensor]:
     """Mean input Hessians of every block matrix of a per-layer (unbanked) model, by name;
     with_head adds the tied head's (the final hidden states) as HEAD_HESSIAN_NAME."""
     if model.banked:
@@ -225,11 +230,15 @@ def collect_hessians(model: GPT, tokens: Tensor, batch_seqs: int, device,
     saved = model.weight_transform
     tap = HessianTap(block_matrix_names(model), sink, saved)
     model.weight_transform = tap
+    lines = Progress(log, "quant:calibration batches", -(-tokens.shape[0] // batch_seqs))
     try:
         for b0 in range(0, tokens.shape[0], batch_seqs):
             h = model.forward_hidden(tokens[b0:b0 + batch_seqs].to(device))
             if with_head:
                 sink.add(HEAD_HESSIAN_NAME, h)
+            if log is not None:
+                device_sync(device)  # the ETA counts the batch's Hessians, not its launch
+            lines.step(b0 // batch_seqs + 1)
     finally:
         model.weight_transform = saved
     return sink.hessians()
@@ -247,13 +256,15 @@ def per_layer_model(cfg: Config, flat: dict[str, Tensor], device) -> GPT:
     return model.eval()
 
 
-def calibrate(cfg: Config, flat: dict[str, Tensor], device) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Calibration tokens -> Hessians for the unbanked state `flat`, and what it cost."""
+def calibrate(cfg: Config, flat: dict[str, Tensor], device, log: Callable[[str], None] | None = None
+              ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Calibration tokens -> Hessians for the unbanked state `flat`, and what it cost; log gets
+    progress lines."""
     t0 = time.perf_counter()
     model = per_layer_model(cfg, flat, device)
-    toks = calibration_tokens(cfg, model, device)
+    toks = calibration_tokens(cfg, model, device, log=log)
     t1 = time.perf_counter()
-    hs = collect_hessians(model, toks, cfg.quant.calib_batch_seqs, device, with_head=cfg.quant.gptq_embed)
+    hs = collect_hessians(model, toks, cfg.quant.calib_batch_seqs, device, with_head=cfg.quant.gptq_embed, log=log)
     info = {"calib_source": cfg.quant.calib_source, "calib_windows": cfg.quant.calib_windows,
             "calib_tokens": int(toks.numel()),
             "calib_tokens_s": round(t1 - t0, 3), "hessians_s": round(time.perf_counter() - t1, 3)}

@@ -41,7 +41,7 @@ def export_hessians(cfg: Config, flat: dict[str, torch.Tensor], device, log: Run
     """Calibration Hessians when quant.matrix_method=gptq, else None (nothing to calibrate)."""
     if cfg.quant.matrix_method != "gptq":
         return None
-    hessians, info = calibrate(cfg, flat, device)
+    hessians, info = calibrate(cfg, flat, device, log.line if log is not None else None)
     if log is not None:
         log.event(event="calibration", **info)
     return hessians
@@ -77,7 +77,7 @@ def export_artifact(state: dict, label: str, flat: dict[str, torch.Tensor], cfg:
     seed, so all hold the same bytes for the budget check."""
     hessians = export_hessians(cfg, flat, device, log)
     blob = pack_artifact(flat, cfg.quant, config_hash(cfg), meta={"config_toml": shippable_config_toml(cfg)},
-                         hessians=hessians)
+                         hessians=hessians, log=log.line)
     report = budget_report(len(blob), code_bytes, cfg.quant.max_artifact_bytes)
     check_budget(report, where)
     log.event(event="artifact", export_weights=label, model_bytes=report["model_bytes"],

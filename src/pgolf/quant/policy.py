@@ -22,12 +22,13 @@ GPTQ on the tied table against the head's Hessian. quant.lqer_rank > 0 adds LQER
 """
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from pgolf.config_tree import QuantConfig
+from pgolf.progress import Progress
 from pgolf.quant.clip import choose_row_scales
 from pgolf.quant.gptq import gptq_quantize
 from pgolf.quant.lqer import LQER_METHODS, is_lqer_name, lqer_correction, lqer_entries, pick_lqer_targets
@@ -129,19 +130,21 @@ def _int_entry(name: str, t: Tensor, cat: str, bits: int, qcfg: QuantConfig,
     return {"kind": "int", "bits": bits, "method": method, "q": q, "scale": scale.to(torch.float16), "clips": []}
 
 
-def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict[str, Tensor] | None = None
-                        ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict[str, Tensor] | None = None,
+                        log: Callable[[str], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Quantize a (unbanked) state dict -> (payload, stats).
 
     payload[name] = {"kind": "int"|"fp16"|"raw", "category", "group", "shape", "dtype", ...};
     "int" entries hold int8 codes "q" (shaped like the tensor) and fp16 per-row "scale".
-    hessians: calibration input Hessians by tensor name (pgolf.quant.calibration), used by gptq.
+    hessians: calibration input Hessians by tensor name (pgolf.quant.calibration), used by gptq;
+    log gets progress lines (GPTQ takes seconds a matrix on a CPU).
     stats = {"categories": {cat: {tensors, params, max_abs_err, mse}}, "tensors": {name: {...}}}.
     """
     hessians = hessians or {}
     use_h = qcfg.matrix_method == "gptq"
     payload: dict[str, dict[str, Any]] = {}
-    for name, t in sd.items():
+    lines = Progress(log, "quant:quantize tensors", len(sd))
+    for i, (name, t) in enumerate(sd.items(), start=1):
         t = t.detach().cpu()
         cat = quant_category(name, t, qcfg.small_numel)
         if cat != "raw" and not bool(torch.isfinite(t).all()):
@@ -159,6 +162,7 @@ def quantize_state_dict(sd: dict[str, Tensor], qcfg: QuantConfig, hessians: dict
             e = _int_entry(name, t, cat, bits, qcfg, h)
         e.update(category=cat, group=group, shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."))
         payload[name] = e
+        lines.step(i)
     if qcfg.lqer_rank > 0:
         _add_lqer(sd, payload, qcfg)
     return payload, quant_error_stats(sd, payload)
