@@ -344,9 +344,9 @@ def test_unreached_definitions_are_left_out(capsys) -> None:
 # the model cannot use: check that the run really needs it before updating the list.
 RECORD_1128_MODULES = [
     "pgolf.config_checks", "pgolf.config_tree", "pgolf.errors", "pgolf.config", "pgolf.data.caseops",
-    "pgolf.data.tokenizer", "pgolf.hw", "pgolf.dist", "pgolf.eval.bpb", "pgolf.eval.forward", "pgolf.eval.sliding",
-    "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.interrupts", "pgolf.atomic",
-    "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.loader", "pgolf.data.paths", "pgolf.model.attention",
+    "pgolf.data.tokenizer", "pgolf.interrupts", "pgolf.atomic", "pgolf.data.shards", "pgolf.data.sidecar",
+    "pgolf.hw", "pgolf.data.loader", "pgolf.data.paths", "pgolf.dist", "pgolf.eval.bpb", "pgolf.eval.forward",
+    "pgolf.eval.sliding", "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.model.attention",
     "pgolf.eval.runner", "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack", "pgolf.model.gpt",
     "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging", "pgolf.optim.muon", "pgolf.optim.builder",
     "pgolf.optim.schedule", "pgolf.parts", "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip",

@@ -1,16 +1,19 @@
 """The one place that decides hardware and precision: device, compute dtype, attention
-kernel, compilation, fused optimizer kernels, pinned host memory, device syncs.
+kernel, compilation, fused optimizer and Triton kernels, pinned host memory, device syncs.
 
 Everything else asks this module instead of probing for itself, so switching a policy
 (say, bf16 on CPU, or FA3 off) is one edit here. Optional kernels are imported lazily
 with a fallback (the bundled train_gpt.py must run where they are absent).
 """
 
+import importlib.util
 import os
 
 import torch
 
 from pgolf.errors import PgolfError
+from pgolf.kernels.leaky_mlp import leaky_relu_squared_linear, leaky_mlp_ops
+from pgolf.kernels.softcap_ce import softcap_ce_ops, softcap_cross_entropy
 
 ATTENTION_BACKENDS = ("auto", "fa3", "sdpa", "math")
 
@@ -99,3 +102,34 @@ def device_sync(device: torch.device) -> None:
 
 def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _fused_kernel_on(switch: str, name: str, device: torch.device) -> bool:
+    # Asked without importing triton (a slow import, and pgolf.kernels.launch stays out of
+    # bundles that never run a kernel).
+    have_triton = importlib.util.find_spec("triton") is not None
+    if switch == "off":
+        return False
+    if switch == "auto":
+        return device.type == "cuda" and have_triton
+    if device.type == "cuda" and not have_triton:
+        raise PgolfError(f"model.{name}=on needs triton on a CUDA device (pip install triton), or set it to auto")
+    return True
+
+
+def fused_loss_function(switch: str, device: torch.device):
+    """model.fused_ce -> softcap_cross_entropy(logits, targets, cap) (pgolf.kernels), or None for
+    the eager loss. The op is registered here, before any torch.compile trace reaches it."""
+    if not _fused_kernel_on(switch, "fused_ce", device):
+        return None
+    softcap_ce_ops()
+    return softcap_cross_entropy
+
+
+def fused_mlp_function(switch: str, device: torch.device):
+    """model.fused_mlp -> leaky_relu_squared_linear(x, w_up, slope) (pgolf.kernels), or None for
+    the eager F.linear + activation."""
+    if not _fused_kernel_on(switch, "fused_mlp", device):
+        return None
+    leaky_mlp_ops()
+    return leaky_relu_squared_linear
