@@ -5,6 +5,9 @@ equal the eager model's with the switches off. The switches: off and auto on a C
 eager path; on routes through the ops; on without triton on CUDA refuses."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +99,35 @@ def test_compiled_step_traces_both_ops_without_a_graph_break_and_equals_eager():
     assert grads_f.keys() == grads_e.keys()
     for name, g_e in grads_e.items():
         assert torch.allclose(grads_f[name], g_e, rtol=1e-3, atol=1e-6), (name, (grads_f[name] - g_e).abs().max())
+
+
+_NO_TRITON = r'''
+import sys
+sys.modules["triton"] = None  # as if not installed: importing it raises ImportError
+import torch
+from pgolf.config import finalize_config
+from pgolf.config_tree import Config
+from pgolf.model.build import build_model
+for switch in ("auto", "on"):
+    cfg = Config()
+    m = cfg.model
+    m.arch, m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads = "record", 64, 2, 32, 2, 1
+    m.bigram_vocab_size, m.bigram_dim, m.ve_dim = 16, 8, 8
+    m.fused_ce = m.fused_mlp = switch
+    cfg.run.train_seq_len = cfg.eval.seq_len = 8
+    finalize_config(cfg)
+    model = build_model(cfg, torch.device("cpu"))
+    ids = torch.randint(0, 64, (2, 8))
+    model(ids, ids).backward()
+    print(switch, model.fused_loss is not None, "triton" in sys.modules and sys.modules["triton"] is not None)
+'''
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: ~8 s on 2 cores
+def test_without_triton_a_cpu_model_trains_on_the_eager_reference():
+    """triton is no runtime dependency: auto keeps the eager path, on runs the ops' eager fallback."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
+    r = subprocess.run([sys.executable, "-c", _NO_TRITON], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["auto", "False", "False", "on", "True", "False"]
