@@ -110,10 +110,14 @@ def _fused_kernel_on(switch: str, name: str, device: torch.device) -> bool:
     have_triton = importlib.util.find_spec("triton") is not None
     if switch == "off":
         return False
+    # @triton.jit reads each kernel's source file: the counted train_gpt.py, exec'd from a
+    # compressed string, has none (its readable twin, run as a file, does).
+    from_file = os.path.isfile(softcap_ce_ops.__code__.co_filename)
     if switch == "auto":
-        return device.type == "cuda" and have_triton
-    if device.type == "cuda" and not have_triton:
-        raise PgolfError(f"model.{name}=on needs triton on a CUDA device (pip install triton), or set it to auto")
+        return device.type == "cuda" and have_triton and from_file
+    if device.type == "cuda" and not (have_triton and from_file):
+        why = "triton (pip install triton)" if not have_triton else "a source file (run the readable train_gpt.py)"
+        raise PgolfError(f"model.{name}=on needs {why} on a CUDA device, or set it to auto")
     return True
 
 

@@ -4,6 +4,7 @@ the compiled step runs the kernels (Triton's interpreter on a CPU) and its loss 
 equal the eager model's with the switches off. The switches: off and auto on a CPU keep the
 eager path; on routes through the ops; on without triton on CUDA refuses."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -43,12 +44,26 @@ def test_switches_choose_the_path_hw_decides():
 
 
 def test_on_without_triton_on_cuda_refuses(monkeypatch):
-    import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
-    with pytest.raises(PgolfError, match="fused_ce=on needs triton"):
+    with pytest.raises(PgolfError, match=r"fused_ce=on needs triton \(pip install triton\)"):
         fused_loss_function("on", torch.device("cuda"))
     assert fused_mlp_function("auto", torch.device("cuda")) is None
+
+
+def test_kernels_without_a_source_file_stay_off_on_cuda(monkeypatch):
+    """The counted train_gpt.py runs exec'd from a string, where @triton.jit cannot read the
+    kernels' source: auto keeps the eager path there and on refuses in one line."""
+    import pgolf.hw as hw
+    namespace = {}
+    exec("def softcap_ce_ops():\n    pass\n", namespace)
+    monkeypatch.setattr(hw, "softcap_ce_ops", namespace["softcap_ce_ops"])
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    cuda = torch.device("cuda")
+    assert fused_mlp_function("auto", cuda) is None
+    with pytest.raises(PgolfError, match="fused_ce=on needs a source file"):
+        fused_loss_function("on", cuda)
 
 
 def _step(forward, model, ids, targets):
