@@ -12,7 +12,7 @@ import os
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.kernels.leaky_mlp import leaky_relu_squared_linear, leaky_mlp_ops
+from pgolf.kernels.leaky_mlp import leaky_mlp_ops, leaky_relu_squared_linear
 from pgolf.kernels.softcap_ce import softcap_ce_ops, softcap_cross_entropy
 
 ATTENTION_BACKENDS = ("auto", "fa3", "sdpa", "math")

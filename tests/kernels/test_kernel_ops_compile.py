@@ -54,9 +54,9 @@ def test_on_without_triton_on_cuda_refuses(monkeypatch):
 def test_kernels_without_a_source_file_stay_off_on_cuda(monkeypatch):
     """The counted train_gpt.py runs exec'd from a string, where @triton.jit cannot read the
     kernels' source: auto keeps the eager path there and on refuses in one line."""
-    import pgolf.hw as hw
+    from pgolf import hw
     namespace = {}
-    exec("def softcap_ce_ops():\n    pass\n", namespace)
+    exec("def softcap_ce_ops():\n    pass\n", namespace)  # noqa: S102 - code without a file, as the counted form
     monkeypatch.setattr(hw, "softcap_ce_ops", namespace["softcap_ce_ops"])
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
@@ -143,6 +143,7 @@ def test_without_triton_a_cpu_model_trains_on_the_eager_reference():
     """triton is no runtime dependency: auto keeps the eager path, on runs the ops' eager fallback."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src")
-    r = subprocess.run([sys.executable, "-c", _NO_TRITON], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", _NO_TRITON], env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["auto", "False", "False", "on", "True", "False"]

@@ -54,7 +54,8 @@ print(json.dumps(out))
 def test_every_kernel_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=SRC, TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", _BUILD], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _BUILD], env=env, capture_output=True, text=True, timeout=600,
+                       check=False)
     if r.returncode != 0 and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("this triton has no ptxas to build for sm_90")
     assert r.returncode == 0, r.stderr[-3000:]

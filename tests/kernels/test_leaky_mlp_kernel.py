@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
 
-from pgolf.kernels.leaky_mlp import leaky_mlp_ops, leaky_relu_squared_linear  # noqa: E402
-from pgolf.model.mlp import leaky_relu_squared  # noqa: E402
+from pgolf.kernels.leaky_mlp import leaky_mlp_ops, leaky_relu_squared_linear
+from pgolf.model.mlp import leaky_relu_squared
 
 pytestmark = pytest.mark.triton
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":

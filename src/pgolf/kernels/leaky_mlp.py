@@ -18,7 +18,7 @@ from pgolf.kernels.launch import triton_runs_on
 _MLP_STATE: dict = {}
 # Tile shape (rows, columns, reduction) and launch shape: a plain Hopper/Ampere choice.
 _MLP_TILES = (128, 128, 64)
-_MLP_LAUNCH = dict(num_warps=8, num_stages=3)
+_MLP_LAUNCH = {"num_warps": 8, "num_stages": 3}
 
 
 def _mlp_kernel():
