@@ -140,6 +140,9 @@ def gather(out: Path, work: Path, budget: float) -> dict:
             "log_events": _log_events(work / "run" / "log.txt", ("priming_done", "late_qat_on", "artifact",
                                                                   "eval_time", "train_done"))},
         "eval_phases": eval_rows,
+        "kernels": {"micro": _read_json(work / "kernels.json"),
+                    "record_1855_on": _throughput_view(_read_json(work / "throughput_1855_kernels_on.json")),
+                    "record_1855_off": _throughput_view(_read_json(work / "throughput_1855_kernels_off.json"))},
     }
     result["summary"] = summary_lines(result)
     tmp = out / "gpu_check.json.tmp"
@@ -200,6 +203,15 @@ def summary_lines(r: dict) -> list[str]:
                      f"on {rows[0].get('project_gpus', 8)} GPUs: " + "; ".join(proj))
     else:
         lines.append("(d) eval phases: no result")
+    k = r.get("kernels") or {}
+    for name, m in ((k.get("micro") or {}).items()):
+        if isinstance(m, dict):
+            errs = ", ".join(f"{e} {v:.2e}" for e, v in m.items() if e.startswith("max_err"))
+            lines.append(f"(k) {name} {m['shape']} bf16: fused {m['fused_ms']:.2f} ms, eager {m['eager_ms']:.2f} ms, "
+                         f"compiled eager {m['compiled_eager_ms']:.2f} ms; {errs}")
+    if "record_1855_on" in k:
+        lines.append("    " + _fmt_tp("record_1855 98,304 tok/step, kernels on", k["record_1855_on"]))
+        lines.append("    " + _fmt_tp("record_1855 98,304 tok/step, kernels off", k["record_1855_off"]))
     return lines
 
 

@@ -7,6 +7,10 @@
 #   (c) a real 300-step record_1128 run on data/ (FineWeb sample), export, round-trip eval
 #   (d) each eval phase timed on a slice of that run's validation tokens, projected to the
 #       full 62,021,632-token validation set on 8 GPUs
+#   (k) pgolf's Triton kernels (fused soft-capped CE, fused up-projection + leaky_relu^2) against
+#       eager at record #1855's shapes in bf16 (bench/kernels_check.py: ms, max error), then
+#       record_1855's compiled step time at 98,304 tokens with the kernels on and off; it runs
+#       last, on what the budget leaves (GPU_CHECK_STEPS=a,k runs the tests and it alone)
 # Usage: bash bench/gpu_check.sh [--dry-run]
 #   --dry-run   list the steps and run (a) only (on a CPU every test is skipped)
 # Results go to $OUT (else ./gpu_check_out): gpu_check.json (everything), gpu_check.log,
@@ -18,10 +22,10 @@
 #   mkdir -p data/datasets data/tokenizers
 #   cp -r ../shared/data/datasets/fineweb_legal_sp1024 data/datasets/
 #   cp ../shared/data/tokenizers/fineweb_1024_bpe.model data/tokenizers/
-# Knobs: GPU_CHECK_BUDGET_S (420: the whole run's deadline), GPU_CHECK_STEPS (a,b,c,d),
+# Knobs: GPU_CHECK_BUDGET_S (420: the whole run's deadline), GPU_CHECK_STEPS (a,b,c,d,k),
 # GPU_CHECK_PYTEST_ARGS (-x -q), PGOLF_COMMIT (the commit, when the checkout has no .git),
 # GPU_CHECK_SETS / GPU_CHECK_EVAL_SETS ("section.field=value ..." appended as --set to the
-# (b)+(c) / (d) commands), GPU_CHECK_DATA / GPU_CHECK_TOKENIZER, and GPU_CHECK_ALLOW_CPU=1
+# (b)+(c)+(k) / (d) commands), GPU_CHECK_DATA / GPU_CHECK_TOKENIZER, and GPU_CHECK_ALLOW_CPU=1
 # (rehearse the plumbing on a CPU with tiny GPU_CHECK_SETS; its numbers mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +61,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor_cache}
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$WORK/triton_cache}
 
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
-STEPS=${GPU_CHECK_STEPS:-a,b,c,d}
+STEPS=${GPU_CHECK_STEPS:-a,b,c,d,k}
 PYTEST_ARGS=${GPU_CHECK_PYTEST_ARGS:--x -q}
 DATA=${GPU_CHECK_DATA:-data/datasets/fineweb_legal_sp1024}
 TOKENIZER=${GPU_CHECK_TOKENIZER:-data/tokenizers/fineweb_1024_bpe.model}
@@ -70,8 +74,8 @@ for kv in ${GPU_CHECK_SETS:-}; do SETS+=(--set "$kv"); done
 for kv in ${GPU_CHECK_EVAL_SETS:-}; do EVAL_SETS+=(--set "$kv"); done
 
 # Each step: its cap (seconds) and the least later steps need, so a slow step cannot eat them.
-declare -A CAP=([a]=170 [b1]=110 [b2]=60 [c]=150 [d]=90)
-declare -A RESERVE_AFTER=([a]=210 [b1]=160 [b2]=120 [c]=40 [d]=0)
+declare -A CAP=([a]=170 [b1]=110 [b2]=60 [c]=150 [d]=90 [k1]=60 [k2]=90 [k3]=90)
+declare -A RESERVE_AFTER=([a]=210 [b1]=160 [b2]=120 [c]=40 [d]=0 [k1]=0 [k2]=0 [k3]=0)
 
 describe() {
   cat <<EOF
@@ -82,6 +86,9 @@ gpu_check steps (budget ${BUDGET} s; results in $OUTDIR, scratch in $WORK):
   (c) [cap ${CAP[c]} s] 300-step record_1128 run on $DATA, export, round-trip eval
   (d) [cap ${CAP[d]} s] eval phases (sliding, ttt, ttt+causal-slot, ttt+slot) on a ${EVAL_SLICE}-token
       slice of (c)'s validation tokens, projected to 62,021,632 tokens on 8 GPUs
+  (k) [cap ${CAP[k1]} + ${CAP[k2]} + ${CAP[k3]} s, on what is left] bench/kernels_check.py (each Triton
+      kernel vs eager at record_1855 shapes, bf16), then record_1855 compiled at 98,304 tokens/step
+      with model.fused_ce/fused_mlp on, then off
 EOF
 }
 
@@ -142,7 +149,7 @@ main() {
       --junitxml="$OUTDIR/junit_gpu.xml" tests/gpu
   fi
   if (( DRY )); then
-    for s in b c d; do skip_step "$s" "dry run"; done
+    for s in b c d k; do skip_step "$s" "dry run"; done
   else
     if wanted b; then
       run_step b1 "$WORK/throughput_accum1.json" "$PY" -m pgolf bench throughput --preset record_1128 \
@@ -181,6 +188,15 @@ main() {
           fi
         fi
       fi
+    fi
+    if wanted k; then
+      run_step k1 "$WORK/kernels.json" "$PY" bench/kernels_check.py --json
+      for sw in on off; do
+        local k=k2; [ "$sw" = off ] && k=k3
+        run_step "$k" "$WORK/throughput_1855_kernels_$sw.json" "$PY" -m pgolf bench throughput --preset record_1855 \
+          --set model.fused_ce=$sw --set model.fused_mlp=$sw --set run.accum_world=1 \
+          --set run.train_batch_tokens=98304 --steps 20 --warmup 5 --json "${SETS[@]}"
+      done
     fi
   fi
   echo "== summary"

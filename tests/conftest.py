@@ -1,8 +1,16 @@
 """Shared fixtures: the embedded corpus (prepared once per session) and shared-data paths."""
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# tests/kernels run pgolf's Triton kernels through Triton's CPU interpreter, which must be
+# chosen before triton is first imported; on a CUDA machine they compile as in training.
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 SHARED_TOKENIZER = SHARED / "tokenizers" / "fineweb_1024_bpe.model"

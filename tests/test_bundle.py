@@ -344,15 +344,15 @@ def test_unreached_definitions_are_left_out(capsys) -> None:
 # the model cannot use: check that the run really needs it before updating the list.
 RECORD_1128_MODULES = [
     "pgolf.config_checks", "pgolf.config_tree", "pgolf.errors", "pgolf.config", "pgolf.data.caseops",
-    "pgolf.data.tokenizer", "pgolf.hw", "pgolf.dist", "pgolf.eval.forward", "pgolf.interrupts", "pgolf.atomic",
-    "pgolf.data.shards", "pgolf.data.sidecar", "pgolf.data.loader", "pgolf.data.paths", "pgolf.model.attention",
-    "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack", "pgolf.model.gpt",
-    "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging", "pgolf.optim.muon", "pgolf.optim.builder",
-    "pgolf.optim.schedule", "pgolf.parts", "pgolf.progress", "pgolf.eval.bpb", "pgolf.eval.sliding", "pgolf.eval.slot",
-    "pgolf.eval.ttt", "pgolf.eval.runner", "pgolf.quant.codec", "pgolf.quant.quantizers", "pgolf.quant.clip",
-    "pgolf.quant.fake_quant", "pgolf.quant.lqer", "pgolf.quant.policy", "pgolf.quant.artifact", "pgolf.runlog",
-    "pgolf.quant.export", "pgolf.eval.final", "pgolf.runfolder", "pgolf.checkpoint", "pgolf.wallclock", "pgolf.train",
-    "pgolf.run",
+    "pgolf.data.tokenizer", "pgolf.interrupts", "pgolf.atomic", "pgolf.data.shards", "pgolf.data.sidecar",
+    "pgolf.hw", "pgolf.data.loader", "pgolf.data.paths", "pgolf.dist", "pgolf.eval.forward",
+    "pgolf.model.attention", "pgolf.model.banks", "pgolf.model.embeddings", "pgolf.model.mlp", "pgolf.model.stack",
+    "pgolf.model.gpt", "pgolf.model.build", "pgolf.optim.errors", "pgolf.optim.averaging", "pgolf.optim.muon",
+    "pgolf.optim.builder", "pgolf.optim.schedule", "pgolf.parts", "pgolf.progress", "pgolf.eval.bpb",
+    "pgolf.eval.sliding", "pgolf.eval.slot", "pgolf.eval.ttt", "pgolf.eval.runner", "pgolf.quant.codec",
+    "pgolf.quant.quantizers", "pgolf.quant.clip", "pgolf.quant.fake_quant", "pgolf.quant.lqer",
+    "pgolf.quant.policy", "pgolf.quant.artifact", "pgolf.runlog", "pgolf.quant.export", "pgolf.eval.final",
+    "pgolf.runfolder", "pgolf.checkpoint", "pgolf.wallclock", "pgolf.train", "pgolf.run",
 ]
 
 

@@ -45,6 +45,7 @@ BAD_ENUMS = {
     "quant.sdclip_std": "mad", "quant.gptq_numerics": "fp16", "quant.lqer_format": "int2",
     "eval.ttt_lora_method": "batched",
     "data.packing": "docs", "run.low_precision": "fp16",
+    "model.fused_ce": "yes", "model.fused_mlp": "1",
     "quant.compressor_fallback": "zlib", "quant.calib_windows": "random", "quant.calib_attention": "masked",
     # Integer enums: the widths the quantizers implement.
     "quant.matrix_bits": "4", "quant.embed_bits": "32", "quant.attn_bits": "3", "quant.mlp_bits": "9",

@@ -46,7 +46,7 @@ def test_dry_run_lists_the_steps_and_skips_every_gpu_test(tmp_path):
     r = subprocess.run(["bash", str(SCRIPT), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for step in ("(a)", "(b)", "(c)", "(d)"):
+    for step in ("(a)", "(b)", "(c)", "(d)", "(k)"):
         assert step in r.stdout
     assert "pytest -m gpu" in r.stdout and "dry run" in r.stdout
     suite = ET.parse(out / "junit_gpu.xml").getroot()
@@ -55,7 +55,7 @@ def test_dry_run_lists_the_steps_and_skips_every_gpu_test(tmp_path):
     assert counts["tests"] >= 8 and counts["skipped"] == counts["tests"], counts
     assert counts["errors"] == counts["failures"] == 0, counts
     result = json.loads((out / "gpu_check.json").read_text())
-    assert [s["step"] for s in result["steps"]] == ["a", "b", "c", "d"]
+    assert [s["step"] for s in result["steps"]] == ["a", "b", "c", "d", "k"]
     assert result["steps"][0]["status"] == "ok"
     assert all(s["status"] == "skipped" for s in result["steps"][1:])
     assert result["tests"]["junit"]["skipped"] == counts["tests"]

@@ -62,6 +62,8 @@ RUNS = {
     "record-ttt": ["eval.ttt_enabled=true", "eval.ttt_kind=phased", "eval.ttt_lora_method=record", "eval.seq_len=64",
                    "eval.ttt_chunk_tokens=128", "eval.ttt_lora_batch=4"],
     # brotli fallback: the part runs the same with or without the lrzip program.
+    # On a CPU: the ops' eager reference (or Triton's interpreter under TRITON_INTERPRET=1).
+    "fused-kernels": ["model.fused_ce=on", "model.fused_mlp=on"],
     "stream+pergroup": ["data.packing=stream", "model.doc_mask=true", "model.doc_max_len=32",
                         "quant.compressor=pergroup", "quant.compressor_fallback=brotli"],
 }
@@ -123,7 +125,7 @@ def test_bundle_refuses_an_env_var_that_needs_a_left_out_part_before_any_work(tm
 @pytest.mark.parametrize("preset, parts", [
     ("smoke", set()), ("record_1128", set()), ("record_1128_fixed", {"causal_slot"}),
     ("record_1128_gptq", {"gptq", "lqer"}),
-    ("record_1855", {"gptq", "lqer", "record_ttt", "pergroup", "stream_packing"}),
+    ("record_1855", {"gptq", "lqer", "record_ttt", "pergroup", "stream_packing", "fused_kernels"}),
 ])
 def test_each_preset_ships_the_parts_its_record_used(preset, parts):
     cfg, _ = resolve_config(preset=preset, env={})

@@ -108,6 +108,11 @@ class ModelConfig:
                                 "does (parallel_resid_lambdas start at 1.1015625); False keeps the fp32 init")
     doc_max_len: int = _f(0, "with doc_mask, attention also never crosses doc start + k*doc_max_len: a long "
                              "document is cut into pieces (#1855's stream batches: 2048); 0 = whole documents")
+    fused_ce: Literal["auto", "on", "off"] = _f(
+        "off", "training loss by the soft-capped CE Triton kernel (pgolf.kernels; #1855's): auto = on for CUDA "
+               "with triton, on = always (eager math on a CPU), off = eager")
+    fused_mlp: Literal["auto", "on", "off"] = _f(
+        "off", "MLP up-projection + leaky_relu^2 in one Triton kernel, forward and backward: as model.fused_ce")
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {

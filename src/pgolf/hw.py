@@ -1,17 +1,20 @@
 """The one place that decides hardware and precision: device, compute dtype, attention
-kernel, compilation, fused optimizer kernels, pinned host memory, device syncs.
+kernel, compilation, fused optimizer and Triton kernels, pinned host memory, device syncs.
 
 Everything else asks this module instead of probing for itself, so switching a policy
 (say, bf16 on CPU, or FA3 off) is one edit here. Optional kernels are imported lazily
 with a fallback (the bundled train_gpt.py must run where they are absent).
 """
 
+import importlib.util
 import os
 from dataclasses import dataclass
 
 import torch
 
 from pgolf.errors import PgolfError
+from pgolf.kernels.leaky_mlp import leaky_mlp_ops, leaky_relu_squared_linear
+from pgolf.kernels.softcap_ce import softcap_ce_ops, softcap_cross_entropy
 
 ATTENTION_BACKENDS = ("auto", "fa3", "sdpa", "math")
 
@@ -144,3 +147,38 @@ def device_sync(device: torch.device) -> None:
 
 def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _fused_kernel_on(switch: str, name: str, device: torch.device) -> bool:
+    # Asked without importing triton (a slow import, and pgolf.kernels.launch stays out of
+    # bundles that never run a kernel).
+    have_triton = importlib.util.find_spec("triton") is not None
+    if switch == "off":
+        return False
+    # @triton.jit reads each kernel's source file: the counted train_gpt.py, exec'd from a
+    # compressed string, has none (its readable twin, run as a file, does).
+    from_file = os.path.isfile(softcap_ce_ops.__code__.co_filename)
+    if switch == "auto":
+        return device.type == "cuda" and have_triton and from_file
+    if device.type == "cuda" and not (have_triton and from_file):
+        why = "triton (pip install triton)" if not have_triton else "a source file (run the readable train_gpt.py)"
+        raise PgolfError(f"model.{name}=on needs {why} on a CUDA device, or set it to auto")
+    return True
+
+
+def fused_loss_function(switch: str, device: torch.device):
+    """model.fused_ce -> softcap_cross_entropy(logits, targets, cap) (pgolf.kernels), or None for
+    the eager loss. The op is registered here, before any torch.compile trace reaches it."""
+    if not _fused_kernel_on(switch, "fused_ce", device):
+        return None
+    softcap_ce_ops()
+    return softcap_cross_entropy
+
+
+def fused_mlp_function(switch: str, device: torch.device):
+    """model.fused_mlp -> leaky_relu_squared_linear(x, w_up, slope) (pgolf.kernels), or None for
+    the eager F.linear + activation."""
+    if not _fused_kernel_on(switch, "fused_mlp", device):
+        return None
+    leaky_mlp_ops()
+    return leaky_relu_squared_linear

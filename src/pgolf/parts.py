@@ -31,6 +31,8 @@ OPTIONAL_PARTS: dict[str, tuple[Callable[[Config], bool], tuple[str, ...]]] = {
     "stream_packing": (lambda c: c.data.packing == "stream", ("ShardSpanStream",)),
     "pergroup": (lambda c: c.quant.compressor == "pergroup",
                  ("compress_pergroup", "decompress_pergroup", "pergroup_setup")),
+    "fused_kernels": (lambda c: c.model.fused_ce != "off" or c.model.fused_mlp != "off",
+                      ("softcap_ce_ops", "softcap_cross_entropy", "leaky_mlp_ops", "leaky_relu_squared_linear")),
 }
 
 

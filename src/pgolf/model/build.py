@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from pgolf.config_tree import Config
-from pgolf.hw import Precision, choose_precision, resolve_attention_backend
+from pgolf.hw import Precision, choose_precision, fused_loss_function, fused_mlp_function, resolve_attention_backend
 from pgolf.model.banks import rebank_state_dict
 from pgolf.model.gpt import GPT
 
@@ -17,6 +17,8 @@ def build_model(cfg: Config, device: torch.device, precision: Precision | None =
     mcfg = dataclasses.replace(cfg.model, embed_dtype=precision.table_dtype(cfg.model.embed_dtype))
     model = GPT(mcfg).to(device)
     model.attn_backend = resolve_attention_backend(cfg.model.attn_backend, device)
+    model.use_fused_kernels(fused_loss_function(cfg.model.fused_ce, device),
+                            fused_mlp_function(cfg.model.fused_mlp, device))
     for dtype in (torch.float32, torch.bfloat16):
         # Filled before any torch.compile trace, so compiled graphs only read the cache.
         for n in {cfg.run.train_seq_len, cfg.eval.seq_len}:

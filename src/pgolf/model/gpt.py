@@ -123,6 +123,9 @@ class GPT(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         self.rotary = Rotary(head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_len, cfg.rope_precision)
         self.attn_backend = "sdpa"
+        # The fused soft-capped cross-entropy hw.py picked (fn(logits, targets, cap), see
+        # use_fused_kernels), or None: the eager loss.
+        self.fused_loss = None
         # A seam for transforms applied from outside (late QAT): called as
         # weight_transform(group, w) on "blocks" (block matrices) and "projections"
         # (BigramHash / VE projections); None = weights used as stored.
@@ -313,9 +316,19 @@ class GPT(nn.Module):
                 skips.append(x)
         return rms_norm(self._merge_lanes(*lanes) if lanes is not None else x)
 
+    def use_fused_kernels(self, loss_fn, mlp_fn) -> None:
+        """Route the training loss and every MLP's up-projection through the kernels hw.py chose
+        (pgolf.kernels; None = eager). Training in fp32/bf16 only: float64 twins stay eager."""
+        self.fused_loss = loss_fn
+        for m in self.modules():
+            if isinstance(m, MLP):
+                m.fused_up = mlp_fn
+
+    def _head_weight(self) -> torch.Tensor:
+        return self._weight("head", self.tok_emb.weight if self.lm_head is None else self.lm_head.weight)
+
     def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        w = self._weight("head", w)
+        w = self._head_weight()
         logits = at_least_fp32(F.linear(h, w.to(h.dtype)))
         extra = None if self.side_paths is None else self.side_paths("head", 0, h)
         if extra is not None:
@@ -331,7 +344,11 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.compute_logits(self.forward_hidden(ids, starts))
+        h = self.forward_hidden(ids, starts)
+        if self.fused_loss is not None and self.side_paths is None and h.dtype != torch.float64:
+            # Raw logits in the compute dtype: the kernel caps them and reduces in fp32 itself.
+            return self.fused_loss(F.linear(h, self._head_weight().to(h.dtype)), targets, self.cfg.logit_softcap)
+        logits = self.compute_logits(h)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 

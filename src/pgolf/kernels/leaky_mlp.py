@@ -1,0 +1,159 @@
+"""The MLP up-projection fused with its activation: y = leaky_relu(x @ W^T, slope)^2 (a Triton kernel).
+
+The forward's epilogue applies the activation to the fp32 accumulator and also stores the
+pre-activation h; the backward's two matmuls (dx = dh @ W, dW = dh^T @ x) form
+dh = dy * d/dh leaky(h)^2 = dy * 2 leaky(h) leaky'(h) while loading their operand, so dh is
+never written out. One portable kernel (pointer arithmetic, masked tiles: any M, N, K) serves
+all three products through strides. Written from the published description of record #1855's
+kernel; the eager functions are the reference and the fallback wherever no kernel runs.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from pgolf.kernels.launch import triton_runs_on
+
+_MLP_STATE: dict = {}
+# Tile shape (rows, columns, reduction) and launch shape: a plain Hopper/Ampere choice.
+_MLP_TILES = (128, 128, 64)
+_MLP_LAUNCH = {"num_warps": 8, "num_stages": 3}
+
+
+def _mlp_kernel():
+    # Keyed by the interpreter switch: triton.jit decides at decoration time whether it compiles.
+    key = ("kernel", os.environ.get("TRITON_INTERPRET") == "1")
+    if key in _MLP_STATE:
+        return _MLP_STATE[key]
+    import triton
+    import triton.language as tl
+
+    # C[M, N] = A'[M, K] @ B[K, N], every operand addressed by its strides. PROLOGUE: A' =
+    # A * 2 leaky(H) leaky'(H) with H (aux) laid out as A (the backward); EPILOGUE: H = C is
+    # stored to aux and C becomes leaky(C)^2 (the forward).
+    @triton.jit
+    def leaky_mm(a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, slope,
+                 PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, IEEE: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            ks = k0 + rk
+            a_mask = (rm[:, None] < M) & (ks[None, :] < K)
+            a_off = rm[:, None].to(tl.int64) * s_am + ks[None, :].to(tl.int64) * s_ak
+            a = tl.load(a_ptr + a_off, mask=a_mask, other=0.0)
+            if PROLOGUE:
+                h = tl.load(aux_ptr + a_off, mask=a_mask, other=0.0).to(tl.float32)
+                a = (a.to(tl.float32) * 2.0 * h * tl.where(h > 0, 1.0, slope * slope)).to(b_ptr.dtype.element_ty)
+            b_mask = (ks[:, None] < K) & (rn[None, :] < N)
+            b = tl.load(b_ptr + ks[:, None].to(tl.int64) * s_bk + rn[None, :].to(tl.int64) * s_bn,
+                        mask=b_mask, other=0.0)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        c_mask = (rm[:, None] < M) & (rn[None, :] < N)
+        c_off = rm[:, None].to(tl.int64) * s_cm + rn[None, :].to(tl.int64) * s_cn
+        if EPILOGUE:
+            tl.store(aux_ptr + c_off, acc.to(aux_ptr.dtype.element_ty), mask=c_mask)
+            lk = tl.where(acc > 0, acc, acc * slope)
+            acc = lk * lk
+        tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+    _MLP_STATE[key] = leaky_mm
+    return leaky_mm
+
+
+def _leaky_mm(a, b, c, aux, m, n, k, a_strides, b_strides, slope, prologue, epilogue):
+    if m == 0 or n == 0:
+        return
+    import triton
+    bm, bn, bk = _MLP_TILES
+    _mlp_kernel()[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        a, b, c, aux, m, n, k, *a_strides, *b_strides, c.stride(0), c.stride(1), float(slope),
+        PROLOGUE=prologue, EPILOGUE=epilogue, IEEE=b.dtype == torch.float32, BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
+
+
+def _leaky_grad_factor(h: torch.Tensor, slope: float) -> torch.Tensor:
+    # d/dh leaky(h)^2 = 2 leaky(h) leaky'(h): 2h above zero, 2 slope^2 h below.
+    return 2.0 * h * torch.where(h > 0, 1.0, slope * slope)
+
+
+def _linear_leaky2(x, w, slope):
+    if not triton_runs_on(x):
+        h = F.linear(x, w)
+        return (F.leaky_relu(h, slope) if slope > 0 else F.relu(h)).square(), h
+    m, k = x.shape
+    n = w.shape[0]
+    y = x.new_empty(m, n)
+    h = torch.empty_like(y)
+    _leaky_mm(x, w, y, h, m, n, k, x.stride(), (w.stride(1), w.stride(0)), slope, False, True)
+    return y, h
+
+
+def _linear_leaky2_backward(dy, h, x, w, slope):
+    if not triton_runs_on(x):
+        dh = (dy.float() * _leaky_grad_factor(h.float(), slope)).to(x.dtype)
+        return dh @ w, dh.t() @ x
+    dy = dy.contiguous()
+    m, n = dy.shape
+    k = x.shape[1]
+    dx = torch.empty_like(x)
+    dw = torch.empty_like(w)
+    _leaky_mm(dy, w, dx, h, m, k, n, dy.stride(), w.stride(), slope, True, False)
+    _leaky_mm(dy, x, dw, h, n, k, m, (dy.stride(1), dy.stride(0)), x.stride(), slope, True, False)
+    return dx, dw
+
+
+def _linear_leaky2_fake(x, w, slope):
+    y = x.new_empty(x.shape[0], w.shape[0])
+    return y, torch.empty_like(y)
+
+
+def _linear_leaky2_backward_fake(dy, h, x, w, slope):
+    return torch.empty_like(x), torch.empty_like(w)
+
+
+def _mlp_setup_context(ctx, inputs, output):
+    x, w, slope = inputs
+    ctx.save_for_backward(x, w, output[1])
+    ctx.slope = slope
+
+
+def _mlp_autograd_backward(ctx, grad_y, grad_h):
+    x, w, h = ctx.saved_tensors
+    dx, dw = _MLP_STATE["backward_op"](grad_y, h, x, w, ctx.slope)
+    return dx, dw, None
+
+
+def leaky_mlp_ops():
+    """Registers the ops once (schemas spelled out: a minified bundle drops annotations) and
+    returns the forward op: (x [M, K], w [N, K], slope) -> (y [M, N], h [M, N] pre-activation)."""
+    if "op" not in _MLP_STATE:
+        backward_op = torch.library.custom_op(
+            "pgolf::linear_leaky2_backward", _linear_leaky2_backward, mutates_args=(),
+            schema="(Tensor dy, Tensor h, Tensor x, Tensor w, float slope) -> (Tensor, Tensor)")
+        backward_op.register_fake(_linear_leaky2_backward_fake)
+        op = torch.library.custom_op("pgolf::linear_leaky2", _linear_leaky2, mutates_args=(),
+                                     schema="(Tensor x, Tensor w, float slope) -> (Tensor, Tensor)")
+        op.register_fake(_linear_leaky2_fake)
+        op.register_autograd(_mlp_autograd_backward, setup_context=_mlp_setup_context)
+        _MLP_STATE["backward_op"] = backward_op
+        _MLP_STATE["op"] = op
+    return _MLP_STATE["op"]
+
+
+def leaky_relu_squared_linear(x: torch.Tensor, w: torch.Tensor, slope: float) -> torch.Tensor:
+    """leaky_relu(F.linear(x, w), slope)^2 (relu^2 at slope 0) through the fused op; x [..., K],
+    w [N, K], no bias. Under autocast both operands take the autocast dtype, as F.linear would."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        x, w = x.to(dt), w.to(dt)
+    else:
+        w = w.to(x.dtype)
+    y, _ = leaky_mlp_ops()(x.reshape(-1, x.shape[-1]).contiguous(), w.contiguous(), float(slope))
+    return y.view(*x.shape[:-1], w.shape[0])
