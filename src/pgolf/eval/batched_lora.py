@@ -32,10 +32,17 @@ from typing import Any, Callable
 import torch
 
 from pgolf.dist import Comm
-from pgolf.eval.bpb import (BpbAccumulator, EvalProgress, ScoreRecorder, as_byte_tables, eval_emit_event,
-                            val_tokens_tensor)
+from pgolf.eval.bpb import (
+    BpbAccumulator,
+    EvalProgress,
+    ScoreRecorder,
+    as_byte_tables,
+    eval_emit_event,
+    val_tokens_tensor,
+)
 from pgolf.hw import at_least_fp32, compute_autocast
 from pgolf.model.attention import segment_starts
+from pgolf.progress import Progress
 
 # The adapters' A is drawn from a generator of its own, so the draws do not depend on what
 # ran before the evaluation.
@@ -197,7 +204,7 @@ def _record(recorder: ScoreRecorder | None, events: Any, starts: torch.Tensor, o
 
 
 def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, comm: Comm, device: torch.device,
-                      bos_id: int) -> int:
+                      bos_id: int, log: Any = None) -> int:
     """SGD of every base weight over tokens (concatenated scored documents): cosine lr over
     ttt_chunk_tokens chunks, the last skipped; each step one packed row of up to ttt_batch_seqs
     sequences of seq_len, split over ranks. Returns the optimizer steps taken."""
@@ -209,7 +216,10 @@ def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, co
     total = tokens.numel() - 1
     n_chunks = (total + ecfg.ttt_chunk_tokens - 1) // ecfg.ttt_chunk_tokens
     steps = 0
-    for ci in range(n_chunks - 1 if ecfg.ttt_epochs > 0 else 0):
+    todo = n_chunks - 1 if ecfg.ttt_epochs > 0 else 0
+    prog = Progress(log, "eval:record-ttt_global_sgd chunks", todo)  # a phase can train for minutes
+    for ci in range(todo):
+        prog.step(ci)
         c0 = ci * ecfg.ttt_chunk_tokens
         n_seqs = (min(c0 + ecfg.ttt_chunk_tokens, total) - c0) // seq
         if n_seqs <= 0:
@@ -250,6 +260,7 @@ def record_global_sgd(work: torch.nn.Module, tokens: torch.Tensor, ecfg: Any, co
                     torch.nn.utils.clip_grad_norm_(params, ecfg.ttt_grad_clip)
                 opt.step()
                 steps += 1
+    prog.step(todo)
     for p in params:
         p.requires_grad_(False)
         p.grad = None
@@ -305,7 +316,7 @@ def eval_record_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: 
         prefix = torch.cat([tokens[s:s + n] for _, _, (s, n) in seen]) if seen else tokens[:0]
         for _, _, (s, n) in seen:  # stream targets the phase trains on, for the legality audit
             eval_emit_event(events, "train", s, s + n - 1)
-        steps = record_global_sgd(work, prefix, ecfg, comm, device, bos)
+        steps = record_global_sgd(work, prefix, ecfg, comm, device, bos, log if comm.is_main else None)
         if log is not None and comm.is_main:
             log(f"eval:record-ttt phase:{phase + 1}/{phases} docs:{len(seen)} scored:{counted} "
                 f"sgd_steps:{steps} running_bpb:{acc.val_bpb:.6f}")

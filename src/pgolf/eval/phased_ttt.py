@@ -19,10 +19,29 @@ from typing import Any, Callable
 import torch
 
 from pgolf.dist import Comm
-from pgolf.eval.bpb import (BpbAccumulator, EvalInputError, EvalProgress, ScoreRecorder, as_byte_tables, eval_rank_span,
-                            val_tokens_tensor)
-from pgolf.eval.lora_ttt import DocLora, adapt_documents, doc_bos_id, lora_work_model, split_documents
-from pgolf.eval.ttt import _cosine_lr, _train_chunk, ttt_chunk_bounds, ttt_train_sequences
+from pgolf.eval.bpb import (
+    BpbAccumulator,
+    EvalInputError,
+    EvalProgress,
+    ScoreRecorder,
+    as_byte_tables,
+    eval_rank_span,
+    val_tokens_tensor,
+)
+from pgolf.eval.lora_ttt import (
+    DocLora,
+    adapt_documents,
+    doc_bos_id,
+    lora_work_model,
+    split_documents,
+)
+from pgolf.eval.ttt import (
+    _cosine_lr,
+    _train_chunk,
+    ttt_chunk_bounds,
+    ttt_train_sequences,
+)
+from pgolf.progress import Progress
 
 
 def phase_boundaries(prefix_docs: int, phases: int, n_docs: int) -> list[int]:
@@ -40,17 +59,19 @@ def phase_boundaries(prefix_docs: int, phases: int, n_docs: int) -> list[int]:
 
 
 def global_sgd(work: torch.nn.Module, lora: DocLora, tokens: torch.Tensor, n_targets: int,
-               ecfg: Any, comm: Comm, device: torch.device, events: Any = None) -> int:
+               ecfg: Any, comm: Comm, device: torch.device, events: Any = None, log: Any = None) -> int:
     """SGD of every base weight on scored targets [0, n_targets); adapters are off meanwhile.
-    Returns the chunks trained."""
+    Returns the chunks trained. `log`: progress lines (a phase can train for minutes)."""
     work.weight_transform = lora.inner
     params = list(work.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=ecfg.ttt_lr, momentum=ecfg.ttt_momentum)
     chunks = ttt_chunk_bounds(n_targets, ecfg.ttt_chunk_tokens)
+    prog = Progress(log, "eval:phased-ttt_global_sgd chunks", len(chunks))
     trained = 0
     for c, (lo, hi) in enumerate(chunks):
+        prog.step(c)
         lr = _cosine_lr(ecfg.ttt_lr, c, len(chunks))
         if ecfg.ttt_epochs <= 0 or (c == len(chunks) - 1 and len(chunks) > 1) or lr <= 0:
             continue
@@ -59,6 +80,7 @@ def global_sgd(work: torch.nn.Module, lora: DocLora, tokens: torch.Tensor, n_tar
         _train_chunk(work, opt, params, tokens, ttt_train_sequences(lo, hi, ecfg.seq_len),
                          ecfg, comm, device, events)
         trained += 1
+    prog.step(len(chunks))
     for p in params:
         p.requires_grad_(False)
         p.grad = None
@@ -96,7 +118,8 @@ def eval_phased_ttt(model: torch.nn.Module, val_tokens: Any, ecfg: Any, tables: 
         tt = time.perf_counter()
         score_s += tt - ts
         if p < len(bounds):
-            trained = global_sgd(work, lora, tokens, docs[d1][0], ecfg, comm, device, events)
+            trained = global_sgd(work, lora, tokens, docs[d1][0], ecfg, comm, device, events,
+                                 log if comm.is_main else None)
             if log is not None and comm.is_main:
                 log(f"eval:phased-ttt phase:{p + 1}/{len(bounds)} docs:{d1} trained_chunks:{trained} "
                     f"running_bpb:{acc.val_bpb:.6f}")
