@@ -214,7 +214,8 @@ def test_a_tiny_run_trains_on_coprime_windows_and_checkpoints_them(embedded_corp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from _train_helpers import tiny
     from pgolf.run import train
-    cfg = tiny(embedded_corpus, "data.sampling=coprime", "run.checkpoint_every=3", "run.iterations=6")
+    cfg = tiny(embedded_corpus, "data.sampling=coprime", "run.checkpoint_every=3", "run.iterations=6",
+               "run.keep_checkpoints=true")
     train(cfg, str(tmp_path / "run"))
     blob = torch.load(tmp_path / "run" / "ckpt_rank0.pt", weights_only=True)
     st = blob["loader"]
