@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from pgolf.kernels.launch import triton_runs_on
+from pgolf.kernels.launch import register_op_pair, triton_runs_on
 
 _MLP_STATE: dict = {}
 # Tile shape (rows, columns, reduction) and launch shape: a plain Hopper/Ampere choice.
@@ -130,20 +130,12 @@ def _mlp_autograd_backward(ctx, grad_y, grad_h):
 
 
 def leaky_mlp_ops():
-    """Registers the ops once (schemas spelled out: a minified bundle drops annotations) and
-    returns the forward op: (x [M, K], w [N, K], slope) -> (y [M, N], h [M, N] pre-activation)."""
-    if "op" not in _MLP_STATE:
-        backward_op = torch.library.custom_op(
-            "pgolf::linear_leaky2_backward", _linear_leaky2_backward, mutates_args=(),
-            schema="(Tensor dy, Tensor h, Tensor x, Tensor w, float slope) -> (Tensor, Tensor)")
-        backward_op.register_fake(_linear_leaky2_backward_fake)
-        op = torch.library.custom_op("pgolf::linear_leaky2", _linear_leaky2, mutates_args=(),
-                                     schema="(Tensor x, Tensor w, float slope) -> (Tensor, Tensor)")
-        op.register_fake(_linear_leaky2_fake)
-        op.register_autograd(_mlp_autograd_backward, setup_context=_mlp_setup_context)
-        _MLP_STATE["backward_op"] = backward_op
-        _MLP_STATE["op"] = op
-    return _MLP_STATE["op"]
+    """The forward op: (x [M, K], w [N, K], slope) -> (y [M, N], h [M, N] pre-activation)."""
+    return register_op_pair(
+        _MLP_STATE, "linear_leaky2", _linear_leaky2, _linear_leaky2_fake,
+        "(Tensor x, Tensor w, float slope) -> (Tensor, Tensor)", _linear_leaky2_backward,
+        _linear_leaky2_backward_fake, "(Tensor dy, Tensor h, Tensor x, Tensor w, float slope) -> (Tensor, Tensor)",
+        _mlp_autograd_backward, _mlp_setup_context)
 
 
 def leaky_relu_squared_linear(x: torch.Tensor, w: torch.Tensor, slope: float) -> torch.Tensor:

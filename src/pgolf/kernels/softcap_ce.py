@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from pgolf.kernels.launch import triton_runs_on
+from pgolf.kernels.launch import register_op_pair, triton_runs_on
 
 CE_IGNORE_INDEX = -100
 # Vocabulary columns per step of the streaming loop (8,192 logits = 8 steps).
@@ -155,21 +155,12 @@ def _ce_autograd_backward(ctx, grad_loss, grad_lse):
 
 
 def softcap_ce_ops():
-    """Registers the ops once (torch.library; the schemas are spelled out because a minified
-    bundle drops annotations) and returns the forward op: (logits [N, V], targets [N] int64,
-    cap) -> (loss [N] fp32, log-sum-exp [N] fp32)."""
-    if "op" not in _CE_STATE:
-        backward_op = torch.library.custom_op(
-            "pgolf::softcap_ce_rows_backward", _ce_rows_backward, mutates_args=(),
-            schema="(Tensor logits, Tensor targets, Tensor lse, Tensor grad, float cap) -> Tensor")
-        backward_op.register_fake(_ce_rows_backward_fake)
-        op = torch.library.custom_op("pgolf::softcap_ce_rows", _ce_rows, mutates_args=(),
-                                     schema="(Tensor logits, Tensor targets, float cap) -> (Tensor, Tensor)")
-        op.register_fake(_ce_rows_fake)
-        op.register_autograd(_ce_autograd_backward, setup_context=_ce_setup_context)
-        _CE_STATE["backward_op"] = backward_op
-        _CE_STATE["op"] = op
-    return _CE_STATE["op"]
+    """The forward op: (logits [N, V], targets [N] int64, cap) -> (loss [N] fp32, log-sum-exp [N] fp32)."""
+    return register_op_pair(
+        _CE_STATE, "softcap_ce_rows", _ce_rows, _ce_rows_fake,
+        "(Tensor logits, Tensor targets, float cap) -> (Tensor, Tensor)", _ce_rows_backward, _ce_rows_backward_fake,
+        "(Tensor logits, Tensor targets, Tensor lse, Tensor grad, float cap) -> Tensor",
+        _ce_autograd_backward, _ce_setup_context)
 
 
 def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
