@@ -60,3 +60,14 @@ def test_another_final_mode_runs_and_is_labelled(embedded_corpus, tmp_path):
     lines = (out / "log.txt").read_text().splitlines()
     assert not any("not run again" in s for s in lines)
     assert any(s.startswith("eval:done mode:sliding") and s.endswith("phase:final") for s in lines)
+
+
+def test_info_labels_a_non_causal_eval_mode(capsys):
+    from pgolf.cli import main
+    assert main(["info", "--preset", "record_1128", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["eval_mode"] == "ttt+slot" and info["eval_causal"] is False
+    assert main(["info", "--preset", "record_1128"]) == 0
+    assert "eval mode: ttt+slot (NON-CAUSAL" in capsys.readouterr().out
+    assert main(["info", "--preset", "smoke"]) == 0
+    assert "eval mode: plain (causal)" in capsys.readouterr().out
