@@ -13,8 +13,8 @@ if ! $PY -c "import torch" 2>/dev/null; then
 else
   say "keeping the installed torch $($PY -c 'import torch; print(torch.__version__)')"
 fi
-say "installing pgolf (editable) with the test, plot and compress extras"
-$PY -m pip install -q -e ".[test,plot,compress]"
+say "installing pgolf (editable) with the test, plot, compress and bundle extras"
+$PY -m pip install -q -e ".[test,plot,compress,bundle]"
 # lrzip (a system program) for quant.compressor=pergroup; best effort: a machine without apt (or
 # without root) skips it, and the tests that need it say so.
 if ! command -v lrzip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -219,6 +219,13 @@ class QuantConfig:
         "compressed", "counted train_gpt.py: compressed = minified + LZMA + base85 self-extracting, readable "
                       "file beside it (records #1394 on; ~4x fewer code bytes); plain = readable; minified = "
                       "no comments, docstrings, annotations")
+    code_codec: Literal["lzma", "brotli"] = _f(
+        "lzma", "code_form=compressed: lzma = our minifier, LZMA + base85 (records #1394 on); brotli = then "
+                "python-minifier, brotli 11 + base85 (#1855's; the run needs the brotli package)")
+    code_lean: bool = _f(
+        False, "the generated train_gpt.py ships its config frozen (checked at `pgolf bundle`): code for branches "
+               "that config never takes, config parsing, resume and signal handling are left out; the "
+               "environment may set only DATA_PATH, TOKENIZER_PATH, RUN_ID and SEED")
     # ---- frontier compression: full GPTQ, SDClip, mixed widths, LQER, layouts ----
     clip_rule: Literal["quantile", "sdclip"] = _f(
         "quantile", "per-row clip of gptq_lite/gptq: quantile = search among |w| quantiles (GPTQ-lite); "

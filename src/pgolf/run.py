@@ -1,6 +1,7 @@
 """One run, start to finish: claim the folder, build, train, export, evaluate, write
 metrics. The entry point of `pgolf train` and of a generated train_gpt.py (bundle_main)."""
 
+import contextlib
 import hashlib
 import math
 import os
@@ -85,12 +86,14 @@ class RunSpec:
 
 def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = False,
           warnings: list[str] | None = None, auditor: Callable | None = None,
-          code_files: dict[str, str] | None = None, sinks: Callable | None = None) -> dict[str, Any]:
+          code_files: dict[str, str] | None = None, sinks: Callable | None = None,
+          signals: bool = True) -> dict[str, Any]:
     """Train, export and evaluate one run; returns (and writes) its metrics.
 
     The optional extras come from the caller so the bundled script needs none of them:
     `auditor` (the legality audit), `code_files` (the shipped source, logged), `sinks`
-    (run_dir -> callables that receive every log event: trackers).
+    (run_dir -> callables that receive every log event: trackers). `signals`: SIGINT/SIGTERM
+    end the run cleanly (a lean train_gpt.py, which ships without that part, passes False).
     """
     missing, fallback = pergroup_setup(cfg.quant) if cfg.quant.compressor == "pergroup" else (None, None)
     if missing:  # a program the export needs: refuse now, not after ten minutes of training
@@ -112,7 +115,7 @@ def train(cfg: Config, out_dir: str = "", code_bytes: int = 0, resume: bool = Fa
             folder.release()
             raise
         spec = RunSpec(cfg, folder, comm, val, code_bytes, blob, warnings, auditor, code_files or {}, sinks)
-        return _train_in_folder(spec)
+        return _train_in_folder(spec, signals)
     except RuntimeError as e:
         timed_out = collective_timeout_error(e, comm.rank, comm.world_size, cfg.run.collective_timeout_seconds)
         if timed_out is not None:
@@ -130,11 +133,11 @@ def collective_timeout_error(e: RuntimeError, rank: int, world: int, timeout_s: 
                          "another rank died or hangs (see its log); the last complete checkpoint resumes with --resume")
 
 
-def _train_in_folder(spec: RunSpec) -> dict[str, Any]:
+def _train_in_folder(spec: RunSpec, signals: bool) -> dict[str, Any]:
     sinks = spec.sinks(spec.out_dir) if spec.sinks is not None and spec.comm.is_main else ()
     log = RunLog(str(spec.folder.log), enabled=spec.comm.is_main, sinks=sinks)
     try:
-        with stop_on_signals(spec.out_dir):
+        with stop_on_signals(spec.out_dir) if signals else contextlib.nullcontext():
             metrics = _run(spec, log)
     except BaseException:
         log.close()
@@ -284,16 +287,38 @@ def resume_config(out_dir: str) -> Config:
 
 def bundle_main(preset_text: str, code_path: str = "", shipped_parts: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Entry point of a generated train_gpt.py: preset defaults, reference env vars on top;
-    refuses a config that needs an optional part the file was generated without. A user
-    error ends the process with one line on stderr and status 2 (PGOLF_TRACEBACK=1 shows it
-    all), as `pgolf train` does."""
+    refuses a config that needs an optional part the file was generated without."""
+    return one_line_errors(_bundle_run, preset_text, code_path, shipped_parts)
+
+
+def one_line_errors(main: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run a train_gpt.py entry: a user error ends the process with one line on stderr and
+    status 2 (PGOLF_TRACEBACK=1 shows it all), as `pgolf train` does."""
     try:
-        return _bundle_run(preset_text, code_path, shipped_parts)
+        return main(*args)
     except PgolfError as e:
         if os.environ.get("PGOLF_TRACEBACK"):
             raise
         print(f"train_gpt.py: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(128 + e.signum if isinstance(e, RunInterrupted) else 2) from None
+
+
+def shipped_code(code_path: str) -> tuple[dict[str, str], int]:
+    """The running train_gpt.py (and the readable file a self-extracting one names beside it),
+    logged as the record of the run, and its counted bytes."""
+    if not code_path:
+        return {}, 0
+    code = Path(code_path)
+    files = {"train_gpt.py": code.read_text(encoding="utf-8")}
+    readable = code.with_name("train_gpt_readable.py")
+    if readable.is_file() and readable != code:
+        files[readable.name] = readable.read_text(encoding="utf-8")
+    return files, os.path.getsize(code_path)
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    print(f"val_bpb:{metrics['val_bpb']:.8f} val_loss:{metrics['val_loss']:.8f} "
+          f"artifact_bytes:{metrics['artifact_bytes']}{stopped_note(metrics)}", flush=True)
 
 
 def _bundle_run(preset_text: str, code_path: str, shipped_parts: tuple[str, ...] | None) -> dict[str, Any]:
@@ -303,16 +328,7 @@ def _bundle_run(preset_text: str, code_path: str, shipped_parts: tuple[str, ...]
     finalize_config(cfg)
     if shipped_parts is not None:
         check_parts_shipped(cfg, shipped_parts)
-    code_files = {}
-    if code_path:
-        # The running file is the record; a self-extracting one names its readable source beside it.
-        code = Path(code_path)
-        code_files["train_gpt.py"] = code.read_text(encoding="utf-8")
-        readable = code.with_name("train_gpt_readable.py")
-        if readable.is_file() and readable != code:
-            code_files[readable.name] = readable.read_text(encoding="utf-8")
-    code_bytes = os.path.getsize(code_path) if code_path else 0
+    code_files, code_bytes = shipped_code(code_path)
     metrics = train(cfg, code_bytes=code_bytes, warnings=warnings, code_files=code_files)
-    print(f"val_bpb:{metrics['val_bpb']:.8f} val_loss:{metrics['val_loss']:.8f} "
-          f"artifact_bytes:{metrics['artifact_bytes']}{stopped_note(metrics)}", flush=True)
+    print_summary(metrics)
     return metrics

@@ -5,6 +5,7 @@ file is by default its self-extracting form (minified, LZMA + base85), shipped b
 """
 
 import ast
+import dataclasses
 import importlib.metadata
 import io
 import os
@@ -13,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from pgolf.atomic import atomic_write
+from pgolf.bundle.freeze import Freezer, freeze_source
 from pgolf.bundle.graph import ordered_modules
 from pgolf.bundle.join import defined_names, dropped_lines, names_used_at_import, reachable, rename_names, rename_plan
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
@@ -23,6 +25,7 @@ from pgolf.config_tree import Config
 from pgolf.parts import OPTIONAL_PARTS, parts_needed
 
 BUNDLE_ENTRY = ("pgolf.run",)
+LEAN_ENTRY = ("pgolf.lean",)
 BUNDLE_MAIN_CALL = "bundle_main(BUNDLED_PRESET, __file__, SHIPPED_PARTS)"
 READABLE_NAME = "train_gpt_readable.py"
 
@@ -136,9 +139,11 @@ def left_out_names(shipped_parts: set[str]) -> dict[str, str]:
 
 
 def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | None, shake: bool,
-            leave_out: dict[str, str] | None = None) -> tuple[list[tuple[str, str, ast.Module, set[int]]], list[str]]:
+            leave_out: dict[str, str] | None = None, frozen: Config | None = None
+            ) -> tuple[list[tuple[str, str, ast.Module, set[int]]], list[str]]:
     """(module, renamed source, tree, kept statement indices) of every module that keeps code,
-    and the left-out names that kept code still mentions (each gets a stub)."""
+    and the left-out names that kept code still mentions (each gets a stub). With `frozen`, the
+    code is first specialized to that config (bundle.freeze)."""
     mods = ModuleSources(sources)
     order = ordered_modules(entry_modules, mods)
     bad = checked_violations(order, mods)
@@ -153,6 +158,13 @@ def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | 
         except SyntaxError as e:
             raise BundleError(f"main call {main_call!r} does not compile: {e.msg}") from None
         keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()), frozenset(leave_out or ()))
+        if frozen is not None:
+            # What may change a field is read from the code shipped unfrozen (a superset of the frozen).
+            freezer = Freezer(frozen, [ast.Module([trees[m].body[i] for i in sorted(keep[m])], []) for m in order])
+            texts = {m: freeze_source(texts[m], freezer) if keep[m] else texts[m] for m in order}
+            trees = {m: ast.parse(texts[m], filename=module_path(m)) for m in order}
+            keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()),
+                                      frozenset(leave_out or ()))
     else:
         keep, stubbed = {name: set(range(len(trees[name].body))) for name in order}, set()
     if stubbed and not any("unshipped" in defined_names(trees[m].body[i]) for m in order for i in keep[m]):
@@ -167,28 +179,30 @@ def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | 
 
 
 def bundle_modules(entry_modules: list[str], main_call: str = BUNDLE_MAIN_CALL,
-                   sources: dict[str, str] | None = None, leave_out: dict[str, str] | None = None) -> list[str]:
+                   sources: dict[str, str] | None = None, leave_out: dict[str, str] | None = None,
+                   frozen: Config | None = None) -> list[str]:
     """The modules whose code the bundle ships (reached from `main_call`), in bundle order."""
-    return [name for name, *_ in _joined(list(entry_modules), main_call, sources, True, leave_out)[0]]
+    return [name for name, *_ in _joined(list(entry_modules), main_call, sources, True, leave_out, frozen)[0]]
 
 
 def build_bundle(entry_modules: list[str], preset_toml: str, main_call: str, minify: bool = False, *,
                  preset_name: str = "", sources: dict[str, str] | None = None, version: str | None = None,
-                 shake: bool = True, shipped_parts: set[str] | None = None) -> str:
+                 shake: bool = True, shipped_parts: set[str] | None = None, frozen: Config | None = None) -> str:
     """One self-contained script: the modules reachable from `entry_modules`, then the preset, then main.
 
     The result defines `BUNDLED_PRESET` (the preset TOML text) and runs `main_call` under
     `if __name__ == "__main__":`. With `shake`, top-level definitions `main_call` never
     reaches are left out. With `shipped_parts`, the optional parts (pgolf.parts) not in it are
     left out too, their names bound to stubs, and `SHIPPED_PARTS` names the shipped ones (the
-    main call checks the config against it). `minify` returns the same program as one syntax tree without
+    main call checks the config against it). With `frozen`, the code is specialized to that config
+    (bundle.freeze) and no preset is written: `main_call` carries the config. `minify` returns the same program as one syntax tree without
     comments, docstrings and function annotations. Same inputs give the same bytes. Raises
     BundleError when the modules break the bundle rules or the result does not compile.
     """
     found: list[tuple[str, str, str]] = []
     parts: list[str] = []
     leave_out = None if shipped_parts is None else left_out_names(shipped_parts)
-    joined, stubbed = _joined(list(entry_modules), main_call, sources, shake, leave_out)
+    joined, stubbed = _joined(list(entry_modules), main_call, sources, shake, leave_out, frozen)
     for name, src, tree, keep in joined:
         found += _import_lines(tree)
         parts.append(f"# ---- {module_path(name)} ----\n{_module_body(src, tree, keep)}")
@@ -196,7 +210,7 @@ def build_bundle(entry_modules: list[str], preset_toml: str, main_call: str, min
               f"# pgolf {version or _version()} | entry: {', '.join(entry_modules)} | "
               f"preset: {preset_name or '-'}\n")
     preset = _minify_toml(preset_toml) if minify else preset_toml
-    tail = f"BUNDLED_PRESET = {_literal(preset)}\n"
+    tail = "" if frozen is not None else f"BUNDLED_PRESET = {_literal(preset)}\n"
     if shipped_parts is not None:
         tail += f"SHIPPED_PARTS = {tuple(sorted(shipped_parts))!r}\n"
         tail += "".join(f"{n} = unshipped({leave_out[n]!r})\n" for n in stubbed)
@@ -243,9 +257,33 @@ def _toml_items(text: str) -> list[tuple[str, str]]:
     return items
 
 
+def frozen_config_expr(cfg: Config) -> str:
+    """`Config(model=ModelConfig(...), ...)`: the fields where `cfg` differs from the defaults, as code."""
+    sections = []
+    for f in dataclasses.fields(cfg):
+        sec = getattr(cfg, f.name)
+        base = type(sec)()
+        items = []
+        for g in dataclasses.fields(sec):
+            value = getattr(sec, g.name)
+            if value != getattr(base, g.name):
+                text = repr(value)
+                if ast.literal_eval(text) != value:
+                    raise BundleError(f"{f.name}.{g.name}={text} does not round-trip as a literal; "
+                                      "set quant.code_lean=false")
+                items.append(f"{g.name}={text}")
+        if items:
+            sections.append(f"{f.name}={type(sec).__name__}({', '.join(items)})")
+    return f"Config({', '.join(sections)})"
+
+
 def bundle_for_config(cfg: Config, preset_name: str, minify: bool = False) -> str:
     """The train_gpt.py that runs `cfg` (as its preset; the reference env vars still override it),
-    with the optional parts `cfg` uses and no others."""
+    with the optional parts `cfg` uses and no others. With quant.code_lean, the config is frozen in
+    it and the code specialized to it (pgolf.lean)."""
+    if cfg.quant.code_lean:
+        return build_bundle(list(LEAN_ENTRY), "", f"lean_main({frozen_config_expr(cfg)}, __file__)", minify,
+                            preset_name=preset_name, shipped_parts=parts_needed(cfg), frozen=cfg)
     return build_bundle(list(BUNDLE_ENTRY), bundle_preset_text(cfg), BUNDLE_MAIN_CALL, minify, preset_name=preset_name,
                         shipped_parts=parts_needed(cfg))
 
@@ -254,7 +292,8 @@ def shipped_files(cfg: Config, form: str = "") -> dict[str, str]:
     """File name -> text of the code a run of `cfg` ships; train_gpt.py is the counted file.
 
     `form` (default: cfg.quant.code_form): plain (readable), minified, or compressed
-    (self-extracting, with the readable file beside it so the counted code stays readable).
+    (self-extracting in cfg.quant.code_codec, with the readable file beside it so the counted
+    code stays readable).
     """
     cfg = shippable_config(cfg)
     form = form or cfg.quant.code_form
@@ -263,7 +302,7 @@ def shipped_files(cfg: Config, form: str = "") -> dict[str, str]:
         return {"train_gpt.py": readable}
     if form == "minified":
         return {"train_gpt.py": bundle_for_config(cfg, "run", minify=True)}
-    packed = build_compressed_bundle(bundle_for_config(cfg, "run", minify=True), READABLE_NAME)
+    packed = build_compressed_bundle(bundle_for_config(cfg, "run", minify=True), READABLE_NAME, cfg.quant.code_codec)
     return {"train_gpt.py": packed, READABLE_NAME: readable}
 
 
@@ -282,7 +321,8 @@ def export_bundle(out_path: str | os.PathLike, preset: str, entry_modules: tuple
     preset_text = Path(preset).read_text(encoding="utf-8") if preset.endswith(".toml") else load_preset_text(preset)
     name = Path(preset).stem
     # Optional parts are a property of the run entry; another main call ships everything it reaches.
-    parts = parts_needed(_preset_config(preset_text, preset)) if main_call == BUNDLE_MAIN_CALL else None
+    cfg = _preset_config(preset_text, preset) if main_call == BUNDLE_MAIN_CALL else None
+    parts = parts_needed(cfg) if cfg is not None else None
     text = build_bundle(list(entry_modules), preset_text, main_call, minify, preset_name=name, sources=sources,
                         shipped_parts=parts)
     path = Path(out_path)
@@ -291,7 +331,7 @@ def export_bundle(out_path: str | os.PathLike, preset: str, entry_modules: tuple
     if compressed:
         small = text if minify else build_bundle(list(entry_modules), preset_text, main_call, True,
                                                  preset_name=name, sources=sources, shipped_parts=parts)
-        packed = build_compressed_bundle(small, path.name)
+        packed = build_compressed_bundle(small, path.name, cfg.quant.code_codec if cfg is not None else "lzma")
         cpath = path.with_name(f"{path.stem}_compressed.py")
         write_bundle(cpath, packed)
         sizes.update(compressed_path=str(cpath), compressed_bytes=len(packed.encode("utf-8")))

@@ -1,4 +1,5 @@
-"""The counted forms of a bundle: minified (an AST round trip) and self-extracting (LZMA + base85).
+"""The counted forms of a bundle: minified (an AST round trip) and self-extracting: LZMA + base85,
+or (code_codec=brotli, #1855's convention) python-minifier + brotli 11 + base85.
 
 Measured on record_1128: the minified text compresses ~30% smaller under LZMA
 than the commented one, so minifying still pays inside the compressed form. The minifier
@@ -8,6 +9,7 @@ works on the syntax tree, never on text, so it cannot change what the code does.
 import ast
 import base64
 import lzma
+from typing import Callable
 
 from pgolf.bundle.rules import BUNDLE_MARK, DEF_NODES, BundleError, is_docstring
 
@@ -62,15 +64,62 @@ def minify_source(src: str) -> str:
     return text + "\n"
 
 
-def build_compressed_bundle(src: str, readable_name: str = "train_gpt.py") -> str:
-    """A self-extracting script (LZMA + base85 + exec) that runs `src`.
+class _VarsAsDict(ast.NodeTransformer):
+    # python-minifier renames nothing in a module that calls vars(); vars(x) is x.__dict__.
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "vars" and len(node.args) == 1 and not node.keywords:
+            return ast.Attribute(node.args[0], "__dict__", ast.Load())
+        return node
+
+
+# The names a bundle's reader looks up (its entry, preset and parts): never renamed.
+KEPT_GLOBALS = ("bundle_main", "BUNDLED_PRESET", "SHIPPED_PARTS")
+
+
+def renamed_source(src: str) -> str:
+    """`src` through python-minifier, locals and globals renamed (#1855's counted form).
+
+    Measured on record_1855: 12% fewer compressed bytes than `minify_source` alone. A bundle
+    is one closed namespace run as __main__, so its globals may be renamed too.
+    """
+    try:
+        import python_minifier
+    except ImportError:
+        raise BundleError("quant.code_codec=brotli needs python-minifier (pip install python-minifier)") from None
+    tree = ast.fix_missing_locations(_VarsAsDict().visit(ast.parse(src)))
+    return python_minifier.minify(ast.unparse(tree), hoist_literals=False, rename_globals=True,
+                                  preserve_globals=list(KEPT_GLOBALS), remove_literal_statements=True) + "\n"
+
+
+def _lzma_wrapper(src: str) -> tuple[str, str]:
+    raw = lzma.compress(src.encode("utf-8"), format=lzma.FORMAT_RAW, filters=_PACK_FILTERS)
+    blob = base64.b85encode(raw).decode("ascii")
+    return ("import lzma as L,base64 as B\n"
+            f"exec(L.decompress(B.b85decode(\"{blob}\"),L.FORMAT_RAW,filters=[{{\"id\":L.FILTER_LZMA2}}]))\n"), src
+
+
+def _brotli_wrapper(src: str) -> tuple[str, str]:
+    try:
+        import brotli
+    except ImportError:
+        raise BundleError("quant.code_codec=brotli needs the brotli package (pip install brotli)") from None
+    small = renamed_source(src)
+    blob = base64.b85encode(brotli.compress(small.encode("utf-8"), quality=11)).decode("ascii")
+    return f"import brotli as B,base64 as A\nexec(B.decompress(A.b85decode(\"{blob}\")))\n", small
+
+
+CODE_CODECS: dict[str, Callable[[str], tuple[str, str]]] = {"lzma": _lzma_wrapper, "brotli": _brotli_wrapper}
+
+
+def build_compressed_bundle(src: str, readable_name: str = "train_gpt.py", codec: str = "lzma") -> str:
+    """A self-extracting script (`codec` + base85 + exec, two lines under the mark) that runs `src`.
 
     Ship it only beside the readable file `readable_name` (the challenge asks that counted code stay readable).
     """
-    raw = lzma.compress(src.encode("utf-8"), format=lzma.FORMAT_RAW, filters=_PACK_FILTERS)
-    blob = base64.b85encode(raw).decode("ascii")
-    text = (f"# {BUNDLE_MARK} (compressed; readable source: {readable_name})\n"
-            f"import lzma as L,base64 as B\n"
-            f"exec(L.decompress(B.b85decode(\"{blob}\"),L.FORMAT_RAW,filters=[{{\"id\":L.FILTER_LZMA2}}]))\n")
+    if codec not in CODE_CODECS:
+        raise BundleError(f"unknown code codec {codec!r}; expected one of {', '.join(CODE_CODECS)}")
+    wrapper, _ = CODE_CODECS[codec](src)
+    text = f"# {BUNDLE_MARK} (compressed; readable source: {readable_name})\n" + wrapper
     compile(text, readable_name, "exec")
     return text

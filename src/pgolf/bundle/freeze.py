@@ -1,0 +1,374 @@
+"""Code specialized to one frozen config: branches its config can never take are cut out of the source.
+
+A lean bundle (`quant.code_lean`) runs exactly the config `pgolf bundle` checked, so an
+`if cfg.quant.compressor == "pergroup":` is decided when the bundle is built. This pass reads
+each function's config-typed names (parameters annotated with a config class, names bound
+once to one, dataclass fields annotated with one), decides every `if` / `x if c else y` whose
+test reads only such fields and constants, and keeps the taken branch, as text: comments stay,
+so the readable file is still the code that runs. The definitions only a cut branch called
+are then unreached, and the bundler drops them.
+
+A field is never frozen when code may see another value at run time: the fields an
+environment variable may still set (data paths, run id, seed), any field some shipped code
+assigns (`x.field = ...`) or passes to `dataclasses.replace`, and fields holding containers.
+"""
+
+import ast
+import dataclasses
+import io
+from typing import Any
+
+from pgolf.bundle.rules import BundleError
+from pgolf.config_tree import Config
+
+# What a lean bundle's environment may still set (pgolf.lean), so code never sees them frozen.
+RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed"})
+
+_UNKNOWN = object()
+_SCALARS = (bool, int, float, str)
+
+
+def config_classes() -> dict[str, tuple[str, ...]]:
+    """Config class name -> its path from the root (`Config` -> (), `ModelConfig` -> ("model",))."""
+    out: dict[str, tuple[str, ...]] = {Config.__name__: ()}
+    for f in dataclasses.fields(Config):
+        out[type(getattr(Config(), f.name)).__name__] = (f.name,)
+    return out
+
+
+def exempt_fields(trees: list[ast.Module]) -> set[str]:
+    """Field names some code may change at run time (see the module doc)."""
+    names = set(RUNTIME_FIELDS)
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Call):
+                fn = node.func
+                called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+                if called == "replace":
+                    names.update(k.arg for k in node.keywords if k.arg)
+                elif called == "setattr" and node.args:
+                    if len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
+                        raise BundleError(f"line {node.lineno}: setattr with a computed name can change any config "
+                                          "field; a lean bundle cannot freeze code that calls it")
+                    names.add(node.args[1].value)
+    return names
+
+
+def class_attr_types(trees: list[ast.Module], classes: dict[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
+    """Class name -> {attribute: config class} from class-level annotations (`cfg: Config`)."""
+    out: dict[str, dict[str, str]] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for st in node.body:
+                    if (isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
+                            and isinstance(st.annotation, ast.Name) and st.annotation.id in classes):
+                        out.setdefault(node.name, {})[st.target.id] = st.annotation.id
+    return out
+
+
+class _Scope:
+    """The config-typed names of one function body: name -> class name."""
+
+    def __init__(self, freezer: "Freezer", types: dict[str, str]):
+        self.freezer, self.types = freezer, types
+
+    def type_of(self, node: ast.expr) -> str | None:
+        if isinstance(node, ast.Name):
+            return self.types.get(node.id)
+        if isinstance(node, ast.Attribute):
+            owner = self.type_of(node.value)
+            if owner is None:
+                return None
+            path = self.freezer.classes.get(owner)
+            if path == () and node.attr in self.freezer.sections:
+                return self.freezer.sections[node.attr]
+            return self.freezer.attr_types.get(owner, {}).get(node.attr)
+        return None
+
+    def value(self, node: ast.expr) -> Any:
+        """The expression's value under the frozen config, or _UNKNOWN."""
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = [self.value(e) for e in node.elts]
+            return _UNKNOWN if any(v is _UNKNOWN for v in items) else tuple(items)
+        if isinstance(node, ast.Attribute):
+            owner = self.type_of(node.value)
+            path = self.freezer.classes.get(owner or "")
+            if path is None or node.attr in self.freezer.exempt:
+                return _UNKNOWN
+            sec = self.freezer.cfg
+            for p in path:
+                sec = getattr(sec, p)
+            if not dataclasses.is_dataclass(sec) or node.attr not in {f.name for f in dataclasses.fields(sec)}:
+                return _UNKNOWN
+            v = getattr(sec, node.attr)
+            return v if v is None or isinstance(v, _SCALARS) else _UNKNOWN
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            t = self.truth(node.operand)
+            return _UNKNOWN if t is _UNKNOWN else not t
+        if isinstance(node, ast.Compare):
+            left = self.value(node.left)
+            rights = [self.value(c) for c in node.comparators]
+            if left is _UNKNOWN or any(r is _UNKNOWN for r in rights):
+                return _UNKNOWN
+            for op, right in zip(node.ops, rights):
+                try:
+                    ok = _COMPARE[type(op)](left, right)
+                except (TypeError, KeyError):
+                    return _UNKNOWN
+                if not ok:
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.BoolOp):
+            return self.truth(node)
+        return _UNKNOWN
+
+    def truth(self, node: ast.expr) -> Any:
+        """bool(expr) under the frozen config, or _UNKNOWN. An `and`/`or` operand is skipped
+        only when it calls nothing, so deciding a test never drops a side effect."""
+        if not isinstance(node, ast.BoolOp):
+            v = self.value(node)
+            return _UNKNOWN if v is _UNKNOWN else bool(v)
+        decisive = isinstance(node.op, ast.Or)  # the truth value that settles the whole test
+        truths = [self.truth(v) for v in node.values]
+        for i, t in enumerate(truths):
+            if t is decisive and not any(isinstance(n, ast.Call) for v in node.values[:i] for n in ast.walk(v)):
+                return decisive
+        return _UNKNOWN if any(t is _UNKNOWN for t in truths) else (not decisive)
+
+
+_COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
+            ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
+            ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+            ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
+
+
+def _stores(body: list[ast.stmt]) -> dict[str, int]:
+    """How often each name is bound in `body`, nested functions and classes excluded."""
+    count: dict[str, int] = {}
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                if not isinstance(child, ast.Lambda):
+                    count[child.name] = count.get(child.name, 0) + 1
+                continue
+            if isinstance(child, ast.Name) and isinstance(child.ctx, (ast.Store, ast.Del)):
+                count[child.id] = count.get(child.id, 0) + 1
+            elif isinstance(child, (ast.Global, ast.Nonlocal)):
+                for n in child.names:
+                    count[n] = count.get(n, 0) + 2
+            elif isinstance(child, ast.alias):
+                n = (child.asname or child.name).split(".")[0]
+                count[n] = count.get(n, 0) + 1
+            elif isinstance(child, ast.ExceptHandler) and child.name:
+                count[child.name] = count.get(child.name, 0) + 1
+            visit(child)
+    for st in body:
+        visit(ast.Module([st], []))
+    return count
+
+
+class Freezer:
+    """Decides tests under one frozen config; `trees` is the shipped code (what may change a field)."""
+
+    def __init__(self, cfg: Config, trees: list[ast.Module]):
+        self.cfg = cfg
+        self.classes = config_classes()
+        self.sections = {p[0]: c for c, p in self.classes.items() if p}
+        self.exempt = exempt_fields(trees)
+        self.attr_types = class_attr_types(trees, self.classes)
+
+    def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: dict[str, str],
+                        owner_class: str | None) -> _Scope:
+        a = fn.args
+        params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
+        stores = _stores(fn.body)
+        types = {k: v for k, v in outer.items() if k not in stores}
+        for i, p in enumerate(params):
+            if p is None:
+                continue
+            types.pop(p.arg, None)
+            if stores.get(p.arg):
+                continue
+            if isinstance(p.annotation, ast.Name) and p.annotation.id in self.classes:
+                types[p.arg] = p.annotation.id
+            elif i == 0 and owner_class and p.arg == "self" and not fn.decorator_list:
+                types[p.arg] = owner_class
+        scope = _Scope(self, types)
+        # Names bound exactly once to a config-typed expression (`m = cfg.model`, `cfg, x = spec.cfg, 1`).
+        for node in ast.walk(ast.Module(fn.body, [])):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                pairs = [(node.targets[0], node.value)]
+                if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
+                    pairs = list(zip(node.targets[0].elts, node.value.elts))
+                for t, v in pairs:
+                    if isinstance(t, ast.Name) and stores.get(t.id) == 1:
+                        kind = scope.type_of(v)
+                        if kind:
+                            types[t.id] = kind
+        return scope
+
+    def decisions(self, tree: ast.Module) -> list[tuple[ast.AST, bool, list[ast.stmt] | None]]:
+        """(If or IfExp node, its test's truth, the statement list holding it) for every decided test."""
+        found: list[tuple[ast.AST, bool, list[ast.stmt] | None]] = []
+
+        def walk_body(body: list[ast.stmt], scope: _Scope | None, owner_class: str | None) -> None:
+            for st in body:
+                visit(st, scope, owner_class, body)
+
+        def visit(node: ast.AST, scope: _Scope | None, owner_class: str | None, holder: list | None) -> None:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for d in node.decorator_list:
+                    visit(d, scope, None, None)
+                inner = self._function_scope(node, scope.types if scope else {}, owner_class)
+                walk_body(node.body, inner, None)
+                return
+            if isinstance(node, ast.ClassDef):
+                walk_body(node.body, None, node.name)
+                return
+            if isinstance(node, ast.Lambda) and scope is not None:
+                a = node.args
+                bound = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p}
+                scope = _Scope(self, {k: v for k, v in scope.types.items() if k not in bound})
+            if scope is not None and isinstance(node, (ast.If, ast.IfExp)):
+                t = scope.truth(node.test)
+                if t is not _UNKNOWN:
+                    found.append((node, bool(t), holder))
+            for field, value in ast.iter_fields(node):
+                if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                    walk_body(value, scope, owner_class if isinstance(node, ast.ClassDef) else None)
+                elif isinstance(value, list):
+                    for v in value:
+                        if isinstance(v, ast.AST):
+                            visit(v, scope, None, None)
+                elif isinstance(value, ast.AST):
+                    visit(value, scope, None, None)
+
+        walk_body(tree.body, None, None)
+        return found
+
+
+def _line_starts(text: str) -> list[int]:
+    starts, pos = [0], 0
+    for line in io.StringIO(text).readlines():
+        pos += len(line)
+        starts.append(pos)
+    return starts
+
+
+def _offset(lines: list[str], starts: list[int], lineno: int, col: int) -> int:
+    """String index of an AST (line, UTF-8 byte column) position."""
+    return starts[lineno - 1] + len(lines[lineno - 1].encode("utf-8")[:col].decode("utf-8"))
+
+
+def _string_lines(tree: ast.AST) -> set[int]:
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno and node.end_lineno > node.lineno:
+            inside.update(range(node.lineno + 1, node.end_lineno + 1))
+    return inside
+
+
+class _Edit:
+    """Replace lines [lo, hi] (1-based, inclusive) by `new` (a list of lines)."""
+
+    def __init__(self, lo: int, hi: int, new: list[str]):
+        self.lo, self.hi, self.new = lo, hi, new
+
+
+def _dedent(lines: list[str], lo: int, hi: int, by: int, protected: set[int]) -> list[str]:
+    out = []
+    for i in range(lo, hi + 1):
+        line = lines[i - 1]
+        if i not in protected and line[:by].strip() == "" and len(line) > by:
+            line = line[by:]
+        out.append(line)
+    return out
+
+
+def _if_edit(node: ast.If, take: bool, holder: list[ast.stmt] | None, lines: list[str],
+             protected: set[int]) -> _Edit | None:
+    body, orelse = node.body, node.orelse
+    if body[0].lineno == node.lineno or (orelse and orelse[0].lineno == node.lineno):
+        return None  # one-line `if x: y`
+    head = lines[node.lineno - 1]
+    indent = head[:len(head) - len(head.lstrip())]
+    is_elif = head.lstrip().startswith("elif")
+    else_line = None
+    if orelse and not (isinstance(orelse[0], ast.If) and lines[orelse[0].lineno - 1].lstrip().startswith("elif")):
+        else_line = next((i for i in range(orelse[0].lineno - 1, body[-1].end_lineno, -1)
+                          if lines[i - 1].lstrip().startswith("else")), None)
+        if else_line is None or lines[else_line - 1].rstrip().rstrip(":").strip() != "else":
+            return None  # `else: x` on one line
+    if is_elif:
+        if take:
+            return _Edit(node.lineno, node.end_lineno, [f"{indent}else:\n"] + lines[body[0].lineno - 1:body[-1].end_lineno])
+        if not orelse:
+            return _Edit(node.lineno, node.end_lineno, [])
+        keep_from = else_line or orelse[0].lineno
+        return _Edit(node.lineno, node.end_lineno, lines[keep_from - 1:node.end_lineno])
+    if take:
+        kept = _dedent(lines, body[0].lineno, body[-1].end_lineno, body[0].col_offset - node.col_offset, protected)
+    elif not orelse:
+        kept = []
+    elif else_line is None:  # elif: the next test becomes the if
+        first = lines[orelse[0].lineno - 1]
+        kept = [first.replace("elif", "if", 1)] + lines[orelse[0].lineno:node.end_lineno]
+    else:
+        kept = _dedent(lines, orelse[0].lineno, node.end_lineno, orelse[0].col_offset - node.col_offset, protected)
+    if not kept and holder is not None and len(holder) == 1:
+        kept = [f"{indent}pass\n"]
+    return _Edit(node.lineno, node.end_lineno, kept)
+
+
+def freeze_source(src: str, freezer: Freezer) -> str:
+    """`src` with every test the frozen config decides replaced by its taken branch."""
+    for _ in range(200):
+        tree = ast.parse(src)
+        found = freezer.decisions(tree)
+        if not found:
+            return src
+        lines = io.StringIO(src).readlines()
+        protected = _string_lines(tree)
+        # One edit per region per pass, innermost last: re-parse and go again.
+        found.sort(key=lambda f: (f[0].lineno, -f[0].end_lineno))
+        chosen: list[tuple[ast.AST, bool, list | None]] = []
+        for item in found:
+            node = item[0]
+            if not any(o.lineno <= node.lineno and node.end_lineno <= o.end_lineno for o, *_ in chosen):
+                chosen.append(item)
+        new_src = src
+        starts = _line_starts(src)
+        emptied: set[int] = set()
+        for node, take, holder in sorted(chosen, key=lambda f: (f[0].lineno, f[0].col_offset), reverse=True):
+            if isinstance(node, ast.IfExp):
+                branch = node.body if take else node.orelse
+                seg_lo = _offset(lines, starts, branch.lineno, branch.col_offset)
+                seg_hi = _offset(lines, starts, branch.end_lineno, branch.end_col_offset)
+                lo = _offset(lines, starts, node.lineno, node.col_offset)
+                hi = _offset(lines, starts, node.end_lineno, node.end_col_offset)
+                new_src = new_src[:lo] + "(" + src[seg_lo:seg_hi] + ")" + new_src[hi:]
+                continue
+            edit = _if_edit(node, take, holder, lines, protected)
+            if edit is None or (not edit.new and id(holder) in emptied):
+                continue  # two siblings cut in one pass could leave an empty block: the next pass
+            emptied.add(id(holder))
+            lo, hi = starts[edit.lo - 1], starts[edit.hi]
+            new_src = new_src[:lo] + "".join(edit.new) + new_src[hi:]
+        if new_src == src:
+            return src
+        try:
+            ast.parse(new_src)
+        except SyntaxError as e:
+            raise BundleError(f"freezing the config broke the code at line {e.lineno}: {e.msg}; report it and ship "
+                              "quant.code_lean=false") from None
+        src = new_src
+    raise BundleError("freezing the config did not settle after 200 passes; ship quant.code_lean=false and report it")
