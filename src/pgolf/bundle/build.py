@@ -14,12 +14,12 @@ import tomllib
 from pathlib import Path
 
 from pgolf.atomic import atomic_write
-from pgolf.bundle.freeze import Freezer, freeze_source
 from pgolf.bundle.graph import ordered_modules
 from pgolf.bundle.join import defined_names, dropped_lines, names_used_at_import, reachable, rename_names, rename_plan
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
 from pgolf.bundle.rules import (BUNDLE_MARK, STDLIB, BundleError, ModuleSources, checked_violations, is_docstring,
                                 is_pgolf, module_path)
+from pgolf.bundle.specialize import specialize
 from pgolf.config import apply_mapping, config_to_toml, finalize_config, load_preset_text, shippable_config
 from pgolf.config_tree import Config
 from pgolf.parts import OPTIONAL_PARTS, parts_needed
@@ -159,9 +159,9 @@ def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | 
             raise BundleError(f"main call {main_call!r} does not compile: {e.msg}") from None
         keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()), frozenset(leave_out or ()))
         if frozen is not None:
-            # What may change a field is read from the code shipped unfrozen (a superset of the frozen).
-            freezer = Freezer(frozen, [ast.Module([trees[m].body[i] for i in sorted(keep[m])], []) for m in order])
-            texts = {m: freeze_source(texts[m], freezer) if keep[m] else texts[m] for m in order}
+            def shake_trees(ts: dict[str, ast.Module]) -> dict[str, set[int]]:
+                return reachable(ts, roots | ({"unshipped"} if leave_out else set()), frozenset(leave_out or ()))[0]
+            texts = specialize(texts, frozen, shake_trees)
             trees = {m: ast.parse(texts[m], filename=module_path(m)) for m in order}
             keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()),
                                       frozenset(leave_out or ()))

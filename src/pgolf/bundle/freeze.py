@@ -16,8 +16,9 @@ assigns (`x.field = ...`) or passes to `dataclasses.replace`, and fields holding
 import ast
 import dataclasses
 import io
-from typing import Any
+from typing import Any, Callable
 
+from pgolf.bundle.edits import if_edit, line_starts, offset, string_lines
 from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 
@@ -25,6 +26,7 @@ from pgolf.config_tree import Config
 RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed"})
 
 _UNKNOWN = object()
+_PASS_THROUGH_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()"})
 _SCALARS = (bool, int, float, str)
 
 
@@ -72,8 +74,9 @@ def class_attr_types(trees: list[ast.Module], classes: dict[str, tuple[str, ...]
 class _Scope:
     """The config-typed names of one function body: name -> class name."""
 
-    def __init__(self, freezer: "Freezer", types: dict[str, str]):
+    def __init__(self, freezer: "Freezer", types: dict[str, str], consts: dict[str, Any] | None = None):
         self.freezer, self.types = freezer, types
+        self.consts = consts or {}  # parameters every caller passes the same frozen value
 
     def type_of(self, node: ast.expr) -> str | None:
         if isinstance(node, ast.Name):
@@ -92,6 +95,8 @@ class _Scope:
         """The expression's value under the frozen config, or _UNKNOWN."""
         if isinstance(node, ast.Constant):
             return node.value
+        if isinstance(node, ast.Name):
+            return self.consts.get(node.id, _UNKNOWN)
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             items = [self.value(e) for e in node.elts]
             return _UNKNOWN if any(v is _UNKNOWN for v in items) else tuple(items)
@@ -183,24 +188,71 @@ class Freezer:
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
         self.attr_types = class_attr_types(trees, self.classes)
+        self.param_values: dict[str, dict[str, Any]] = {}
+        self._propagate(trees)
 
-    def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: dict[str, str],
+    def _propagate(self, trees: list[ast.Module]) -> None:
+        """Parameters of module-level functions that every call passes the same known value
+        (`lr_multiplier(..., mode=cfg.schedule.warmdown_mode)` everywhere): frozen inside them.
+        A function used other than by a direct call (stored, passed) keeps all its parameters."""
+        defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        for tree in trees:
+            for node in tree.body:
+                # A decorator may call the function itself (torch.library ops): only known pass-throughs.
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(
+                        ast.unparse(d) in _PASS_THROUGH_DECORATORS for d in node.decorator_list):
+                    defs[node.name] = node
+        called, loaded = set(), set()
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    called.add(id(node.func))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called:
+                    loaded.add(node.id)
+        for _ in range(8):
+            seen: dict[str, list[dict[str, Any]]] = {}
+
+            def on_call(call: ast.Call, scope: _Scope | None) -> None:
+                fn = defs.get(call.func.id) if isinstance(call.func, ast.Name) else None
+                if fn is None or fn.name in loaded:
+                    return
+                seen.setdefault(fn.name, []).append(_bound_args(fn, call, scope))
+            for tree in trees:
+                self.decisions(tree, on_call)
+            values: dict[str, dict[str, Any]] = {}
+            for name, sites in seen.items():
+                first = sites[0]
+                agreed = {p: v for p, v in first.items() if v is not _UNKNOWN and all(
+                    p in s and type(s[p]) is type(v) and s[p] == v for s in sites[1:])}
+                if agreed:
+                    values[name] = agreed
+            if values == self.param_values:
+                return
+            self.param_values = values
+
+    def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: _Scope | None,
                         owner_class: str | None) -> _Scope:
         a = fn.args
         params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
         stores = _stores(fn.body)
-        types = {k: v for k, v in outer.items() if k not in stores}
+        types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
+        consts = {k: v for k, v in (outer.consts if outer else {}).items() if k not in stores}
+        known = self.param_values.get(fn.name, {}) if outer is None and owner_class is None else {}
         for i, p in enumerate(params):
             if p is None:
                 continue
             types.pop(p.arg, None)
+            consts.pop(p.arg, None)
             if stores.get(p.arg):
                 continue
+            if p.arg in known:
+                consts[p.arg] = known[p.arg]
             if isinstance(p.annotation, ast.Name) and p.annotation.id in self.classes:
                 types[p.arg] = p.annotation.id
             elif i == 0 and owner_class and p.arg == "self" and not fn.decorator_list:
                 types[p.arg] = owner_class
-        scope = _Scope(self, types)
+        scope = _Scope(self, types, consts)
         # Names bound exactly once to a config-typed expression (`m = cfg.model`, `cfg, x = spec.cfg, 1`).
         for node in ast.walk(ast.Module(fn.body, [])):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -216,8 +268,11 @@ class Freezer:
                             types[t.id] = kind
         return scope
 
-    def decisions(self, tree: ast.Module) -> list[tuple[ast.AST, bool, list[ast.stmt] | None]]:
-        """(If or IfExp node, its test's truth, the statement list holding it) for every decided test."""
+    def decisions(self, tree: ast.Module,
+                  on_call: Callable[[ast.Call, _Scope | None], None] | None = None
+                  ) -> list[tuple[ast.AST, bool, list[ast.stmt] | None]]:
+        """(If or IfExp node, its test's truth, the statement list holding it) for every decided
+        test; `on_call` sees every call with the scope it runs in."""
         found: list[tuple[ast.AST, bool, list[ast.stmt] | None]] = []
 
         def walk_body(body: list[ast.stmt], scope: _Scope | None, owner_class: str | None) -> None:
@@ -228,7 +283,7 @@ class Freezer:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for d in node.decorator_list:
                     visit(d, scope, None, None)
-                inner = self._function_scope(node, scope.types if scope else {}, owner_class)
+                inner = self._function_scope(node, scope, owner_class)
                 walk_body(node.body, inner, None)
                 return
             if isinstance(node, ast.ClassDef):
@@ -237,7 +292,10 @@ class Freezer:
             if isinstance(node, ast.Lambda) and scope is not None:
                 a = node.args
                 bound = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p}
-                scope = _Scope(self, {k: v for k, v in scope.types.items() if k not in bound})
+                scope = _Scope(self, {k: v for k, v in scope.types.items() if k not in bound},
+                               {k: v for k, v in scope.consts.items() if k not in bound})
+            if on_call is not None and isinstance(node, ast.Call):
+                on_call(node, scope)
             if scope is not None and isinstance(node, (ast.If, ast.IfExp)):
                 t = scope.truth(node.test)
                 if t is not _UNKNOWN:
@@ -256,77 +314,25 @@ class Freezer:
         return found
 
 
-def _line_starts(text: str) -> list[int]:
-    starts, pos = [0], 0
-    for line in io.StringIO(text).readlines():
-        pos += len(line)
-        starts.append(pos)
-    return starts
-
-
-def _offset(lines: list[str], starts: list[int], lineno: int, col: int) -> int:
-    """String index of an AST (line, UTF-8 byte column) position."""
-    return starts[lineno - 1] + len(lines[lineno - 1].encode("utf-8")[:col].decode("utf-8"))
-
-
-def _string_lines(tree: ast.AST) -> set[int]:
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno and node.end_lineno > node.lineno:
-            inside.update(range(node.lineno + 1, node.end_lineno + 1))
-    return inside
-
-
-class _Edit:
-    """Replace lines [lo, hi] (1-based, inclusive) by `new` (a list of lines)."""
-
-    def __init__(self, lo: int, hi: int, new: list[str]):
-        self.lo, self.hi, self.new = lo, hi, new
-
-
-def _dedent(lines: list[str], lo: int, hi: int, by: int, protected: set[int]) -> list[str]:
-    out = []
-    for i in range(lo, hi + 1):
-        line = lines[i - 1]
-        if i not in protected and line[:by].strip() == "" and len(line) > by:
-            line = line[by:]
-        out.append(line)
+def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scope: "_Scope | None") -> dict[str, Any]:
+    """Parameter -> the value this call passes (a default when it passes none), or _UNKNOWN."""
+    a = fn.args
+    if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
+        return {}
+    positional = [*a.posonlyargs, *a.args]
+    out: dict[str, Any] = {}
+    defaults = dict(zip([p.arg for p in positional][len(positional) - len(a.defaults):], a.defaults))
+    defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+    for p, d in defaults.items():
+        out[p] = d.value if isinstance(d, ast.Constant) else _UNKNOWN
+    if len(call.args) > len(positional):
+        return {}
+    for p, x in zip(positional, call.args):
+        out[p.arg] = scope.value(x) if scope else (x.value if isinstance(x, ast.Constant) else _UNKNOWN)
+    for k in call.keywords:
+        out[k.arg] = scope.value(k.value) if scope else (k.value.value if isinstance(k.value, ast.Constant)
+                                                          else _UNKNOWN)
     return out
-
-
-def _if_edit(node: ast.If, take: bool, holder: list[ast.stmt] | None, lines: list[str],
-             protected: set[int]) -> _Edit | None:
-    body, orelse = node.body, node.orelse
-    if body[0].lineno == node.lineno or (orelse and orelse[0].lineno == node.lineno):
-        return None  # one-line `if x: y`
-    head = lines[node.lineno - 1]
-    indent = head[:len(head) - len(head.lstrip())]
-    is_elif = head.lstrip().startswith("elif")
-    else_line = None
-    if orelse and not (isinstance(orelse[0], ast.If) and lines[orelse[0].lineno - 1].lstrip().startswith("elif")):
-        else_line = next((i for i in range(orelse[0].lineno - 1, body[-1].end_lineno, -1)
-                          if lines[i - 1].lstrip().startswith("else")), None)
-        if else_line is None or lines[else_line - 1].rstrip().rstrip(":").strip() != "else":
-            return None  # `else: x` on one line
-    if is_elif:
-        if take:
-            return _Edit(node.lineno, node.end_lineno, [f"{indent}else:\n"] + lines[body[0].lineno - 1:body[-1].end_lineno])
-        if not orelse:
-            return _Edit(node.lineno, node.end_lineno, [])
-        keep_from = else_line or orelse[0].lineno
-        return _Edit(node.lineno, node.end_lineno, lines[keep_from - 1:node.end_lineno])
-    if take:
-        kept = _dedent(lines, body[0].lineno, body[-1].end_lineno, body[0].col_offset - node.col_offset, protected)
-    elif not orelse:
-        kept = []
-    elif else_line is None:  # elif: the next test becomes the if
-        first = lines[orelse[0].lineno - 1]
-        kept = [first.replace("elif", "if", 1)] + lines[orelse[0].lineno:node.end_lineno]
-    else:
-        kept = _dedent(lines, orelse[0].lineno, node.end_lineno, orelse[0].col_offset - node.col_offset, protected)
-    if not kept and holder is not None and len(holder) == 1:
-        kept = [f"{indent}pass\n"]
-    return _Edit(node.lineno, node.end_lineno, kept)
 
 
 def freeze_source(src: str, freezer: Freezer) -> str:
@@ -337,7 +343,7 @@ def freeze_source(src: str, freezer: Freezer) -> str:
         if not found:
             return src
         lines = io.StringIO(src).readlines()
-        protected = _string_lines(tree)
+        protected = string_lines(tree)
         # One edit per region per pass, innermost last: re-parse and go again.
         found.sort(key=lambda f: (f[0].lineno, -f[0].end_lineno))
         chosen: list[tuple[ast.AST, bool, list | None]] = []
@@ -346,18 +352,18 @@ def freeze_source(src: str, freezer: Freezer) -> str:
             if not any(o.lineno <= node.lineno and node.end_lineno <= o.end_lineno for o, *_ in chosen):
                 chosen.append(item)
         new_src = src
-        starts = _line_starts(src)
+        starts = line_starts(src)
         emptied: set[int] = set()
         for node, take, holder in sorted(chosen, key=lambda f: (f[0].lineno, f[0].col_offset), reverse=True):
             if isinstance(node, ast.IfExp):
                 branch = node.body if take else node.orelse
-                seg_lo = _offset(lines, starts, branch.lineno, branch.col_offset)
-                seg_hi = _offset(lines, starts, branch.end_lineno, branch.end_col_offset)
-                lo = _offset(lines, starts, node.lineno, node.col_offset)
-                hi = _offset(lines, starts, node.end_lineno, node.end_col_offset)
+                seg_lo = offset(lines, starts, branch.lineno, branch.col_offset)
+                seg_hi = offset(lines, starts, branch.end_lineno, branch.end_col_offset)
+                lo = offset(lines, starts, node.lineno, node.col_offset)
+                hi = offset(lines, starts, node.end_lineno, node.end_col_offset)
                 new_src = new_src[:lo] + "(" + src[seg_lo:seg_hi] + ")" + new_src[hi:]
                 continue
-            edit = _if_edit(node, take, holder, lines, protected)
+            edit = if_edit(node, take, holder, lines, protected)
             if edit is None or (not edit.new and id(holder) in emptied):
                 continue  # two siblings cut in one pass could leave an empty block: the next pass
             emptied.add(id(holder))

@@ -11,6 +11,7 @@ imports names only as `from pgolf.x import Name` and never looks globals up by s
 import ast
 import io
 import tokenize
+from typing import Callable
 
 from pgolf.bundle.rules import DEF_NODES, BundleError, is_pgolf, is_private, module_path, target_names
 
@@ -138,3 +139,61 @@ def dropped_lines(tree: ast.Module, lines: list[str], keep: set[int]) -> set[int
             first -= 1
         drop.update(range(first, (node.end_lineno or node.lineno) + 1))
     return drop
+
+
+def unused_methods(trees: dict[str, ast.Module], keep: dict[str, set[int]],
+                   external_attrs: Callable[[ast.expr], set[str] | None]) -> dict[str, list[ast.stmt]]:
+    """Per module, the methods of kept classes that no kept code can call.
+
+    A method is kept when its name appears anywhere in kept code (as an attribute, a name, a
+    keyword or a string: `getattr(model, "token_nll")` counts), when it is a dunder, or when a
+    base class from outside the bundle has an attribute of that name (a framework calls it:
+    `forward`, `backward`, `step`). `external_attrs(base)` gives such a base's attribute names, or
+    None when the base cannot be resolved: then every method of the class stays.
+    """
+    kept = [trees[m].body[i] for m in trees for i in keep[m]]
+    classes = {node.name: node for node in kept if isinstance(node, ast.ClassDef)}
+    methods = {id(st) for c in classes.values() for st in c.body if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    # What kept code mentions; a method's mentions of its own name (recursion) do not count.
+    refs: set[str] = set()
+    stack: list[tuple[ast.AST, str]] = [(node, "") for node in kept]
+    while stack:
+        node, own = stack.pop()
+        if id(node) in methods:
+            own = node.name  # type: ignore[attr-defined]
+        name = (node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name)
+                else node.arg if isinstance(node, ast.keyword) else node.value
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) else None)
+        if name and name != own:
+            refs.add(name)
+        stack += [(child, own) for child in ast.iter_child_nodes(node)]
+
+    def framework_names(cls: ast.ClassDef, seen: frozenset[str] = frozenset()) -> set[str] | None:
+        names: set[str] = set()
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id in classes and base.id not in seen:
+                inner = framework_names(classes[base.id], seen | {cls.name})
+            elif isinstance(base, ast.Name) and base.id == "object":
+                inner = set()
+            else:
+                inner = external_attrs(base)
+            if inner is None:
+                return None
+            names |= inner
+        return names
+
+    out: dict[str, list[ast.stmt]] = {m: [] for m in trees}
+    for m in trees:
+        for i in sorted(keep[m]):
+            cls = trees[m].body[i]
+            if not isinstance(cls, ast.ClassDef) or cls.keywords:
+                continue
+            framework = framework_names(cls)
+            if framework is None:
+                continue
+            dead = [st for st in cls.body if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and not (st.name.startswith("__") and st.name.endswith("__"))
+                    and st.name not in framework and st.name not in refs]
+            if len(dead) < len(cls.body):  # a class body never ends up empty
+                out[m] += dead
+    return out

@@ -119,17 +119,19 @@ def evaluate(model: torch.nn.Module, val_tokens: Any, tables: Any, ecfg: EvalCon
         tokens = tokens[:ecfg.max_tokens + 1]
     mode = EvalMode.of(ecfg)
     forwards = Forwards(compile, ecfg.seq_len)
-    slot = make_slot_scorer(ecfg, forwards)
+    # The dispatch reads ecfg itself (not `mode`, its summary) so a lean bundle, frozen to one
+    # config, keeps only the branch that config takes (bundle.freeze).
+    slot = make_slot_scorer(ecfg, forwards) if ecfg.slot_mode != "off" else None
     scorer = slot or (PlainScorer(forwards) if compile else None)
     if not mode.causal and log is not None and comm.is_main:
         log(f"eval:mode {mode.name} uses batch SLOT, which is NON-CAUSAL (its delta is fitted on the "
             "targets it scores); the result is not a legal record score")
-    if mode.ttt in ("lora", "phased"):
-        run_doc_ttt = eval_lora_ttt if mode.ttt == "lora" else eval_phased_ttt
+    if ecfg.ttt_enabled and ecfg.ttt_kind in ("lora", "phased"):
+        run_doc_ttt = eval_lora_ttt if ecfg.ttt_kind == "lora" else eval_phased_ttt
         if ecfg.ttt_lora_method == "record":
             run_doc_ttt = eval_record_ttt
         out = run_doc_ttt(model, tokens, ecfg, tables, comm, device, log, recorder, events)
-    elif mode.ttt == "global":
+    elif ecfg.ttt_enabled:
         out = eval_ttt(model, tokens, ecfg, tables, comm, device, log, scorer, recorder, events)
     elif ecfg.stride > 0 or slot is not None:
         out = eval_sliding(model, tokens, ecfg.seq_len, ecfg.stride or ecfg.seq_len,

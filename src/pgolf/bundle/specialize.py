@@ -1,0 +1,67 @@
+"""A lean bundle's code: specialized to its frozen config (bundle.freeze) and without the methods
+no kept code calls, repeated until neither changes anything."""
+
+import ast
+import io
+from typing import Any, Callable
+
+from pgolf.bundle.freeze import Freezer, freeze_source
+from pgolf.bundle.join import unused_methods
+from pgolf.bundle.rules import BundleError, is_pgolf
+from pgolf.config_tree import Config
+
+
+def external_attrs_resolver(trees: list[ast.Module]) -> Callable[[ast.expr], set[str] | None]:
+    """base class expression -> its attribute names, resolved against the modules' own imports
+    (torch, ...); None when it does not resolve. Only third-party and stdlib imports run."""
+    namespace: dict[str, Any] = {}
+    for tree in trees:
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not is_pgolf(getattr(node, "module", None) or
+                                                                                 node.names[0].name):
+                try:
+                    exec(compile(ast.Module([node], []), "<imports>", "exec"), namespace)
+                except Exception:  # an optional package (triton) missing here: its classes keep every method
+                    pass
+
+    def resolve(base: ast.expr) -> set[str] | None:
+        try:
+            return set(dir(eval(compile(ast.Expression(base), "<base>", "eval"), dict(namespace))))
+        except Exception:
+            return None
+    return resolve
+
+
+def _without(src: str, nodes: list[ast.stmt]) -> str:
+    """`src` without the lines of `nodes` (with their decorators and the comment lines just above)."""
+    if not nodes:
+        return src
+    lines = io.StringIO(src).readlines()
+    drop: set[int] = set()
+    for node in nodes:
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        while first > 1 and lines[first - 2].lstrip().startswith("#"):
+            first -= 1
+        drop.update(range(first, node.end_lineno + 1))
+    return "".join(line for i, line in enumerate(lines, 1) if i not in drop)
+
+
+def specialize(texts: dict[str, str], cfg: Config,
+               shake: Callable[[dict[str, ast.Module]], dict[str, set[int]]]) -> dict[str, str]:
+    """Module sources specialized to `cfg`: decided tests cut (freeze_source) and the methods no
+    kept code calls dropped, until neither changes anything (each can unlock the other: a cut
+    branch was a method's last caller, a dropped method was the code that changed a field).
+    `shake(trees)` gives the kept top-level statements per module."""
+    resolver = external_attrs_resolver([ast.parse(t) for t in texts.values()])
+    for _ in range(20):
+        trees = {m: ast.parse(t) for m, t in texts.items()}
+        keep = shake(trees)
+        freezer = Freezer(cfg, [ast.Module([trees[m].body[i] for i in sorted(keep[m])], []) for m in texts])
+        new = {m: freeze_source(t, freezer) if keep[m] else t for m, t in texts.items()}
+        trees = {m: ast.parse(t) for m, t in new.items()}
+        dead = unused_methods(trees, shake(trees), resolver)
+        new = {m: _without(t, dead[m]) for m, t in new.items()}
+        if new == texts:
+            return texts
+        texts = new
+    raise BundleError("specializing the bundle did not settle after 20 rounds; ship quant.code_lean=false and report it")
