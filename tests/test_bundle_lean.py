@@ -174,3 +174,24 @@ def main(n):
 def test_a_class_whose_base_does_not_resolve_keeps_every_method():
     src = "from not_a_package_anywhere import Base\n\n\nclass C(Base):\n    def hook(self):\n        return 1\n"
     assert _dead(src) == []
+
+
+@pytest.mark.slow
+@pytest.mark.triton
+def test_counted_file_runs_the_triton_kernels_it_unpacks(tmp_path, embedded_corpus):
+    """@triton.jit reads kernel source through linecache: the counted file registers its unpacked
+    text there, so the kernels run from it as from the readable file (Triton's CPU interpreter)."""
+    pytest.importorskip("triton")
+    cfg, _ = resolve_config("record_1855", None, {}, [*TINY, "model.fused_ce=on", "model.fused_mlp=on",
+                                                      "run.iterations=2", "eval.max_tokens=256"])
+    files = shipped_files(cfg)
+    assert "linecache" in files["train_gpt.py"].splitlines()[1]
+    env = _clean_env(DATA_PATH=embedded_corpus["data_path"], TOKENIZER_PATH=embedded_corpus["tokenizer_path"],
+                     RUN_ID="r", TRITON_INTERPRET="1")
+    weights = {}
+    for name in ("train_gpt.py", READABLE_NAME):
+        res = _run(tmp_path / name.replace(".", "_"), files[name], env)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+        weights[name] = torch.load(tmp_path / name.replace(".", "_") / "runs" / "r" / "final_state.pt")
+    for key, want in weights[READABLE_NAME].items():
+        assert torch.equal(weights["train_gpt.py"][key], want), key

@@ -7,6 +7,7 @@ with a fallback (the bundled train_gpt.py must run where they are absent).
 """
 
 import importlib.util
+import linecache
 import os
 from dataclasses import dataclass
 
@@ -155,9 +156,9 @@ def _fused_kernel_on(switch: str, name: str, device: torch.device) -> bool:
     have_triton = importlib.util.find_spec("triton") is not None
     if switch == "off":
         return False
-    # @triton.jit reads each kernel's source file: the counted train_gpt.py, exec'd from a
-    # compressed string, has none (its readable twin, run as a file, does).
-    from_file = os.path.isfile(softcap_ce_ops.__code__.co_filename)
+    # @triton.jit reads each kernel's source through linecache: from its file, or from the text a
+    # counted train_gpt.py registered there when it unpacked itself (bundle.pack).
+    from_file = bool(linecache.getlines(softcap_ce_ops.__code__.co_filename))
     if switch == "auto":
         return device.type == "cuda" and have_triton and from_file
     if device.type == "cuda" and not (have_triton and from_file):

@@ -22,6 +22,11 @@ _PACK_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 DOC_ARGUMENT_HELPERS = frozenset({"_f"})
 
 
+def _is_kernel(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    # A Triton kernel's parameter annotations are code: `BLOCK: tl.constexpr` makes it a constant.
+    return any("jit" in ast.unparse(d) for d in node.decorator_list)
+
+
 def _strip_tree(tree: ast.Module) -> ast.Module:
     """Docstrings, function annotations and field docs out; class-level annotations stay
     (dataclasses read them)."""
@@ -32,7 +37,7 @@ def _strip_tree(tree: ast.Module) -> ast.Module:
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, *DEF_NODES)) and body and is_docstring(body[0]):
             node.body = body[1:] or [ast.Pass()]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _is_kernel(node):
             node.returns = None
             a = node.args
             for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
@@ -73,6 +78,11 @@ class _VarsAsDict(ast.NodeTransformer):
         return node
 
 
+# Names a Triton kernel reads from the function that defines it: triton resolves them by name, so
+# renaming them could bind a global of the same new name (torch) instead.
+KERNEL_NAMES = ("triton", "tl")
+KERNEL_BUILTINS = ("range", "min", "max", "float", "int", "len")
+
 # The names a bundle's reader looks up (its entry, preset and parts): never renamed.
 KEPT_GLOBALS = ("bundle_main", "BUNDLED_PRESET", "SHIPPED_PARTS")
 
@@ -88,15 +98,34 @@ def renamed_source(src: str) -> str:
     except ImportError:
         raise BundleError("quant.code_codec=brotli needs python-minifier (pip install python-minifier)") from None
     tree = ast.fix_missing_locations(_VarsAsDict().visit(ast.parse(src)))
+    # Argument annotations stay: minify_source already dropped all but the Triton kernels' ones.
+    keep_args = python_minifier.RemoveAnnotationsOptions(remove_argument_annotations=False)
+    # Triton compiles a kernel from its source text: it must keep its names (`range`, its
+    # parameters), so a bundle with kernels renames no locals and no builtins.
+    kernels = "@triton.jit" in src
     return python_minifier.minify(ast.unparse(tree), hoist_literals=False, rename_globals=True,
-                                  preserve_globals=list(KEPT_GLOBALS), remove_literal_statements=True) + "\n"
+                                  preserve_globals=[*KEPT_GLOBALS, *(KERNEL_BUILTINS if kernels else ())],
+                                  remove_literal_statements=True, remove_annotations=keep_args,
+                                  rename_locals=not kernels, preserve_locals=list(KERNEL_NAMES)) + "\n"
+
+
+# @triton.jit reads a kernel's source through linecache: a bundle with kernels registers the
+# unpacked text there under a name of its own, so they run from the counted file too.
+_SOURCE_NAME = "<train_gpt>"
+
+
+def _run_line(unpack: str, src: str, header: str) -> str:
+    if "@triton.jit" not in src:
+        return f"{header}\nexec({unpack})\n"
+    return (f"{header},linecache as C\ns={unpack}.decode();f={_SOURCE_NAME!r};C.cache[f]=len(s),None,"
+            f"s.splitlines(True),f;exec(compile(s,f,'exec'))\n")
 
 
 def _lzma_wrapper(src: str) -> tuple[str, str]:
     raw = lzma.compress(src.encode("utf-8"), format=lzma.FORMAT_RAW, filters=_PACK_FILTERS)
     blob = base64.b85encode(raw).decode("ascii")
-    return ("import lzma as L,base64 as B\n"
-            f"exec(L.decompress(B.b85decode(\"{blob}\"),L.FORMAT_RAW,filters=[{{\"id\":L.FILTER_LZMA2}}]))\n"), src
+    unpack = f"L.decompress(B.b85decode(\"{blob}\"),L.FORMAT_RAW,filters=[{{\"id\":L.FILTER_LZMA2}}])"
+    return _run_line(unpack, src, "import lzma as L,base64 as B"), src
 
 
 def _brotli_wrapper(src: str) -> tuple[str, str]:
@@ -106,7 +135,8 @@ def _brotli_wrapper(src: str) -> tuple[str, str]:
         raise BundleError("quant.code_codec=brotli needs the brotli package (pip install brotli)") from None
     small = renamed_source(src)
     blob = base64.b85encode(brotli.compress(small.encode("utf-8"), quality=11)).decode("ascii")
-    return f"import brotli as B,base64 as A\nexec(B.decompress(A.b85decode(\"{blob}\")))\n", small
+    # Detected on `src`: python-minifier may rename the `triton` a function imports.
+    return _run_line(f"B.decompress(A.b85decode(\"{blob}\"))", src, "import brotli as B,base64 as A"), small
 
 
 CODE_CODECS: dict[str, Callable[[str], tuple[str, str]]] = {"lzma": _lzma_wrapper, "brotli": _brotli_wrapper}
