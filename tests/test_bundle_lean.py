@@ -51,7 +51,7 @@ def test_lean_counted_file_trains_the_weights_of_the_full_bundle(tmp_path, embed
     files = shipped_files(cfg)
     counted, readable = files["train_gpt.py"], files[READABLE_NAME]
     lines = counted.splitlines()
-    assert BUNDLE_MARK in lines[0] and len(lines) == 3 and lines[1] == "import brotli as B,base64 as A"
+    assert BUNDLE_MARK in lines[0] and len(lines) == 3 and lines[1].startswith("import brotli as B,base64 as A")
     assert "lean_main(Config(" in readable and "BUNDLED_PRESET" not in readable
     full_cfg, _ = resolve_config("record_1855", None, {}, [*TINY, "quant.code_lean=false"])
     full = bundle_for_config(shippable_config(full_cfg), "run")

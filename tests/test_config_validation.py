@@ -35,7 +35,7 @@ BAD_ENUMS = {
     "data.sampling": "random", "model.arch": "huge", "model.attn_backend": "flash", "model.embed_dtype": "fp16",
     "optim.grad_clip_mode": "both", "optim.muon_coeffs": "cubic", "schedule.warmdown_mode": "cosine", "schedule.export_weights": "best",
     "quant.matrix_method": "awq", "quant.clip_search": "column", "quant.compressor": "gzip",
-    "quant.qat_scope": "all", "quant.code_form": "tiny", "eval.slot_mode": "on", "run.device": "mps",
+    "quant.qat_scope": "all", "quant.code_form": "tiny", "quant.code_codec": "zip", "eval.slot_mode": "on", "run.device": "mps",
     "eval.ttt_kind": "chunky", "model.parallel_final": "both", "model.attn_gate": "on", "model.smear_kind": "token",
     "quant.calib_source": "val", "quant.clip_rule": "mse", "quant.clip_weighting": "fisher",
     "quant.code_order": "zigzag", "quant.fp16_layout": "packed",

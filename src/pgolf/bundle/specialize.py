@@ -2,6 +2,7 @@
 no kept code calls, repeated until neither changes anything."""
 
 import ast
+import importlib
 import io
 from typing import Any, Callable
 
@@ -13,21 +14,35 @@ from pgolf.config_tree import Config
 
 def external_attrs_resolver(trees: list[ast.Module]) -> Callable[[ast.expr], set[str] | None]:
     """base class expression -> its attribute names, resolved against the modules' own imports
-    (torch, ...); None when it does not resolve. Only third-party and stdlib imports run."""
-    namespace: dict[str, Any] = {}
+    (torch, ...); None when it does not resolve. Only third-party and stdlib modules are imported."""
+    names: dict[str, Any] = {}
     for tree in trees:
         for node in tree.body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and not is_pgolf(getattr(node, "module", None) or
-                                                                                 node.names[0].name):
-                try:
-                    exec(compile(ast.Module([node], []), "<imports>", "exec"), namespace)
-                except Exception:  # an optional package (triton) missing here: its classes keep every method
-                    pass
+            try:
+                if isinstance(node, ast.Import):
+                    for a in node.names:
+                        if not is_pgolf(a.name):
+                            module = importlib.import_module(a.name)
+                            names[a.asname or a.name.split(".")[0]] = (
+                                module if a.asname else importlib.import_module(a.name.split(".")[0]))
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and not is_pgolf(node.module):
+                    module = importlib.import_module(node.module or "")
+                    for a in node.names:
+                        names[a.asname or a.name] = getattr(module, a.name)
+            except (ImportError, AttributeError):  # an optional package (triton) missing: its classes keep every method
+                continue
+
+    def lookup(node: ast.expr) -> Any:
+        if isinstance(node, ast.Name):
+            return names[node.id]
+        if isinstance(node, ast.Attribute):
+            return getattr(lookup(node.value), node.attr)
+        raise KeyError(ast.unparse(node))
 
     def resolve(base: ast.expr) -> set[str] | None:
         try:
-            return set(dir(eval(compile(ast.Expression(base), "<base>", "eval"), dict(namespace))))
-        except Exception:
+            return set(dir(lookup(base)))
+        except (KeyError, AttributeError):
             return None
     return resolve
 

@@ -1,0 +1,409 @@
+"""bundle.freeze specializes source text to one frozen config: the frozen text computes what the
+original computes under that config, without the branches the config never takes, and leaves alone
+every test it cannot prove (a field code may change, a name not surely a config, a call it would drop)."""
+
+import ast
+import re
+
+import pytest
+
+from pgolf.bundle.freeze import Freezer, exempt_fields, freeze_source
+from pgolf.bundle.rules import BundleError
+from pgolf.config_tree import Config
+
+
+def make_cfg(**fields) -> Config:
+    """A default Config with `section__field=value` set."""
+    cfg = Config()
+    for key, value in fields.items():
+        section, name = key.split("__")
+        assert hasattr(getattr(cfg, section), name), key
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+def freeze(src: str, cfg: Config, *others: str) -> str:
+    """`src` frozen to `cfg`; `others` is more shipped code (what may change a field)."""
+    return freeze_source(src, Freezer(cfg, [ast.parse(s) for s in (src, *others)]))
+
+
+def run(src: str, name: str, *args):
+    scope = {"Config": Config}
+    exec(compile(src, "<frozen>", "exec"), scope)
+    return scope[name](*args)
+
+
+# Each branch a config decides has a marker (ARCH_, QUANT_, ... strings); a branch on `x` (X_)
+# stays wherever the branch holding it stays.
+CHAINS = '''
+NOTE = "!"
+
+
+def tag(fn):
+    fn.label = "TAGGED"
+    return fn
+
+
+def chain(cfg: Config, x):
+    m = cfg.model
+    out = []
+    if m.arch == "record":
+        out.append("ARCH_RECORD")
+    elif m.num_layers > 10:
+        # why_deep: a comment heading a kept block stays with it
+        out.append("ARCH_DEEP")
+    elif m.num_layers in (9, 10) and not m.tie_embeddings:
+        out.append("ARCH_MID")
+    else:
+        # why_other
+        out.append("ARCH_OTHER")
+    if (cfg.quant.lqer_rank > 0
+            or cfg.quant.compressor == "brotli"):
+        out.append("QUANT_ON")
+        if m.tie_embeddings:
+            # a string whose lines must keep their indentation once the block moves left
+            note = """QUANT_TIED
+      kept    as is
+  and this
+"""
+            out.append(note + NOTE)
+            if x > 1:
+                out.append("X_BIG")
+        else:
+            out.append("QUANT_UNTIED")
+    elif x < 0:
+        out.append("X_NEG")
+    else:
+        out.append("QUANT_OFF")
+    soft = "SOFT_ON" if m.logit_softcap > 0 and m.num_layers >= 9 else "SOFT_OFF"
+    return out + [soft, x * (2 if m.tie_embeddings or m.arch != "baseline" else 3)]
+
+
+def nested(cfg: Config, x):
+    q = cfg.quant
+    if q.lqer_rank > 0:
+        if cfg.model.num_layers > 10:
+            if x:
+                return "X_TRUE"
+            return "NEST_DEEP_RANK"
+        else:
+            return "NEST_RANK"
+    elif not (q.compressor != "brotli"):
+        return "NEST_BROTLI"
+    else:
+        return "NEST_NONE"
+
+
+def deco(cfg: Config, x):
+    if cfg.model.tie_embeddings:
+        @tag
+        def inner():
+            return "DECO_TIED"
+    else:
+        @tag
+        def inner():
+            return "DECO_UNTIED"
+    return inner.label + inner() + str(x)
+
+
+class Spec:
+    cfg: Config
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def mode(self, x):
+        c, n = self.cfg, 2
+        if c.model.arch == "record" or c.quant.lqer_rank:
+            return ["SPEC_RICH", x * n]
+        else:
+            return ["SPEC_PLAIN", x]
+
+
+def spec(cfg: Config, x):
+    return Spec(cfg).mode(x)
+'''
+
+CONFIGS = [
+    make_cfg(),
+    make_cfg(model__arch="record", model__logit_softcap=0.0),
+    make_cfg(model__num_layers=11, quant__lqer_rank=4),
+    make_cfg(model__tie_embeddings=False, quant__compressor="brotli"),
+    make_cfg(model__num_layers=12, model__tie_embeddings=False, quant__lqer_rank=2),
+    make_cfg(model__num_layers=3, quant__lqer_rank=1, model__logit_softcap=0.0),
+]
+FUNCTIONS = ["chain", "nested", "deco", "spec"]
+INPUTS = [-1, 0, 1, 2, 5]
+MARKERS = set(re.findall(r'"((?:ARCH|QUANT|SOFT|NEST|DECO|SPEC)_[A-Z_]+)', CHAINS))
+
+
+def outputs(src: str, cfg: Config) -> dict:
+    return {(fn, x): run(src, fn, cfg, x) for fn in FUNCTIONS for x in INPUTS}
+
+
+def test_frozen_source_computes_what_the_original_computes():
+    taken_by_some = set()
+    for cfg in CONFIGS:
+        frozen = freeze(CHAINS, cfg)
+        want = outputs(CHAINS, cfg)
+        assert outputs(frozen, cfg) == want
+        taken = {m for m in MARKERS if m in repr(want)}
+        taken_by_some |= taken
+        # The branches it takes stay, with the comments heading them; the others are gone.
+        assert {m for m in MARKERS if m in frozen} == taken
+        for x_branch, enclosing in (("X_BIG", "QUANT_TIED"), ("X_NEG", "QUANT_OFF"), ("X_TRUE", "NEST_DEEP_RANK")):
+            assert (x_branch in frozen) == (enclosing in frozen)
+        assert ("# why_deep" in frozen) == ("ARCH_DEEP" in frozen)
+        assert ("# why_other" in frozen) == ("ARCH_OTHER" in frozen)
+        assert Freezer(cfg, [ast.parse(frozen)]).decisions(ast.parse(frozen)) == []
+    assert taken_by_some == MARKERS  # each branch is taken by some config
+
+
+def test_freezing_is_idempotent_and_keeps_other_text_as_it_was():
+    cfg = make_cfg(quant__lqer_rank=1)  # tie_embeddings: the QUANT_TIED block moves two levels left
+    frozen = freeze(CHAINS, cfg)
+    assert freeze(frozen, cfg) == frozen
+    assert frozen.split("def chain")[0] == CHAINS.split("def chain")[0]
+    assert "class Spec:\n    cfg: Config\n" in frozen
+    assert '\n    note = """QUANT_TIED\n      kept    as is\n  and this\n"""\n' in frozen
+
+
+# (undecided, decided twin): the first must come back unchanged, the second differs only in the
+# fact the first breaks, and freezing it cuts the test. Under CFG (tie_embeddings False).
+CFG = make_cfg(model__tie_embeddings=False, model__num_layers=11)
+UNDECIDED = {
+    "no-annotation": ('''
+def f(cfg):
+    if cfg.model.tie_embeddings:
+        return 1
+    return 2
+''', "def f(cfg):", "def f(cfg: Config):"),
+    "annotated-param-reassigned": ('''
+def f(cfg: Config, other):
+    if cfg.model.tie_embeddings:
+        return 1
+    cfg = other
+    return 2
+''', "    cfg = other", "    c = other"),
+    "param-also-bound-once-to-a-config": ('''
+def f(m, cfg: Config):
+    if m.num_layers > 3:
+        return 1
+    m = cfg.model
+    return m
+''', "def f(m, cfg", "def f(x, cfg"),
+    "bound-in-a-nested-function-only": ('''
+def f(cfg: Config, other):
+    m = other
+    def g():
+        m = cfg.model
+        return m
+    if m.num_layers > 3:
+        return 1
+    return g
+''', "    m = other\n", "    m = cfg.model\n"),
+    "lambda-parameter-shadows-cfg": ('''
+def f(cfg: Config, items):
+    pick = lambda cfg: 1 if cfg.model.tie_embeddings else 2
+    return pick(items)
+''', "lambda cfg:", "lambda c:"),
+    "nested-function-parameter-shadows-cfg": ('''
+def f(cfg: Config):
+    def g(cfg):
+        if cfg.model.tie_embeddings:
+            return 1
+        return 2
+    return g
+''', "def g(cfg):", "def g(c):"),
+    "module-level": ('''
+cfg: Config = Config()
+if cfg.model.tie_embeddings:
+    X = 1
+''', None, '''
+def f(cfg: Config):
+    if cfg.model.tie_embeddings:
+        X = 1
+    return X
+'''),
+    "call-before-the-decisive-operand": ('''
+def f(cfg: Config, g):
+    if g() and cfg.model.tie_embeddings:
+        return 1
+    return 2
+''', "g() and cfg.model.tie_embeddings", "cfg.model.tie_embeddings and g()"),
+    "walrus-before-the-decisive-operand": ('''
+def f(cfg: Config, g):
+    if (n := g) and cfg.model.tie_embeddings:
+        return 1
+    return n
+''', "(n := g) and cfg.model.tie_embeddings", "cfg.model.tie_embeddings and (n := g)"),
+    "call-before-the-decisive-operand-of-an-IfExp": ('''
+def f(cfg: Config, g):
+    return 1 if g() or cfg.model.num_layers > 3 else 2
+''', "g() or cfg.model.num_layers > 3", "cfg.model.num_layers > 3 or g()"),
+    "one-line-if": ('''
+def f(cfg: Config):
+    if cfg.model.tie_embeddings: return 1
+    return 2
+''', ": return 1", ":\n        return 1"),
+    "one-line-if-after-a-multi-line-header": ('''
+def f(cfg: Config):
+    if (cfg.model.tie_embeddings or
+            cfg.model.num_layers > 20): return 1
+    return 2
+''', "): return 1", "):\n        return 1"),
+    "one-line-else": ('''
+def f(cfg: Config):
+    if cfg.model.tie_embeddings:
+        return 1
+    else: return 2
+''', "else: return 2", "else:\n        return 2"),
+    "runtime-field-run.seed": ('''
+def f(cfg: Config):
+    if cfg.run.seed == 1337:
+        return 1
+    return 2
+''', "run.seed", "run.iterations"),
+    "runtime-field-data.path": ('''
+def f(cfg: Config):
+    return 1 if cfg.data.path == "" else 2
+''', "data.path", "data.sampling"),
+    "section-not-a-field": ('''
+def f(cfg: Config):
+    if cfg.model:
+        return 1
+    return 2
+''', "cfg.model:", "cfg.model.compile:"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNDECIDED))
+def test_tests_it_cannot_prove_are_left_alone(case):
+    src, bad, good = UNDECIDED[case]
+    assert freeze(src, CFG) == src
+    twin = good if bad is None else src.replace(bad, good)
+    assert twin != src
+    assert freeze(twin, CFG) != twin
+
+
+# (a field test, code elsewhere that may change that field, the same code changing another field)
+CHANGED_ELSEWHERE = {
+    "replace-keyword": ("dataclasses.replace(m, tie_embeddings=False)", "dataclasses.replace(m, compile=True)"),
+    "attribute-store": ("m.tie_embeddings = False", "m.compile = True"),
+    "augmented-store": ("m.tie_embeddings |= True", "m.compile |= True"),
+    "setattr-with-a-literal-name": ('setattr(m, "tie_embeddings", False)', 'setattr(m, "compile", True)'),
+}
+FIELD_TEST = '''
+def f(cfg: Config):
+    if cfg.model.tie_embeddings:
+        return 1
+    return 2
+'''
+
+
+@pytest.mark.parametrize("case", sorted(CHANGED_ELSEWHERE))
+def test_a_field_some_shipped_code_changes_is_never_decided(case):
+    changes, other = CHANGED_ELSEWHERE[case]
+    assert freeze(FIELD_TEST, CFG, f"def g(m):\n    {changes}\n") == FIELD_TEST
+    assert freeze(FIELD_TEST, CFG, f"def g(m):\n    {other}\n") != FIELD_TEST
+    assert "tie_embeddings" in exempt_fields([ast.parse(changes)])
+
+
+def test_setattr_with_a_computed_name_is_refused():
+    for code in ("setattr(obj, name, 1)", "setattr(obj, *pair)", "setattr(obj, f'{x}', 1)"):
+        with pytest.raises(BundleError, match="setattr with a computed name"):
+            exempt_fields([ast.parse(f"def g(obj, name, pair, x):\n    {code}\n")])
+        with pytest.raises(BundleError):
+            Freezer(CFG, [ast.parse(FIELD_TEST), ast.parse(code)])
+    assert "seed" in exempt_fields([ast.parse('setattr(obj, "seed", 1)')])
+    assert "num_layers" in exempt_fields([ast.parse('setattr(obj, "num_layers", 1)')])
+    assert "num_layers" not in exempt_fields([ast.parse('getattr(obj, "num_layers")')])
+
+
+EMPTIED = '''
+def only(cfg: Config, out):
+    if cfg.quant.lqer_rank > 0:
+        out.append("LQER")
+
+
+def siblings(cfg: Config, out):
+    for i in range(2):
+        if cfg.quant.lqer_rank > 0:
+            out.append("RANK_A")
+        if cfg.quant.lqer_rank > 1:
+            out.append("RANK_B")
+    return out
+
+
+def in_else(cfg: Config, x):
+    if x:
+        return 1
+    else:
+        if cfg.quant.lqer_rank > 0:
+            return "RANK_C"
+    return 2
+
+
+def after_elif(cfg: Config, x):
+    if x:
+        return 1
+    elif cfg.quant.lqer_rank > 0:
+        return "RANK_D"
+    return 2
+'''
+
+
+def test_a_block_left_empty_gets_pass():
+    cfg = make_cfg(quant__lqer_rank=0)
+    frozen = freeze(EMPTIED, cfg)
+    compile(frozen, "<frozen>", "exec")
+    assert not re.search("LQER|RANK_", frozen)
+    out = []
+    assert run(frozen, "only", cfg, out) is None and out == []
+    assert run(frozen, "siblings", cfg, []) == []
+    assert [run(frozen, fn, cfg, x) for fn in ("in_else", "after_elif") for x in (0, 1)] == [2, 1, 2, 1]
+    assert re.search(r"def only\(cfg: Config, out\):\n    pass\n", frozen)
+    assert re.search(r"for i in range\(2\):\n        pass\n    return out", frozen)
+
+
+def test_a_taken_elif_becomes_else_and_a_cut_if_hands_its_test_to_the_elif():
+    src = '''
+def f(cfg: Config, x):
+    out = []
+    if x > 1:
+        out.append("X")
+    elif cfg.model.tie_embeddings:
+        out.append("TIED")
+    elif x:
+        out.append("X1")
+    else:
+        out.append("REST")
+    return out
+
+
+def g(cfg: Config, x):
+    if cfg.model.tie_embeddings:
+        return "TIED"
+    elif x > 1:
+        return "X"
+    else:
+        return "REST"
+'''
+    for tied in (True, False):
+        cfg = make_cfg(model__tie_embeddings=tied)
+        frozen = freeze(src, cfg)
+        for fn in ("f", "g"):
+            assert [run(frozen, fn, cfg, x) for x in (0, 1, 2)] == [run(src, fn, cfg, x) for x in (0, 1, 2)]
+        assert ("TIED" in frozen) == tied
+        assert "tie_embeddings" not in frozen
+
+
+def test_if_expression_after_non_ascii_text_is_spliced_at_the_right_place():
+    src = '''
+def f(cfg: Config):
+    return "é→" + ("ÄÖ" if cfg.model.tie_embeddings else "NO_Ü") + "ü✓" + ("ß" if cfg.quant.lqer_rank else "NO_ẞ")
+'''
+    cfg = make_cfg()
+    frozen = freeze(src, cfg)
+    assert frozen.splitlines()[2] == '    return "é→" + (("ÄÖ")) + "ü✓" + (("NO_ẞ"))'
+    assert run(frozen, "f", cfg) == run(src, "f", cfg) == "é→ÄÖü✓NO_ẞ"
