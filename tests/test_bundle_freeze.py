@@ -407,3 +407,11 @@ def f(cfg: Config):
     frozen = freeze(src, cfg)
     assert frozen.splitlines()[2] == '    return "é→" + (("ÄÖ")) + "ü✓" + (("NO_ẞ"))'
     assert run(frozen, "f", cfg) == run(src, "f", cfg) == "é→ÄÖü✓NO_ẞ"
+
+
+def test_a_replace_with_spread_keywords_freezes_nothing():
+    src = "def f(cfg: Config):\n    if cfg.model.tie_embeddings:\n        return 1\n    return 2\n"
+    spread = "import dataclasses\n\n\ndef g(e, kw):\n    return dataclasses.replace(e, **kw)\n"
+    trees = [ast.parse(src), ast.parse(spread)]
+    assert freeze_source(src, Freezer(Config(), trees)) == src
+    assert freeze_source(src, Freezer(Config(), trees[:1])) != src

@@ -26,6 +26,7 @@ from pgolf.config_tree import Config
 RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed"})
 
 _UNKNOWN = object()
+ANY_FIELD = "*"  # in exempt_fields: some code may change any field
 _PASS_THROUGH_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()"})
 _SCALARS = (bool, int, float, str)
 
@@ -50,6 +51,8 @@ def exempt_fields(trees: list[ast.Module]) -> set[str]:
                 called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
                 if called == "replace":
                     names.update(k.arg for k in node.keywords if k.arg)
+                    if any(k.arg is None for k in node.keywords):
+                        names.add(ANY_FIELD)  # `replace(x, **kw)` may change any field
                 elif called == "setattr" and node.args:
                     if len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
                         raise BundleError(f"line {node.lineno}: setattr with a computed name can change any config "
@@ -103,7 +106,7 @@ class _Scope:
         if isinstance(node, ast.Attribute):
             owner = self.type_of(node.value)
             path = self.freezer.classes.get(owner or "")
-            if path is None or node.attr in self.freezer.exempt:
+            if path is None or node.attr in self.freezer.exempt or ANY_FIELD in self.freezer.exempt:
                 return _UNKNOWN
             sec = self.freezer.cfg
             for p in path:
