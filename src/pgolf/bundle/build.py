@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from pgolf.atomic import atomic_write
+from pgolf.bundle.edits import string_lines
 from pgolf.bundle.graph import ordered_modules
 from pgolf.bundle.join import defined_names, dropped_lines, names_used_at_import, reachable, rename_names, rename_plan
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
@@ -33,15 +34,6 @@ READABLE_NAME = "train_gpt_readable.py"
 def _lines(src: str) -> list[str]:
     """Physical lines as the AST counts them (str.splitlines also breaks at \\f, \\u2028, ...)."""
     return io.StringIO(src.replace("\r\n", "\n"), newline="\n").readlines()
-
-
-def _string_lines(tree: ast.AST) -> set[int]:
-    """Lines inside multi-line string literals, whose text must never be touched."""
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno and node.end_lineno > node.lineno:
-            inside.update(range(node.lineno + 1, node.end_lineno + 1))
-    return inside
 
 
 def _tidy_blank(lines: list[str], protected: set[int], keep: int) -> list[str]:
@@ -84,7 +76,7 @@ def _module_body(src: str, tree: ast.Module, keep: set[int]) -> str:
     doc = ast.get_docstring(tree)
     head = [f"# {ln}".rstrip() + "\n" for ln in doc.splitlines()] + ["\n"] if doc else []
     kept = [(i, ln if ln.endswith("\n") else ln + "\n") for i, ln in enumerate(lines, 1) if i not in drop]
-    protected = _string_lines(tree)
+    protected = string_lines(tree)
     new_protected = {k for k, (i, _) in enumerate(kept, 1) if i in protected}
     return "".join(head) + "".join(_tidy_blank([ln for _, ln in kept], new_protected, 2))
 

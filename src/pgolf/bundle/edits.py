@@ -18,6 +18,7 @@ def offset(lines: list[str], starts: list[int], lineno: int, col: int) -> int:
 
 
 def string_lines(tree: ast.AST) -> set[int]:
+    """Lines inside multi-line string literals, whose text must never be touched."""
     inside: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno and node.end_lineno > node.lineno:
