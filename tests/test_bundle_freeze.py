@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from pgolf.bundle.freeze import Freezer, exempt_fields, freeze_source
+from pgolf.bundle.fields import exempt_fields
+from pgolf.bundle.freeze import Freezer, freeze_source
 from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 

@@ -200,7 +200,7 @@ def test_record_bundle_without_its_unused_parts_trains_identically(record_run, e
     bundle = tmp_path / "train_gpt.py"
     pgolf(["bundle", "--out", str(bundle), "--minify"] + RECORD_TINY, embedded_corpus)
     text = bundle.read_text()
-    assert "SHIPPED_PARTS = ()" in text and "def eval_lora_ttt(" not in text
+    assert "SHIPPED_PARTS = ('signals',)" in text and "def eval_lora_ttt(" not in text
     env = env_for({"DATA_PATH": embedded_corpus["data_path"], "TOKENIZER_PATH": embedded_corpus["tokenizer_path"]})
     env.pop("PYTHONPATH")
     runner = "import runpy, sys; sys.modules['pgolf'] = None; runpy.run_path('train_gpt.py', run_name='__main__')"

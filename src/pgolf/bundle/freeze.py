@@ -3,14 +3,16 @@
 A lean bundle (`quant.code_lean`) runs exactly the config `pgolf bundle` checked, so an
 `if cfg.quant.compressor == "pergroup":` is decided when the bundle is built. This pass reads
 each function's config-typed names (parameters annotated with a config class, names bound
-once to one, dataclass fields annotated with one), decides every `if` / `x if c else y` whose
-test reads only such fields and constants, and keeps the taken branch, as text: comments stay,
+once to one, dataclass fields annotated with one), the parameters every caller passes the same
+known value, and the `self.x` a constructor sets once to one; it decides every `if` /
+`x if c else y` whose test reads only those and constants, and keeps the taken branch, as text: comments stay,
 so the readable file is still the code that runs. The definitions only a cut branch called
 are then unreached, and the bundler drops them.
 
 A field is never frozen when code may see another value at run time: the fields an
 environment variable may still set (data paths, run id, seed), any field some shipped code
-assigns (`x.field = ...`) or passes to `dataclasses.replace`, and fields holding containers.
+assigns (`x.field = ...`) or passes to `dataclasses.replace`, and fields holding containers
+(bundle.fields reads these facts from the code).
 """
 
 import ast
@@ -19,59 +21,13 @@ import io
 from typing import Any, Callable
 
 from pgolf.bundle.edits import if_edit, line_starts, offset, string_lines
+from pgolf.bundle.fields import ANY_FIELD, bound_counts, class_attr_types, config_classes, exempt_fields
 from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 
-# What a lean bundle's environment may still set (pgolf.lean), so code never sees them frozen.
-RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed"})
-
 _UNKNOWN = object()
-ANY_FIELD = "*"  # in exempt_fields: some code may change any field
 _PASS_THROUGH_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()"})
 _SCALARS = (bool, int, float, str)
-
-
-def config_classes() -> dict[str, tuple[str, ...]]:
-    """Config class name -> its path from the root (`Config` -> (), `ModelConfig` -> ("model",))."""
-    out: dict[str, tuple[str, ...]] = {Config.__name__: ()}
-    for f in dataclasses.fields(Config):
-        out[type(getattr(Config(), f.name)).__name__] = (f.name,)
-    return out
-
-
-def exempt_fields(trees: list[ast.Module]) -> set[str]:
-    """Field names some code may change at run time (see the module doc)."""
-    names = set(RUNTIME_FIELDS)
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-                names.add(node.attr)
-            elif isinstance(node, ast.Call):
-                fn = node.func
-                called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
-                if called == "replace":
-                    names.update(k.arg for k in node.keywords if k.arg)
-                    if any(k.arg is None for k in node.keywords):
-                        names.add(ANY_FIELD)  # `replace(x, **kw)` may change any field
-                elif called == "setattr" and node.args:
-                    if len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
-                        raise BundleError(f"line {node.lineno}: setattr with a computed name can change any config "
-                                          "field; a lean bundle cannot freeze code that calls it")
-                    names.add(node.args[1].value)
-    return names
-
-
-def class_attr_types(trees: list[ast.Module], classes: dict[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
-    """Class name -> {attribute: config class} from class-level annotations (`cfg: Config`)."""
-    out: dict[str, dict[str, str]] = {}
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef):
-                for st in node.body:
-                    if (isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
-                            and isinstance(st.annotation, ast.Name) and st.annotation.id in classes):
-                        out.setdefault(node.name, {})[st.target.id] = st.annotation.id
-    return out
 
 
 class _Scope:
@@ -105,6 +61,8 @@ class _Scope:
             return _UNKNOWN if any(v is _UNKNOWN for v in items) else tuple(items)
         if isinstance(node, ast.Attribute):
             owner = self.type_of(node.value)
+            if node.attr in self.freezer.self_values.get(owner or "", {}):
+                return self.freezer.self_values[owner][node.attr]  # type: ignore[index]
             path = self.freezer.classes.get(owner or "")
             if path is None or node.attr in self.freezer.exempt or ANY_FIELD in self.freezer.exempt:
                 return _UNKNOWN
@@ -160,32 +118,6 @@ _COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt:
             ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
 
 
-def _stores(body: list[ast.stmt]) -> dict[str, int]:
-    """How often each name is bound in `body`, nested functions and classes excluded."""
-    count: dict[str, int] = {}
-
-    def visit(node: ast.AST) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-                if not isinstance(child, ast.Lambda):
-                    count[child.name] = count.get(child.name, 0) + 1
-                continue
-            if isinstance(child, ast.Name) and isinstance(child.ctx, (ast.Store, ast.Del)):
-                count[child.id] = count.get(child.id, 0) + 1
-            elif isinstance(child, (ast.Global, ast.Nonlocal)):
-                for n in child.names:
-                    count[n] = count.get(n, 0) + 2
-            elif isinstance(child, ast.alias):
-                n = (child.asname or child.name).split(".")[0]
-                count[n] = count.get(n, 0) + 1
-            elif isinstance(child, ast.ExceptHandler) and child.name:
-                count[child.name] = count.get(child.name, 0) + 1
-            visit(child)
-    for st in body:
-        visit(ast.Module([st], []))
-    return count
-
-
 class Freezer:
     """Decides tests under one frozen config; `trees` is the shipped code (what may change a field)."""
 
@@ -195,7 +127,8 @@ class Freezer:
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
         self.attr_types = class_attr_types(trees, self.classes)
-        self.param_values: dict[str, dict[str, Any]] = {}
+        self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
+        self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
         self._propagate(trees)
 
     def _propagate(self, trees: list[ast.Module]) -> None:
@@ -203,17 +136,33 @@ class Freezer:
         (`lr_multiplier(..., mode=cfg.schedule.warmdown_mode)` everywhere): frozen inside them.
         A function used other than by a direct call (stored, passed) keeps all its parameters."""
         defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        inits: dict[str, ast.FunctionDef] = {}  # class -> __init__, for `Class(...)` calls
         for tree in trees:
             for node in tree.body:
                 # A decorator may call the function itself (torch.library ops): only known pass-throughs.
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(
                         ast.unparse(d) in _PASS_THROUGH_DECORATORS for d in node.decorator_list):
                     defs[node.name] = node
+                elif isinstance(node, ast.ClassDef) and not node.decorator_list:
+                    init = next((st for st in node.body if isinstance(st, ast.FunctionDef) and st.name == "__init__"),
+                                None)
+                    if init is not None and not init.decorator_list:
+                        inits[node.name] = init
+        stored_attrs: dict[str, int] = {}
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                    stored_attrs[node.attr] = stored_attrs.get(node.attr, 0) + 1
         called, loaded = set(), set()
         for tree in trees:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     called.add(id(node.func))
+                # An annotation names a class without using it.
+                notes = [node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) and node.annotation else []
+                notes += [node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns \
+                    else []
+                called.update(id(n) for note in notes for n in ast.walk(note))
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called:
                     loaded.add(node.id)
@@ -221,10 +170,13 @@ class Freezer:
             seen: dict[str, list[dict[str, Any]]] = {}
 
             def on_call(call: ast.Call, scope: _Scope | None) -> None:
-                fn = defs.get(call.func.id) if isinstance(call.func, ast.Name) else None
-                if fn is None or fn.name in loaded:
+                name = call.func.id if isinstance(call.func, ast.Name) else ""
+                if name in loaded:
                     return
-                seen.setdefault(fn.name, []).append(_bound_args(fn, call, scope))
+                if name in defs:
+                    seen.setdefault(name, []).append(_bound_args(defs[name], call, scope))
+                elif name in inits:
+                    seen.setdefault(name, []).append(_bound_args(inits[name], call, scope, skip=1))
             for tree in trees:
                 self.decisions(tree, on_call)
             values: dict[str, dict[str, Any]] = {}
@@ -234,18 +186,36 @@ class Freezer:
                     p in s and type(s[p]) is type(v) and s[p] == v for s in sites[1:])}
                 if agreed:
                     values[name] = agreed
-            if values == self.param_values:
+            attrs = {cls: self._init_attrs(cls, init, stored_attrs) for cls, init in inits.items()
+                     if cls not in loaded}
+            attrs = {cls: a for cls, a in attrs.items() if a}
+            if values == self.param_values and attrs == self.self_values:
                 return
-            self.param_values = values
+            self.param_values, self.self_values = values, attrs
+
+    def _init_attrs(self, cls: str, init: ast.FunctionDef, stored: dict[str, int]) -> dict[str, Any]:
+        """`self.x` of class `cls` that __init__ sets once, first thing, to a known value, and no
+        code anywhere assigns again (an attribute of that name on any object counts)."""
+        scope = self._function_scope(init, None, cls)
+        out = {}
+        for st in init.body:
+            if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Attribute)
+                    and isinstance(st.targets[0].value, ast.Name) and st.targets[0].value.id == "self"
+                    and stored.get(st.targets[0].attr) == 1):
+                v = scope.value(st.value)
+                if v is not _UNKNOWN:
+                    out[st.targets[0].attr] = v
+        return out
 
     def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: _Scope | None,
                         owner_class: str | None) -> _Scope:
         a = fn.args
         params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
-        stores = _stores(fn.body)
+        stores = bound_counts(fn.body)
         types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
         consts = {k: v for k, v in (outer.consts if outer else {}).items() if k not in stores}
-        known = self.param_values.get(fn.name, {}) if outer is None and owner_class is None else {}
+        known = self.param_values.get(fn.name, {}) if outer is None and owner_class is None else (
+            self.param_values.get(owner_class, {}) if outer is None and fn.name == "__init__" else {})
         for i, p in enumerate(params):
             if p is None:
                 continue
@@ -327,12 +297,14 @@ class Freezer:
         return found
 
 
-def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scope: "_Scope | None") -> dict[str, Any]:
-    """Parameter -> the value this call passes (a default when it passes none), or _UNKNOWN."""
+def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scope: "_Scope | None",
+                skip: int = 0) -> dict[str, Any]:
+    """Parameter -> the value this call passes (a default when it passes none), or _UNKNOWN;
+    `skip` leading parameters the call does not pass (`self` of a constructor)."""
     a = fn.args
     if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
         return {}
-    positional = [*a.posonlyargs, *a.args]
+    positional = [*a.posonlyargs, *a.args][skip:]
     out: dict[str, Any] = {}
     defaults = dict(zip([p.arg for p in positional][len(positional) - len(a.defaults):], a.defaults))
     defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})

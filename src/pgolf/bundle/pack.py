@@ -78,11 +78,6 @@ class _VarsAsDict(ast.NodeTransformer):
         return node
 
 
-# Names a Triton kernel reads from the function that defines it: triton resolves them by name, so
-# renaming them could bind a global of the same new name (torch) instead.
-KERNEL_NAMES = ("triton", "tl")
-KERNEL_BUILTINS = ("range", "min", "max", "float", "int", "len")
-
 # The names a bundle's reader looks up (its entry, preset and parts): never renamed.
 KEPT_GLOBALS = ("bundle_main", "BUNDLED_PRESET", "SHIPPED_PARTS")
 
@@ -98,15 +93,19 @@ def renamed_source(src: str) -> str:
     except ImportError:
         raise BundleError("quant.code_codec=brotli needs python-minifier (pip install python-minifier)") from None
     tree = ast.fix_missing_locations(_VarsAsDict().visit(ast.parse(src)))
-    # Argument annotations stay: minify_source already dropped all but the Triton kernels' ones.
+    # Triton compiles a kernel from its own source text, so the top-level definitions that hold
+    # kernels skip python-minifier (it renames locals and hoists builtins such as `range`) and go
+    # first, as minify_source left them; the names they share with the rest keep their spelling.
+    held = [st for st in tree.body if any(_is_kernel(n) for n in ast.walk(st) if isinstance(n, DEF_NODES[:2]))]
+    rest = ast.Module([st for st in tree.body if st not in held], [])
+    shared = {n.id for st in held for n in ast.walk(st) if isinstance(n, ast.Name)}
+    shared |= {st.name for st in held if isinstance(st, DEF_NODES)}
+    # Argument annotations stay: minify_source already dropped all but the kernels' ones.
     keep_args = python_minifier.RemoveAnnotationsOptions(remove_argument_annotations=False)
-    # Triton compiles a kernel from its source text: it must keep its names (`range`, its
-    # parameters), so a bundle with kernels renames no locals and no builtins.
-    kernels = "@triton.jit" in src
-    return python_minifier.minify(ast.unparse(tree), hoist_literals=False, rename_globals=True,
-                                  preserve_globals=[*KEPT_GLOBALS, *(KERNEL_BUILTINS if kernels else ())],
-                                  remove_literal_statements=True, remove_annotations=keep_args,
-                                  rename_locals=not kernels, preserve_locals=list(KERNEL_NAMES)) + "\n"
+    small = python_minifier.minify(ast.unparse(rest), hoist_literals=False, rename_globals=True,
+                                   preserve_globals=sorted({*KEPT_GLOBALS, *shared}), remove_literal_statements=True,
+                                   remove_annotations=keep_args)
+    return "".join(minify_source(ast.unparse(st)) for st in held) + small + "\n"
 
 
 # @triton.jit reads a kernel's source through linecache: a bundle with kernels registers the

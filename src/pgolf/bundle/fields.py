@@ -1,0 +1,89 @@
+"""What bundled code does with names and config fields, read from its syntax trees: which fields
+it may change at run time, which names a function binds, which attributes a class declares with a
+config type. bundle.freeze decides tests from these facts."""
+
+import ast
+import dataclasses
+
+from pgolf.bundle.rules import BundleError
+from pgolf.config_tree import Config
+
+# What a lean bundle's environment may still set (pgolf.lean), so code never sees them frozen.
+RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed"})
+
+ANY_FIELD = "*"  # in exempt_fields: some code may change any field
+
+
+def config_classes() -> dict[str, tuple[str, ...]]:
+    """Config class name -> its path from the root (`Config` -> (), `ModelConfig` -> ("model",))."""
+    out: dict[str, tuple[str, ...]] = {Config.__name__: ()}
+    for f in dataclasses.fields(Config):
+        out[type(getattr(Config(), f.name)).__name__] = (f.name,)
+    return out
+
+
+def exempt_fields(trees: list[ast.Module]) -> set[str]:
+    """Field names some code may change at run time (see the module doc)."""
+    names = set(RUNTIME_FIELDS)
+    configs = config_classes()
+    # `self.x = ...` in a class that is not a config sets that object's own attribute.
+    own = {id(n) for tree in trees for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name not in configs
+           for n in ast.walk(c) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+           and n.value.id == "self"}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                if id(node) not in own:
+                    names.add(node.attr)
+            elif isinstance(node, ast.Call):
+                fn = node.func
+                called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+                if called == "replace":
+                    names.update(k.arg for k in node.keywords if k.arg)
+                    if any(k.arg is None for k in node.keywords):
+                        names.add(ANY_FIELD)  # `replace(x, **kw)` may change any field
+                elif called == "setattr" and node.args:
+                    if len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
+                        raise BundleError(f"line {node.lineno}: setattr with a computed name can change any config "
+                                          "field; a lean bundle cannot freeze code that calls it")
+                    names.add(node.args[1].value)
+    return names
+
+
+def class_attr_types(trees: list[ast.Module], classes: dict[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
+    """Class name -> {attribute: config class} from class-level annotations (`cfg: Config`)."""
+    out: dict[str, dict[str, str]] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for st in node.body:
+                    if (isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
+                            and isinstance(st.annotation, ast.Name) and st.annotation.id in classes):
+                        out.setdefault(node.name, {})[st.target.id] = st.annotation.id
+    return out
+
+
+def bound_counts(body: list[ast.stmt]) -> dict[str, int]:
+    """How often each name is bound in `body`, nested functions and classes excluded."""
+    count: dict[str, int] = {}
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                if not isinstance(child, ast.Lambda):
+                    count[child.name] = count.get(child.name, 0) + 1
+                continue
+            if isinstance(child, ast.Name) and isinstance(child.ctx, (ast.Store, ast.Del)):
+                count[child.id] = count.get(child.id, 0) + 1
+            elif isinstance(child, (ast.Global, ast.Nonlocal)):
+                for n in child.names:
+                    count[n] = count.get(n, 0) + 2
+            elif isinstance(child, ast.alias):
+                n = (child.asname or child.name).split(".")[0]
+                count[n] = count.get(n, 0) + 1
+            elif isinstance(child, ast.ExceptHandler) and child.name:
+                count[child.name] = count.get(child.name, 0) + 1
+            visit(child)
+    for st in body:
+        visit(ast.Module([st], []))
+    return count

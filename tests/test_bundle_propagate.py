@@ -1,0 +1,88 @@
+"""bundle.freeze beyond config-typed names: a parameter every caller passes the same frozen value,
+and `self.x` that __init__ sets once to one, are decided too; anything less certain is left alone."""
+
+import ast
+
+from pgolf.bundle.freeze import Freezer, freeze_source
+from pgolf.config_tree import Config
+
+CALLER = '''
+def run(cfg: Config):
+    return helper(1, mode=cfg.schedule.warmdown_mode) + Loader(cfg.data.packing).next()
+'''
+
+HELPER = '''
+def helper(x: int, mode: str = "auto"):
+    if mode == "frac":
+        return x + 10
+    return x
+
+
+class Loader:
+    def __init__(self, packing: str):
+        self.packing = packing
+
+    def next(self):
+        return 100 if self.packing == "stream" else 200
+'''
+
+
+def _frozen(cfg: Config, *extra: str) -> str:
+    trees = [ast.parse(CALLER), ast.parse(HELPER), *map(ast.parse, extra)]
+    return freeze_source(HELPER, Freezer(cfg, trees))
+
+
+def _call(helper_src: str, cfg: Config) -> int:
+    scope: dict = {"Config": Config}
+    exec(compile(HELPER if helper_src is None else helper_src, "h", "exec"), scope)
+    exec(compile(CALLER, "c", "exec"), scope)
+    return scope["run"](cfg)
+
+
+def _cfg(mode: str, packing: str) -> Config:
+    cfg = Config()
+    cfg.schedule.warmdown_mode, cfg.data.packing = mode, packing
+    return cfg
+
+
+def test_a_value_every_caller_passes_is_decided_and_computes_the_same():
+    for mode, packing in (("frac", "stream"), ("auto", "rows")):
+        cfg = _cfg(mode, packing)
+        frozen = _frozen(cfg)
+        assert frozen != HELPER and ("x + 10" in frozen) == (mode == "frac")
+        assert ("100" in frozen) == (packing == "stream") and ("200" in frozen) == (packing != "stream")
+        assert _call(frozen, cfg) == _call(HELPER, cfg)
+
+
+def test_callers_that_disagree_leave_the_parameter_alone():
+    other = "def other():\n    return helper(2, mode='iters') + Loader('rows').next()\n"
+    frozen = _frozen(_cfg("frac", "stream"), other)
+    assert "x + 10" in frozen and "return x\n" in frozen and "100 if" in frozen
+
+
+def test_a_function_or_class_used_as_a_value_keeps_its_parameters():
+    passed = "def other(f=helper, c=Loader):\n    return f, c\n"
+    assert _frozen(_cfg("frac", "stream"), passed) == HELPER
+
+
+def test_an_annotation_is_not_a_use():
+    noted = "def other(h: Loader) -> Loader:\n    return h\n"
+    assert "self.packing" not in _frozen(_cfg("frac", "stream"), noted).split("def next")[1]
+
+
+def test_an_attribute_set_anywhere_else_is_not_frozen():
+    store = "def reset(obj):\n    obj.packing = 'rows'\n"
+    frozen = _frozen(_cfg("frac", "stream"), store)
+    assert "100 if self.packing" in frozen and "if mode" not in frozen
+
+
+def test_a_decorated_function_keeps_its_parameters():
+    decorated = HELPER.replace("def helper(", "@some.register\ndef helper(")
+    frozen = freeze_source(decorated, Freezer(_cfg("frac", "stream"), [ast.parse(CALLER), ast.parse(decorated)]))
+    assert "if mode == 'frac'" in frozen.replace('"', "'")
+
+
+def test_an_attribute_a_method_sets_again_is_not_frozen():
+    again = HELPER + "\n    def switch(self):\n        self.packing = 'rows'\n"
+    frozen = freeze_source(again, Freezer(_cfg("frac", "stream"), [ast.parse(CALLER), ast.parse(again)]))
+    assert "100 if self.packing" in frozen and "if mode" not in frozen
