@@ -127,6 +127,7 @@ class Freezer:
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
         self.attr_types = class_attr_types(trees, self.classes)
+        self._bound: dict[int, tuple[ast.AST, dict[str, int]]] = {}  # id(function) -> (it, bound_counts)
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
         self._propagate(trees)
@@ -211,7 +212,10 @@ class Freezer:
                         owner_class: str | None) -> _Scope:
         a = fn.args
         params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
-        stores = bound_counts(fn.body)
+        cached = self._bound.get(id(fn))
+        if cached is None or cached[0] is not fn:  # the node is held, so its id is not reused
+            cached = self._bound[id(fn)] = (fn, bound_counts(fn.body))
+        stores = cached[1]
         types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
         consts = {k: v for k, v in (outer.consts if outer else {}).items() if k not in stores}
         known = self.param_values.get(fn.name, {}) if outer is None and owner_class is None else (
@@ -320,10 +324,10 @@ def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scop
     return out
 
 
-def freeze_source(src: str, freezer: Freezer) -> str:
-    """`src` with every test the frozen config decides replaced by its taken branch."""
+def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) -> str:
+    """`src` with every test the frozen config decides replaced by its taken branch (`tree`: src parsed)."""
+    tree = tree if tree is not None else ast.parse(src)
     for _ in range(200):
-        tree = ast.parse(src)
         found = freezer.decisions(tree)
         if not found:
             return src
@@ -357,7 +361,7 @@ def freeze_source(src: str, freezer: Freezer) -> str:
         if new_src == src:
             return src
         try:
-            ast.parse(new_src)
+            tree = ast.parse(new_src)
         except SyntaxError as e:
             raise BundleError(f"freezing the config broke the code at line {e.lineno}: {e.msg}; report it and ship "
                               "quant.code_lean=false") from None

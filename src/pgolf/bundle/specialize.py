@@ -2,6 +2,7 @@
 no kept code calls, repeated until neither changes anything."""
 
 import ast
+import hashlib
 import importlib
 import io
 from typing import Any, Callable
@@ -61,19 +62,40 @@ def _without(src: str, nodes: list[ast.stmt]) -> str:
     return "".join(line for i, line in enumerate(lines, 1) if i not in drop)
 
 
+# Specialized sources by (sources, config): `pgolf bundle` and `pgolf info` build the readable and
+# the counted text of one config, and both start from the same specialization.
+_DONE: dict[str, dict[str, str]] = {}
+
+
 def specialize(texts: dict[str, str], cfg: Config,
                shake: Callable[[dict[str, ast.Module]], dict[str, set[int]]]) -> dict[str, str]:
     """Module sources specialized to `cfg`: decided tests cut (freeze_source) and the methods no
     kept code calls dropped, until neither changes anything (each can unlock the other: a cut
     branch was a method's last caller, a dropped method was the code that changed a field).
-    `shake(trees)` gives the kept top-level statements per module."""
-    resolver = external_attrs_resolver([ast.parse(t) for t in texts.values()])
+    `shake(trees)` gives the kept top-level statements per module (the same for the same trees)."""
+    key = hashlib.sha256(repr((sorted(texts.items()), cfg)).encode("utf-8")).hexdigest()
+    if key not in _DONE:
+        if len(_DONE) >= 8:
+            _DONE.pop(next(iter(_DONE)))
+        _DONE[key] = _specialize(texts, cfg, shake)
+    return dict(_DONE[key])
+
+
+def _specialize(texts: dict[str, str], cfg: Config,
+                shake: Callable[[dict[str, ast.Module]], dict[str, set[int]]]) -> dict[str, str]:
+    parsed: dict[str, ast.Module] = {}  # text -> tree (only read, never changed): most modules settle early
+
+    def parse(text: str) -> ast.Module:
+        if text not in parsed:
+            parsed[text] = ast.parse(text)
+        return parsed[text]
+    resolver = external_attrs_resolver([parse(t) for t in texts.values()])
     for _ in range(20):
-        trees = {m: ast.parse(t) for m, t in texts.items()}
+        trees = {m: parse(t) for m, t in texts.items()}
         keep = shake(trees)
         freezer = Freezer(cfg, [ast.Module([trees[m].body[i] for i in sorted(keep[m])], []) for m in texts])
-        new = {m: freeze_source(t, freezer) if keep[m] else t for m, t in texts.items()}
-        trees = {m: ast.parse(t) for m, t in new.items()}
+        new = {m: freeze_source(t, freezer, trees[m]) if keep[m] else t for m, t in texts.items()}
+        trees = {m: parse(t) for m, t in new.items()}
         dead = unused_methods(trees, shake(trees), resolver)
         new = {m: _without(t, dead[m]) for m, t in new.items()}
         if new == texts:
