@@ -195,3 +195,13 @@ def test_counted_file_runs_the_triton_kernels_it_unpacks(tmp_path, embedded_corp
         weights[name] = torch.load(tmp_path / name.replace(".", "_") / "runs" / "r" / "final_state.pt")
     for key, want in weights[READABLE_NAME].items():
         assert torch.equal(weights["train_gpt.py"][key], want), key
+
+
+def test_the_lean_file_config_is_the_frozen_config():
+    """Its Config() is the config it was built for: the same TOML, field for field."""
+    from pgolf.config import config_to_toml
+    cfg, _ = resolve_config("record_1855", None, {}, ["run.iterations=7", "eval.ttt_lora_rank=12"])
+    cfg = shippable_config(cfg)
+    scope: dict = {"__name__": "not_main"}
+    exec(compile(bundle_for_config(cfg, "run"), "train_gpt.py", "exec"), scope)
+    assert scope["config_to_toml"](scope["Config"]()) == config_to_toml(cfg)

@@ -27,6 +27,7 @@ from pgolf.parts import OPTIONAL_PARTS, parts_needed
 
 BUNDLE_ENTRY = ("pgolf.run",)
 LEAN_ENTRY = ("pgolf.lean",)
+CONFIG_MODULE = "pgolf.config_tree"
 BUNDLE_MAIN_CALL = "bundle_main(BUNDLED_PRESET, __file__, SHIPPED_PARTS)"
 READABLE_NAME = "train_gpt_readable.py"
 
@@ -154,6 +155,7 @@ def _joined(entry_modules: list[str], main_call: str, sources: dict[str, str] | 
             def shake_trees(ts: dict[str, ast.Module]) -> dict[str, set[int]]:
                 return reachable(ts, roots | ({"unshipped"} if leave_out else set()), frozenset(leave_out or ()))[0]
             texts = specialize(texts, frozen, shake_trees)
+            texts[CONFIG_MODULE] = frozen_config_source(texts[CONFIG_MODULE], frozen)
             trees = {m: ast.parse(texts[m], filename=module_path(m)) for m in order}
             keep, stubbed = reachable(trees, roots | ({"unshipped"} if leave_out else set()),
                                       frozenset(leave_out or ()))
@@ -249,24 +251,24 @@ def _toml_items(text: str) -> list[tuple[str, str]]:
     return items
 
 
-def frozen_config_expr(cfg: Config) -> str:
-    """`Config(model=ModelConfig(...), ...)`: the fields where `cfg` differs from the defaults, as code."""
-    sections = []
-    for f in dataclasses.fields(cfg):
-        sec = getattr(cfg, f.name)
-        base = type(sec)()
-        items = []
-        for g in dataclasses.fields(sec):
-            value = getattr(sec, g.name)
-            if value != getattr(base, g.name):
-                text = repr(value)
-                if ast.literal_eval(text) != value:
-                    raise BundleError(f"{f.name}.{g.name}={text} does not round-trip as a literal; "
-                                      "set quant.code_lean=false")
-                items.append(f"{g.name}={text}")
-        if items:
-            sections.append(f"{f.name}={type(sec).__name__}({', '.join(items)})")
-    return f"Config({', '.join(sections)})"
+def frozen_config_source(src: str, cfg: Config) -> str:
+    """config_tree's source with each section class holding `cfg`'s values as its defaults (all
+    fields, one plain line each): a lean bundle's `Config()` is its frozen config, and nothing
+    in it reads a field's declared type."""
+    lines = io.StringIO(src).readlines()
+    sections = {type(getattr(cfg, f.name)).__name__: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    tree = ast.parse(src)
+    for node in sorted((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in sections),
+                       key=lambda n: n.lineno, reverse=True):
+        sec = sections[node.name]
+        body = ["    # frozen by `pgolf bundle` (quant.code_lean): this run's values\n"]
+        for f in dataclasses.fields(sec):
+            text = repr(getattr(sec, f.name))
+            if ast.literal_eval(text) != getattr(sec, f.name):
+                raise BundleError(f"{f.name}={text} does not round-trip as a literal; set quant.code_lean=false")
+            body.append(f"    {f.name}: object = {text}\n")
+        lines[node.body[0].lineno - 1:node.end_lineno] = body
+    return "".join(lines)
 
 
 def bundle_for_config(cfg: Config, preset_name: str, minify: bool = False) -> str:
@@ -274,7 +276,7 @@ def bundle_for_config(cfg: Config, preset_name: str, minify: bool = False) -> st
     with the optional parts `cfg` uses and no others. With quant.code_lean, the config is frozen in
     it and the code specialized to it (pgolf.lean)."""
     if cfg.quant.code_lean:
-        return build_bundle(list(LEAN_ENTRY), "", f"lean_main({frozen_config_expr(cfg)}, __file__)", minify,
+        return build_bundle(list(LEAN_ENTRY), "", "lean_main(Config(), __file__)", minify,
                             preset_name=preset_name, shipped_parts=parts_needed(cfg), frozen=cfg)
     return build_bundle(list(BUNDLE_ENTRY), bundle_preset_text(cfg), BUNDLE_MAIN_CALL, minify, preset_name=preset_name,
                         shipped_parts=parts_needed(cfg))
