@@ -126,7 +126,9 @@ class Freezer:
         self.classes = config_classes()
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
-        self.attr_types = class_attr_types(trees, self.classes)
+        # A class's config-typed attribute counts only while no code assigns that name.
+        self.attr_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
+                           for c, attrs in class_attr_types(trees, self.classes).items()}
         self._bound: dict[int, tuple[ast.AST, dict[str, int]]] = {}  # id(function) -> (it, bound_counts)
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
@@ -229,8 +231,9 @@ class Freezer:
                 continue
             if p.arg in known:
                 consts[p.arg] = known[p.arg]
-            if isinstance(p.annotation, ast.Name) and p.annotation.id in self.classes:
-                types[p.arg] = p.annotation.id
+            if isinstance(p.annotation, ast.Name) and (p.annotation.id in self.classes
+                                                       or self.attr_types.get(p.annotation.id)):
+                types[p.arg] = p.annotation.id  # a config, or a class with config attributes (`spec: RunSpec`)
             elif i == 0 and owner_class and p.arg == "self" and not fn.decorator_list:
                 types[p.arg] = owner_class
         scope = _Scope(self, types, consts)
