@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
 
+from pgolf.kernels import leaky_mlp
 from pgolf.kernels.leaky_mlp import _linear_leaky2, leaky_mlp_ops, leaky_relu_squared_linear, mlp_kernel_variant
 from pgolf.model.mlp import leaky_relu_squared
 
@@ -53,7 +54,9 @@ def test_descriptor_forward_equals_eager_and_pointer(m, n, k, slope, monkeypatch
     x, w = _inputs(m, n, k, seed=m + n + k)
     monkeypatch.setenv("PGOLF_MLP_KERNEL", "descriptor")
     assert mlp_kernel_variant(x, w) == "descriptor"
-    y, h = _linear_leaky2(x, w, slope)
+    with monkeypatch.context() as mp:  # the pointer kernel must not be what computes it
+        mp.setattr(leaky_mlp, "_leaky_mm", lambda *a: pytest.fail("the pointer kernel ran"))
+        y, h = _linear_leaky2(x, w, slope)
     y_ref, h_ref = _eager(x, w, slope)
     assert torch.allclose(h, h_ref, rtol=1e-5, atol=1e-5), (h - h_ref).abs().max()
     assert torch.allclose(y, y_ref, rtol=1e-5, atol=1e-5), (y - y_ref).abs().max()
@@ -121,6 +124,7 @@ import json
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from pgolf.kernels import leaky_mlp
 from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_desc_kernel
 
 bm, bn, bk = _MLP_TILES
