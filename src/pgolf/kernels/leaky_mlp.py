@@ -4,8 +4,14 @@ The forward's epilogue applies the activation to the fp32 accumulator and also s
 pre-activation h; the backward's two matmuls (dx = dh @ W, dW = dh^T @ x) form
 dh = dy * d/dh leaky(h)^2 = dy * 2 leaky(h) leaky'(h) while loading their operand, so dh is
 never written out. One portable kernel (pointer arithmetic, masked tiles: any M, N, K) serves
-all three products through strides. Written from the published description of record #1855's
-kernel; the eager functions are the reference and the fallback wherever no kernel runs.
+all three products through strides. The forward has a second kernel on tensor descriptors
+(Hopper's TMA), chosen by mlp_kernel_variant(): on a CUDA device of compute capability 9 or more
+when x, w and the outputs qualify (last dim contiguous, row strides and base addresses 16-byte
+aligned); the pointer kernel otherwise. PGOLF_MLP_KERNEL=pointer forces the pointer kernel,
+=descriptor takes the descriptor one wherever the tensors qualify (any device Triton runs on:
+the tests use it under TRITON_INTERPRET=1), =auto (unset) as above. The backward stays on the
+pointer kernel. Written from the published description of record #1855's kernel; the eager
+functions are the reference and the fallback wherever no kernel runs.
 """
 
 import os
@@ -67,6 +73,61 @@ def _mlp_kernel():
     return leaky_mm
 
 
+def _mlp_desc_kernel():
+    key = ("desc_kernel", os.environ.get("TRITON_INTERPRET") == "1")
+    if key in _MLP_STATE:
+        return _MLP_STATE[key]
+    import triton
+    import triton.language as tl
+
+    # The forward of leaky_mm (H = X @ W^T stored to h, leaky(H)^2 to y) on tensor descriptors:
+    # every tile loads whole, reads past an edge give zeros and stores clip there, so no masks.
+    @triton.jit
+    def leaky_mm_desc(x_ptr, w_ptr, y_ptr, h_ptr, M, N, K, s_x, s_w, s_y, slope, IEEE: tl.constexpr,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        x_d = tl.make_tensor_descriptor(x_ptr, [M, K], [s_x, 1], [BM, BK])
+        w_d = tl.make_tensor_descriptor(w_ptr, [N, K], [s_w, 1], [BN, BK])
+        y_d = tl.make_tensor_descriptor(y_ptr, [M, N], [s_y, 1], [BM, BN])
+        h_d = tl.make_tensor_descriptor(h_ptr, [M, N], [s_y, 1], [BM, BN])
+        om = tl.program_id(0) * BM
+        on = tl.program_id(1) * BN
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = x_d.load([om, k0])
+            b = w_d.load([on, k0]).T
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        h_d.store([om, on], acc.to(h_ptr.dtype.element_ty))
+        lk = tl.where(acc > 0, acc, acc * slope)
+        y_d.store([om, on], (lk * lk).to(y_ptr.dtype.element_ty))
+
+    _MLP_STATE[key] = leaky_mm_desc
+    return leaky_mm_desc
+
+
+def _mlp_scratch(size: int, alignment: int, stream):
+    # Descriptors made inside a kernel live in global scratch memory that Triton asks for.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def mlp_kernel_variant(x: torch.Tensor, w: torch.Tensor) -> str:
+    """"descriptor" or "pointer": the kernel the forward runs on x [M, K] and w [N, K] (see the
+    module docstring for PGOLF_MLP_KERNEL)."""
+    choice = os.environ.get("PGOLF_MLP_KERNEL", "auto")
+    if choice not in ("auto", "descriptor", "pointer"):
+        raise ValueError(f"PGOLF_MLP_KERNEL={choice!r}: expected auto, descriptor or pointer")
+    hopper = x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
+    if choice == "pointer" or choice == "auto" and not hopper:
+        return "pointer"
+    # The outputs [M, N] are new, contiguous tensors: their row stride is N elements.
+    size = x.element_size()
+    rows = [t.stride(0) * size for t in (x, w)] + [w.shape[0] * size]
+    ok = x.dtype == w.dtype and x.stride(1) == w.stride(1) == 1 and x.data_ptr() % 16 == w.data_ptr() % 16 == 0
+    return "descriptor" if ok and all(r % 16 == 0 for r in rows) else "pointer"
+
+
 def _leaky_mm(a, b, c, aux, m, n, k, a_strides, b_strides, slope, prologue, epilogue):
     if m == 0 or n == 0:
         return
@@ -90,7 +151,16 @@ def _linear_leaky2(x, w, slope):
     n = w.shape[0]
     y = x.new_empty(m, n)
     h = torch.empty_like(y)
-    _leaky_mm(x, w, y, h, m, n, k, x.stride(), (w.stride(1), w.stride(0)), slope, False, True)
+    if m == 0 or n == 0 or mlp_kernel_variant(x, w) == "pointer":
+        _leaky_mm(x, w, y, h, m, n, k, x.stride(), (w.stride(1), w.stride(0)), slope, False, True)
+        return y, h
+    import triton
+    if x.is_cuda:
+        triton.set_allocator(_mlp_scratch)  # a context variable: set in the thread that launches
+    bm, bn, bk = _MLP_TILES
+    _mlp_desc_kernel()[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        x, w, y, h, m, n, k, x.stride(0), w.stride(0), y.stride(0), float(slope), IEEE=x.dtype == torch.float32,
+        BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
     return y, h
 
 
