@@ -86,6 +86,10 @@ ENV_SPECIAL = ("SLOT_ENABLED", "LATE_QAT", "WARMDOWN_FRAC", "MIN_LR", "LQER_ENAB
 # LQER_ENABLED=1 without a rank turns LQER on at the reference's LQER_RANK default.
 _LQER_DEFAULT_RANK = 4
 
+# pgolf's own variables that set no config field: the corpus cache, tracebacks, the fault-injection
+# test hook, and the fused MLP kernel variant (pgolf.kernels.leaky_mlp).
+PGOLF_KNOBS = ("PGOLF_CACHE", "PGOLF_TRACEBACK", "PGOLF_FAULT_AFTER_STEP", "PGOLF_MLP_KERNEL")
+
 # Names that appear in reference run commands but have no effect there or here; setting
 # one is reported so nobody believes it did something.
 ENV_KNOWN_UNUSED = ("SWA_START_FRAC", "MTP_NUM_HEADS", "MTP_LOSS_WEIGHT", "DTG_ENABLED",
@@ -228,7 +232,7 @@ def apply_env(cfg: Config, env: dict[str, str]) -> list[str]:
         fname = rest[len(sec) + 1:] if sec else ""
         if sec and fname in {f.name for f in dataclasses.fields(sections[sec])}:
             set_value(cfg, f"{sec}.{fname}", raw)
-        elif name not in ("PGOLF_CACHE", "PGOLF_TRACEBACK", "PGOLF_FAULT_AFTER_STEP"):
+        elif name not in PGOLF_KNOBS:
             warnings.append(f"environment variable {name} is set but matches no config field "
                             f"(expected PGOLF_<SECTION>_<FIELD>, e.g. PGOLF_RUN_SEED)")
     return warnings

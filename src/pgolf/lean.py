@@ -9,14 +9,12 @@ do; a variable that would change anything else stops the run before any work, in
 import os
 from typing import Any
 
-from pgolf.config import ENV_MAP, ENV_SPECIAL, ConfigError
+from pgolf.config import ENV_MAP, ENV_SPECIAL, PGOLF_KNOBS, ConfigError
 from pgolf.config_tree import Config
 from pgolf.run import one_line_errors, print_summary, shipped_code, train
 
 # Variables a frozen run reads (bundle.freeze.RUNTIME_FIELDS never freezes their fields).
 RUNTIME_ENV = ("DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "SEED")
-# pgolf's own knobs that change no config field.
-PGOLF_KNOBS = ("PGOLF_TRACEBACK", "PGOLF_CACHE", "PGOLF_FAULT_AFTER_STEP")
 
 
 def _same(raw: str, value: Any) -> bool:
