@@ -86,3 +86,38 @@ def test_an_attribute_a_method_sets_again_is_not_frozen():
     again = HELPER + "\n    def switch(self):\n        self.packing = 'rows'\n"
     frozen = freeze_source(again, Freezer(_cfg("frac", "stream"), [ast.parse(CALLER), ast.parse(again)]))
     assert "100 if self.packing" in frozen and "if mode" not in frozen
+
+
+def test_statements_after_a_return_raise_continue_or_break_are_cut():
+    from pgolf.bundle.freeze import dead_tails_cut
+    src = '''def f(xs):
+    out = []
+    for x in xs:
+        if x < 0:
+            continue
+            out.append("never")
+        if x > 9:
+            break
+            out.append("never")
+        out.append(x)
+    try:
+        return out
+        out.append("never")
+    finally:
+        out.append("always")
+
+
+def g():
+    raise ValueError("x")
+
+    @decorated
+    def never():
+        pass
+'''
+    cut = dead_tails_cut(src, ast.parse(src))
+    assert "never" not in cut and "@decorated" not in cut and 'out.append("always")' in cut
+    scope: dict = {}
+    exec(compile(cut, "c", "exec"), scope)
+    assert scope["f"]([1, -1, 2, 10, 3]) == [1, 2, "always"]
+    one_line = "def h():\n    return 1; x = 2\n"
+    assert dead_tails_cut(one_line, ast.parse(one_line)) == one_line

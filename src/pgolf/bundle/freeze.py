@@ -333,7 +333,7 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
     for _ in range(200):
         found = freezer.decisions(tree)
         if not found:
-            return src
+            return dead_tails_cut(src, tree)
         lines = io.StringIO(src).readlines()
         protected = string_lines(tree)
         # One edit per region per pass, innermost last: re-parse and go again.
@@ -370,3 +370,26 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
                               "quant.code_lean=false") from None
         src = new_src
     raise BundleError("freezing the config did not settle after 200 passes; ship quant.code_lean=false and report it")
+
+
+_TERMINAL = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+
+
+def dead_tails_cut(src: str, tree: ast.Module) -> str:
+    """`src` without the statements that follow a return, raise, continue or break in the same
+    block (a kept branch often ends in one: `if numerics == "record": return ...`)."""
+    lines = io.StringIO(src).readlines()
+    cuts: list[tuple[int, int]] = []
+    for node in ast.walk(tree):
+        for _, block in ast.iter_fields(node):
+            if not (isinstance(block, list) and block and isinstance(block[0], ast.stmt)):
+                continue
+            end = next((i for i, st in enumerate(block[:-1]) if isinstance(st, _TERMINAL)), None)
+            if end is None or block[end + 1].lineno <= block[end].end_lineno:
+                continue  # nothing after it, or `return x; y = 1` on one line
+            first = min([block[end + 1].lineno] + [d.lineno for d in getattr(block[end + 1], "decorator_list", [])])
+            cuts.append((first, block[-1].end_lineno))
+    if not cuts:
+        return src
+    drop = {i for lo, hi in cuts for i in range(lo, hi + 1)}
+    return "".join(line for i, line in enumerate(lines, 1) if i not in drop)
