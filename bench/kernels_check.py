@@ -11,13 +11,14 @@ bench/gpu_check.sh runs it as step (k), beside record_1855's step time with the 
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from pgolf.kernels.leaky_mlp import leaky_relu_squared_linear
+from pgolf.kernels.leaky_mlp import leaky_relu_squared_linear, mlp_kernel_variant
 from pgolf.kernels.softcap_ce import softcap_cross_entropy
 from pgolf.model.mlp import leaky_relu_squared
 
@@ -90,7 +91,12 @@ def check_mlp(tokens: int, dim: int, hidden: int, slope: float, iters: int) -> d
     x.grad = w.grad = None
     y = leaky_relu_squared_linear(x, w, slope)
     y.backward(dy)
+    # The forward's two kernels: tensor descriptors (Hopper, chosen by auto there) and pointers.
+    os.environ["PGOLF_MLP_KERNEL"] = "pointer"
+    pointer_ms = _time_ms(run(leaky_relu_squared_linear), iters)
+    os.environ.pop("PGOLF_MLP_KERNEL")
     return {"shape": [tokens, dim, hidden], "slope": slope, "dtype": "bf16",
+            "forward_kernel": mlp_kernel_variant(x, w), "fused_pointer_ms": pointer_ms,
             "fused_ms": _time_ms(run(leaky_relu_squared_linear), iters),
             "eager_ms": _time_ms(run(_eager_mlp), iters),
             "compiled_eager_ms": _time_ms(run(compiled), iters),
@@ -117,7 +123,9 @@ def main(argv=None) -> int:
             r = res[name]
             errs = ", ".join(f"{k} {v:.2e}" for k, v in r.items() if k.startswith("max_err"))
             print(f"{name} {r['shape']} bf16: fused {r['fused_ms']:.2f} ms, eager {r['eager_ms']:.2f} ms, "
-                  f"compiled eager {r['compiled_eager_ms']:.2f} ms; {errs}")
+                  f"compiled eager {r['compiled_eager_ms']:.2f} ms; {errs}"
+                  + (f"; forward kernel {r['forward_kernel']}, pointer kernel {r['fused_pointer_ms']:.2f} ms"
+                     if "forward_kernel" in r else ""))
     return 0
 
 
