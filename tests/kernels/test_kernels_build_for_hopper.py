@@ -20,7 +20,7 @@ import json
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_kernel
+from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_desc_kernel, _mlp_kernel
 from pgolf.kernels.softcap_ce import _ce_kernels
 
 fwd, bwd = _ce_kernels()
@@ -32,7 +32,8 @@ out = {}
 def build(name, fn, sig, consts, **opts):
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options=opts)
-    out[name] = {"cubin_bytes": len(k.asm["cubin"]), "wgmma": "wgmma" in k.asm["ptx"]}
+    out[name] = {"cubin_bytes": len(k.asm["cubin"]), "wgmma": "wgmma" in k.asm["ptx"],
+                 "tma": "cp.async.bulk.tensor" in k.asm["ptx"]}
 
 
 ce = {"HAS_CAP": True, "IGNORE": -100, "BLOCK": 1024}
@@ -47,6 +48,10 @@ sig.update({n: "i32" for n in ("M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "s
 sig.update(slope="fp32", PROLOGUE=C, EPILOGUE=C, IEEE=C, BM=C, BN=C, BK=C)
 for name, pro, epi in (("mlp_forward", False, True), ("mlp_backward", True, False)):
     build(name, mm, sig, {"PROLOGUE": pro, "EPILOGUE": epi, "IEEE": False, "BM": bm, "BN": bn, "BK": bk}, **_MLP_LAUNCH)
+sig = {n: "*bf16" for n in ("x_ptr", "w_ptr", "y_ptr", "h_ptr")}
+sig.update({n: "i32" for n in ("M", "N", "K", "s_x", "s_w", "s_y")})
+sig.update(slope="fp32", IEEE=C, BM=C, BN=C, BK=C)
+build("mlp_forward_descriptor", _mlp_desc_kernel(), sig, {"IEEE": False, "BM": bm, "BN": bn, "BK": bk}, **_MLP_LAUNCH)
 print(json.dumps(out))
 '''
 
@@ -60,6 +65,8 @@ def test_every_kernel_compiles_for_sm90():
         pytest.skip("this triton has no ptxas to build for sm_90")
     assert r.returncode == 0, r.stderr[-3000:]
     built = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(built) == {"ce_forward", "ce_backward", "mlp_forward", "mlp_backward"}
+    assert set(built) == {"ce_forward", "ce_backward", "mlp_forward", "mlp_backward", "mlp_forward_descriptor"}
     assert all(b["cubin_bytes"] > 0 for b in built.values()), built
     assert built["mlp_forward"]["wgmma"] and built["mlp_backward"]["wgmma"], built
+    # The descriptor forward loads its tiles with TMA copies (the pointer kernels do not).
+    assert built["mlp_forward_descriptor"]["tma"] and built["mlp_forward_descriptor"]["wgmma"], built
