@@ -116,6 +116,10 @@ def test_frozen_env_sets_the_runtime_fields_and_refuses_the_rest():
             frozen_env(cfg, env)
     with pytest.raises(ConfigError, match="SEED='x' is not an integer"):
         frozen_env(cfg, {"SEED": "x"})
+    frozen_env(cfg, {"PGOLF_RUN_DEVICE": "cpu"})  # where it runs, as an exported README says
+    assert cfg.run.device == "cpu"
+    with pytest.raises(ConfigError, match="PGOLF_RUN_DEVICE='tpu': use one of auto, cpu, cuda"):
+        frozen_env(cfg, {"PGOLF_RUN_DEVICE": "tpu"})
 
 
 def test_lean_record_file_leaves_out_what_its_config_never_runs():

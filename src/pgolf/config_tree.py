@@ -225,7 +225,7 @@ class QuantConfig:
     code_lean: bool = _f(
         False, "the generated train_gpt.py ships its config frozen (checked at `pgolf bundle`): code for branches "
                "that config never takes, config parsing, resume and signal handling are left out; the "
-               "environment may set only DATA_PATH, TOKENIZER_PATH, RUN_ID and SEED")
+               "environment may set only DATA_PATH, TOKENIZER_PATH, RUN_ID, SEED and PGOLF_RUN_DEVICE")
     # ---- frontier compression: full GPTQ, SDClip, mixed widths, LQER, layouts ----
     clip_rule: Literal["quantile", "sdclip"] = _f(
         "quantile", "per-row clip of gptq_lite/gptq: quantile = search among |w| quantiles (GPTQ-lite); "

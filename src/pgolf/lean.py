@@ -2,8 +2,9 @@
 
 `pgolf bundle` checked that config and specialized the code to it (bundle.freeze), so the
 file holds no config parsing or checks, and no code for branches the config never takes.
-The environment may still say where the run lives and its seed, as the challenge's runs
-do; a variable that would change anything else stops the run before any work, in one line.
+The environment may still say where the run lives, its seed and its device (DATA_PATH,
+TOKENIZER_PATH, RUN_ID, SEED, PGOLF_RUN_DEVICE), as the challenge's runs and pgolf's exported
+README do; a variable that would change anything else stops the run before any work, in one line.
 """
 
 import os
@@ -14,7 +15,8 @@ from pgolf.config_tree import Config
 from pgolf.run import one_line_errors, print_summary, shipped_code, train
 
 # Variables a frozen run reads (bundle.freeze.RUNTIME_FIELDS never freezes their fields).
-RUNTIME_ENV = ("DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "SEED")
+RUNTIME_ENV = ("DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "SEED", "PGOLF_RUN_DEVICE")
+RUN_DEVICES = ("auto", "cpu", "cuda")
 
 
 def _same(raw: str, value: Any) -> bool:
@@ -43,14 +45,19 @@ def frozen_env(cfg: Config, env: dict[str, str]) -> None:
         elif name in ENV_SPECIAL or name.startswith("PGOLF_"):
             changed.append(f"{name}={raw}")
     if changed:
-        raise ConfigError(f"this train_gpt.py runs the config it was generated for (quant.code_lean) and the environment "
-                          f"changes it ({', '.join(changed)}): unset it, or regenerate the file with `pgolf bundle` "
-                          "for the config you want (only DATA_PATH, TOKENIZER_PATH, RUN_ID and SEED apply)")
+        raise ConfigError(f"this train_gpt.py runs the config it was generated for (quant.code_lean) and the "
+                          f"environment changes it ({', '.join(changed)}): unset it, or regenerate the file with "
+                          "`pgolf bundle` for the config you want (only DATA_PATH, TOKENIZER_PATH, RUN_ID, SEED and "
+                          "PGOLF_RUN_DEVICE apply)")
     if "SEED" in env:
         try:
             cfg.run.seed = int(env["SEED"])
         except ValueError:
             raise ConfigError(f"SEED={env['SEED']!r} is not an integer; set SEED to a whole number") from None
+    device = env.get("PGOLF_RUN_DEVICE", cfg.run.device)
+    if device not in RUN_DEVICES:
+        raise ConfigError(f"PGOLF_RUN_DEVICE={device!r}: use one of {', '.join(RUN_DEVICES)}")
+    cfg.run.device = device
     cfg.data.path = env.get("DATA_PATH", cfg.data.path)
     cfg.data.tokenizer_path = env.get("TOKENIZER_PATH", cfg.data.tokenizer_path)
     cfg.run.run_id = env.get("RUN_ID", cfg.run.run_id)

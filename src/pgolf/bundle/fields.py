@@ -9,7 +9,7 @@ from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 
 # What a lean bundle's environment may still set (pgolf.lean), so code never sees them frozen.
-RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed"})
+RUNTIME_FIELDS = frozenset({"path", "tokenizer_path", "cache_dir", "out_dir", "run_id", "seed", "device"})
 
 ANY_FIELD = "*"  # in exempt_fields: some code may change any field
 
