@@ -3,22 +3,21 @@ eager path of pgolf's MLP (F.linear, then leaky_relu_squared), forward and both 
 by Triton's CPU interpreter in fp32 (on a CUDA machine, compiled). Ragged sizes: no dimension a
 multiple of the 128 x 128 x 64 tiles."""
 
-import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
-
 from pgolf.kernels.leaky_mlp import leaky_mlp_ops, leaky_relu_squared_linear
 from pgolf.model.mlp import leaky_relu_squared
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runtime import kernel_device  # noqa: E402
+
 pytestmark = pytest.mark.triton
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (tests/conftest.py sets it before triton "
-                "is imported; this session imported triton first)", allow_module_level=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = kernel_device()
 
 
 def _inputs(x_shape, hidden, seed, x_shift=0.0):

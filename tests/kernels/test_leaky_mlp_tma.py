@@ -4,23 +4,22 @@ Triton's CPU interpreter in fp32 (on a CUDA machine, compiled) with PGOLF_MLP_KE
 forcing it there. Ragged sizes: rows, N and K off the 128 x 128 x 64 tiles and not powers of two,
 with row strides kept 16-byte aligned (the interpreter, like the hardware, refuses others)."""
 
-import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
-
 from pgolf.kernels import leaky_mlp
 from pgolf.kernels.leaky_mlp import _linear_leaky2, leaky_mlp_ops, leaky_relu_squared_linear, mlp_kernel_variant
 from pgolf.model.mlp import leaky_relu_squared
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runtime import kernel_device  # noqa: E402
+
 pytestmark = pytest.mark.triton
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (tests/conftest.py sets it before triton "
-                "is imported; this session imported triton first)", allow_module_level=True)
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = kernel_device()
 
 # (rows, N, K): fp32 rows of N and K elements are 16-byte aligned when N and K are multiples of 4.
 ALIGNED_SHAPES = [

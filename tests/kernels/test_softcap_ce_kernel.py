@@ -3,13 +3,12 @@ pgolf's model computes (F.cross_entropy of cap * tanh(x / cap), mean over counte
 Triton's CPU interpreter in fp32. Ragged sizes: rows are one per program, vocabularies not a
 multiple of the 1,024-column block and not powers of two."""
 
-import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-
-pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]')")
 
 from pgolf.kernels.softcap_ce import (
     CE_IGNORE_INDEX,
@@ -17,10 +16,11 @@ from pgolf.kernels.softcap_ce import (
     softcap_cross_entropy,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runtime import kernel_device  # noqa: E402
+
 pytestmark = [pytest.mark.triton, pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1 (tests/conftest.py sets it before triton "
-                "is imported; this session imported triton first)", allow_module_level=True)
+kernel_device()
 
 
 def _eager(x, t, cap):
