@@ -126,7 +126,8 @@ def test_lean_record_file_leaves_out_what_its_config_never_runs():
     cfg, _ = resolve_config("record_1855", env={})
     lean = bundle_for_config(shippable_config(cfg), "run")
     for gone in ("def config_problems(", "class SlotScorer", "def eval_ttt(", "def eval_sliding(",
-                 "def stop_on_signals(", "def apply_env(", "def load_checkpoint(", "def parse(cls"):
+                 "def stop_on_signals(", "def apply_env(", "def load_checkpoint(", "def parse(cls",
+                 "def save_checkpoint(", "class AutoCheckpoints", "def checkpoint_due(", "checkpoint_due(r."):
         assert gone not in lean, gone
     for kept in ("def eval_record_ttt(", "def gptq_quantize(", "def compress_pergroup(", "class GPT("):
         assert kept in lean, kept

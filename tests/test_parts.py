@@ -128,9 +128,10 @@ def test_bundle_refuses_an_env_var_that_needs_a_left_out_part_before_any_work(tm
 
 
 @pytest.mark.parametrize("preset, parts", [
-    ("smoke", {"signals"}), ("record_1128", {"signals"}), ("record_1128_fixed", {"causal_slot", "signals"}),
-    ("record_1128_gptq", {"gptq", "lqer", "signals"}),
-    # A lean bundle (quant.code_lean) ships without signal handling.
+    ("smoke", {"signals", "checkpoints"}), ("record_1128", {"signals", "checkpoints"}),
+    ("record_1128_fixed", {"causal_slot", "signals", "checkpoints"}),
+    ("record_1128_gptq", {"gptq", "lqer", "signals", "checkpoints"}),
+    # A lean bundle (quant.code_lean) ships without signal handling; #1855 wrote no checkpoints.
     ("record_1855", {"gptq", "lqer", "record_ttt", "pergroup", "stream_packing", "fused_kernels"}),
 ])
 def test_each_preset_ships_the_parts_its_record_used(preset, parts):

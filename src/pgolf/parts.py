@@ -33,6 +33,7 @@ OPTIONAL_PARTS: dict[str, tuple[Callable[[Config], bool], tuple[str, ...]]] = {
                  ("compress_pergroup", "decompress_pergroup", "pergroup_setup")),
     "fused_kernels": (lambda c: c.model.fused_ce != "off" or c.model.fused_mlp != "off",
                       ("softcap_ce_ops", "softcap_cross_entropy", "leaky_mlp_ops", "leaky_relu_squared_linear")),
+    "checkpoints": (lambda c: c.run.checkpoint_every != 0, ("save_checkpoint", "AutoCheckpoints", "checkpoint_due")),
     # A generated train_gpt.py never resumes (its entry has no --resume): `pgolf train --resume` does.
     "resume": (lambda c: False, ("load_checkpoint", "restore_checkpoint", "resume_edits")),
     # A lean one (quant.code_lean) leaves SIGINT/SIGTERM to Python's defaults, as the records' scripts do.

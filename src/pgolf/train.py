@@ -228,10 +228,12 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
     session = (st.step, st.train_ms)  # steps and time before this process started
     logged = session
     fault_step = int(os.environ.get("PGOLF_FAULT_AFTER_STEP", "-1"))
-    auto = AutoCheckpoints(comm, device, st.train_ms) if r.checkpoint_every < 0 else None
-    if auto is not None and comm.is_main:
-        log.event(event="checkpoints", mode="auto", min_interval_s=auto.min_interval_ms / 1000,
-                  max_share_of_training=auto.max_share)
+    auto = None
+    if r.checkpoint_every < 0:
+        auto = AutoCheckpoints(comm, device, st.train_ms)
+        if comm.is_main:
+            log.event(event="checkpoints", mode="auto", min_interval_s=auto.min_interval_ms / 1000,
+                      max_share_of_training=auto.max_share)
     clock.start()
     mult = 1.0
     while True:
@@ -269,7 +271,8 @@ def run_loop(model, fwd, opt, loader, ema, swa, st: RunState, cfg: Config, comm:
             watch.check(st, out_dir)
             log_step(log, st, cfg, loss.item(), mult, opt, logged)
             logged = (st.step, st.train_ms)
-        if checkpoint_due(r.checkpoint_every, st, auto, clock, session):
+        # Tested first so that a bundle frozen to checkpoint_every = 0 ships no checkpoint code.
+        if r.checkpoint_every and checkpoint_due(r.checkpoint_every, st, auto, clock, session):
             watch.check(st, out_dir)
             t0 = time.perf_counter()
             save_checkpoint(out_dir, comm.rank, model, opt, loader, ema, swa, st, config_to_toml(cfg))

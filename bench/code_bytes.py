@@ -1,0 +1,79 @@
+"""Where a preset's counted code goes: each bundled module's share of train_gpt.py's bytes.
+
+    PYTHONPATH=src python3 bench/code_bytes.py [--preset record_1855] [--set section.field=value ...]
+        [--groups "infra=run,runfolder,runlog" ...] [--json]
+
+A compressor shares context across modules, so a module's share is measured as what the counted
+file loses when that module alone is left out (the rest compressed without it), not as its size
+compressed on its own. The shares of several modules do not add up exactly; `--groups` measures a
+set of modules left out together. The file left out of is not runnable: these are sizes, not runs.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+from pgolf.bundle.build import READABLE_NAME, bundle_for_config, shipped_files
+from pgolf.bundle.pack import build_compressed_bundle, minify_source
+from pgolf.config import resolve_config, shippable_config
+
+SECTION = re.compile(r"^# ---- (\S+) ----\n", re.M)
+
+
+def sections(readable: str) -> tuple[str, list[tuple[str, str]]]:
+    """The bundle's head and its (module, text) sections, in order."""
+    parts = SECTION.split(readable)
+    return parts[0], [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+
+
+def counted_without(head: str, parts: list[tuple[str, str]], left_out: set[str], codec: str) -> int:
+    text = head + "".join(f"# ---- {m} ----\n{body}" for m, body in parts if m not in left_out)
+    return len(build_compressed_bundle(minify_source(text), READABLE_NAME, codec).encode("utf-8"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="record_1855")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--groups", action="append", default=[], metavar="NAME=MOD,MOD",
+                    help="modules (paths under pgolf/ without .py) measured left out together")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = shippable_config(resolve_config(args.preset, None, {}, args.sets)[0])
+    codec = cfg.quant.code_codec
+    official = len(shipped_files(cfg, "compressed")["train_gpt.py"].encode("utf-8"))
+    head, parts = sections(bundle_for_config(cfg, "run"))
+    total = counted_without(head, parts, set(), codec)
+    if total != official:  # the sections rejoined must be the counted file's source, byte for byte
+        print(f"code_bytes.py: rejoined sections count {total:,} bytes, train_gpt.py {official:,}", file=sys.stderr)
+        return 1
+    rows = [{"module": m, "minified_bytes": len(minify_source(body)),
+             "counted_share": total - counted_without(head, parts, {m}, codec)} for m, body in parts]
+    rows.sort(key=lambda r: -r["counted_share"])
+    groups = []
+    for spec in args.groups:
+        name, _, mods = spec.partition("=")
+        chosen = {f"pgolf/{m.strip()}.py" for m in mods.split(",") if m.strip()}
+        unknown = chosen - {m for m, _ in parts}
+        if unknown:
+            print(f"code_bytes.py: --groups {name}: not in this bundle: {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        groups.append({"group": name, "modules": sorted(chosen),
+                       "counted_share": total - counted_without(head, parts, chosen, codec)})
+    out = {"preset": args.preset, "sets": args.sets, "code_lean": cfg.quant.code_lean, "codec": codec,
+           "counted_bytes": official, "modules": rows, "groups": groups}
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"preset {args.preset} lean={cfg.quant.code_lean} codec={codec}: train_gpt.py counts {official:,} bytes")
+    print(f"{'module':34s} {'minified':>9s} {'share':>7s}")
+    for r in rows:
+        print(f"{r['module']:34s} {r['minified_bytes']:9,d} {r['counted_share']:7,d}")
+    for g in groups:
+        print(f"group {g['group']}: {g['counted_share']:,} bytes ({', '.join(g['modules'])})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
