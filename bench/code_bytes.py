@@ -15,6 +15,7 @@ import re
 import sys
 
 from pgolf.bundle.build import READABLE_NAME, bundle_for_config, shipped_files
+from pgolf.bundle.rules import BUNDLE_MARK
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
 from pgolf.config import resolve_config, shippable_config
 
@@ -28,8 +29,10 @@ def sections(readable: str) -> tuple[str, list[tuple[str, str]]]:
 
 
 def counted_without(head: str, parts: list[tuple[str, str]], left_out: set[str], codec: str) -> int:
+    """Counted bytes of the bundle without the modules in `left_out`, packed as `pgolf bundle` packs it."""
     text = head + "".join(f"# ---- {m} ----\n{body}" for m, body in parts if m not in left_out)
-    return len(build_compressed_bundle(minify_source(text), READABLE_NAME, codec).encode("utf-8"))
+    small = f"# {BUNDLE_MARK} (minified)\n" + minify_source(text)
+    return len(build_compressed_bundle(small, READABLE_NAME, codec).encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     codec = cfg.quant.code_codec
     official = len(shipped_files(cfg, "compressed")["train_gpt.py"].encode("utf-8"))
     head, parts = sections(bundle_for_config(cfg, "run"))
-    total = counted_without(head, parts, set(), codec)
+
+    def counted(left_out: set[str]) -> int:
+        return counted_without(head, parts, left_out, codec)
+
+    total = counted(set())
     if total != official:  # the sections rejoined must be the counted file's source, byte for byte
         print(f"code_bytes.py: rejoined sections count {total:,} bytes, train_gpt.py {official:,}", file=sys.stderr)
         return 1
     rows = [{"module": m, "minified_bytes": len(minify_source(body)),
-             "counted_share": total - counted_without(head, parts, {m}, codec)} for m, body in parts]
+             "counted_share": total - counted({m})} for m, body in parts]
     rows.sort(key=lambda r: -r["counted_share"])
     groups = []
     for spec in args.groups:
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"code_bytes.py: --groups {name}: not in this bundle: {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         groups.append({"group": name, "modules": sorted(chosen),
-                       "counted_share": total - counted_without(head, parts, chosen, codec)})
+                       "counted_share": total - counted(chosen)})
     out = {"preset": args.preset, "sets": args.sets, "code_lean": cfg.quant.code_lean, "codec": codec,
            "counted_bytes": official, "modules": rows, "groups": groups}
     if args.json:
