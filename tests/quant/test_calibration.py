@@ -58,8 +58,9 @@ def test_hessians_are_the_inputs_of_each_matrix():
 
 def test_validation_is_never_a_calibration_source(tmp_path):
     cfg = _cfg()
-    with pytest.raises(CalibrationError, match="validation"):
-        calibration_tokens(cfg, _model(cfg), "cpu", source="val")
+    cfg.quant.calib_source = "val"  # past config_checks, which refuses it too (below)
+    with pytest.raises(CalibrationError, match="validation tokens may never calibrate"):
+        calibration_tokens(cfg, _model(cfg), "cpu")
     with pytest.raises(ConfigError, match="calib_source"):
         _cfg("quant.calib_source=val")
     # A train pattern that reaches a validation shard is refused too.
@@ -69,7 +70,7 @@ def test_validation_is_never_a_calibration_source(tmp_path):
     write_shard(str(tmp_path / "fineweb_val_000000.bin"), np.arange(4096, dtype=np.uint16) % 500)
     bad = _cfg(f"data.path={tmp_path}", "data.train_pattern=fineweb_*.bin", f"data.tokenizer_path={tmp_path}/x.model")
     with pytest.raises(CalibrationError, match="validation shard"):
-        calibration_tokens(bad, _model(bad), "cpu", source="train")
+        calibration_tokens(bad, _model(bad), "cpu")
 
 
 def test_self_generated_calibration_is_seeded_and_in_vocab():

@@ -208,13 +208,8 @@ def _check_entry(m: Any, data_len: int) -> int:
     return sum(want.values())
 
 
-def _int_layout(qcfg: QuantConfig, int_layout: str | None) -> str:
-    return int_layout or getattr(qcfg, "int_layout", None) or DEFAULT_INT_LAYOUT
-
-
 def _body(payload: dict[str, dict[str, Any]], qcfg: QuantConfig, int_layout: str | None = None) -> bytes:
-    return serialize_payload(payload, _int_layout(qcfg, int_layout), getattr(qcfg, "code_order", "rows"),
-                             getattr(qcfg, "fp16_layout", "plain"))
+    return serialize_payload(payload, int_layout or DEFAULT_INT_LAYOUT, qcfg.code_order, qcfg.fp16_layout)
 
 
 def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> dict[str, dict[str, int]]:
@@ -233,7 +228,7 @@ def group_byte_report(payload: dict[str, dict[str, Any]], qcfg: QuantConfig) -> 
 
 def _compress(body: bytes, qcfg: QuantConfig) -> bytes:
     if qcfg.compressor == "pergroup":
-        return compress_pergroup(body, qcfg.level, getattr(qcfg, "compressor_fallback", "error"))
+        return compress_pergroup(body, qcfg.level, qcfg.compressor_fallback)
     return compress_bytes(body, qcfg.compressor, qcfg.level)
 
 

@@ -96,23 +96,21 @@ class HessianTap(nn.Module):
         return w if name is None else TaggedWeight.tag(w, name, self.sink)
 
 
-def calibration_tokens(cfg: Config, model: GPT, device, source: str | None = None,
-                       log: Callable[[str], None] | None = None) -> Tensor:
+def calibration_tokens(cfg: Config, model: GPT, device, log: Callable[[str], None] | None = None) -> Tensor:
     """[calib_seqs, calib_seq_len] token ids from quant.calib_source (validation refused)."""
     q = cfg.quant
-    source = source or q.calib_source
     seq_len = q.calib_seq_len or cfg.run.train_seq_len
-    if source == "val":
-        raise CalibrationError("quant.calib_source=val: validation tokens may never calibrate the artifact "
-                               "(the challenge scores them); use train or self")
-    if source == "train" and q.calib_windows == "shuffled":
+    # Every test reads q.calib_source itself, so a bundle frozen to one source ships only that one.
+    if q.calib_source == "train" and q.calib_windows == "shuffled":
         return shuffled_calibration_tokens(cfg, seq_len)
-    if source == "train":
+    if q.calib_source == "train":
         return train_calibration_tokens(cfg, q.calib_seqs, seq_len)
-    if source == "self":
+    if q.calib_source == "self":
         return sample_sequences(model, q.calib_seqs, seq_len, q.calib_temperature, q.calib_batch_seqs,
                                 device, seed=cfg.run.seed, log=log)
-    raise CalibrationError(f"quant.calib_source={source!r}; use one of {', '.join(CALIB_SOURCES)}")
+    # config_checks refuses any other value; this guards a config built around them.
+    raise CalibrationError(f"quant.calib_source={q.calib_source!r}: validation tokens may never calibrate the "
+                           f"artifact (the challenge scores them); use one of {', '.join(CALIB_SOURCES)}")
 
 
 def calibration_shards(cfg: Config) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pgolf.config_tree import QuantConfig
 from pgolf.quant.codec import CodecError, brotli_compress, decompress_bytes
 
 PERGROUP_MAGIC = b"PGRP"
@@ -42,10 +43,10 @@ def lrzip_missing_message() -> str:
             "(or set quant.compressor_fallback=brotli)")
 
 
-def pergroup_setup(qcfg: Any) -> tuple[str | None, str | None]:
+def pergroup_setup(qcfg: QuantConfig) -> tuple[str | None, str | None]:
     """(error, warning) of quant.compressor=pergroup on this machine, checked before training:
     the lrzip program (unless quant.compressor_fallback=brotli) and the brotli package."""
-    if getattr(qcfg, "compressor", "") != "pergroup":
+    if qcfg.compressor != "pergroup":
         return None, None
     try:
         brotli_compress(b"")
@@ -53,7 +54,7 @@ def pergroup_setup(qcfg: Any) -> tuple[str | None, str | None]:
         return str(e), None
     if lrzip_program() is not None:
         return None, None
-    if getattr(qcfg, "compressor_fallback", "error") == "brotli":
+    if qcfg.compressor_fallback == "brotli":
         return None, "quant.compressor=pergroup: lrzip is not on PATH, its groups are compressed with brotli"
     return lrzip_missing_message(), None
 
