@@ -164,3 +164,22 @@ def test_the_switch_picks_the_kernel(monkeypatch):
     monkeypatch.setenv("PGOLF_MLP_KERNEL", "tma")
     with pytest.raises(ValueError, match="PGOLF_MLP_KERNEL='tma'"):
         mlp_kernel_variant(x, w)
+
+
+@pytest.mark.parametrize("choice,misaligned_dy,expected", [
+    ("descriptor", False, ("descriptor", "descriptor")),
+    ("descriptor", True, ("descriptor", "pointer")),
+    ("pointer", False, ("pointer", "pointer")),
+])
+def test_kernels_check_reports_the_kernel_each_pass_launched(choice, misaligned_dy, expected, monkeypatch):
+    """bench/kernels_check.py's forward_kernel / backward_kernel, and the launchers put back after."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    from kernels_check import mlp_kernels_launched
+    monkeypatch.setenv("PGOLF_MLP_KERNEL", choice)
+    launchers = leaky_mlp._leaky_mm, leaky_mlp._leaky_mm_desc
+    x, w, dy = _inputs(9, 20, 24, seed=2)
+    with mlp_kernels_launched() as kernels:
+        y = leaky_relu_squared_linear(x.requires_grad_(), w.requires_grad_(), 0.5)
+        y.backward(_misaligned(dy) if misaligned_dy else dy)
+    assert kernels == {"forward_kernel": expected[0], "backward_kernel": expected[1]}
+    assert (leaky_mlp._leaky_mm, leaky_mlp._leaky_mm_desc) == launchers
