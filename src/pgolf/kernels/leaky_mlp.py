@@ -41,7 +41,7 @@ def _mlp_kernel():
     # stored to aux and C becomes leaky(C)^2 (the forward).
     @triton.jit
     def leaky_mm(a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, slope,
-                 PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, PREC: tl.constexpr,
+                 PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
         rn = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -58,7 +58,7 @@ def _mlp_kernel():
             b_mask = (ks[:, None] < K) & (rn[None, :] < N)
             b = tl.load(b_ptr + ks[:, None].to(tl.int64) * s_bk + rn[None, :].to(tl.int64) * s_bn,
                         mask=b_mask, other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PREC)
+            acc = tl.dot(a, b, acc, input_precision="ieee" if b.dtype == tl.float32 else "tf32")
         c_mask = (rm[:, None] < M) & (rn[None, :] < N)
         c_off = rm[:, None].to(tl.int64) * s_cm + rn[None, :].to(tl.int64) * s_cn
         if EPILOGUE:
@@ -83,7 +83,7 @@ def _mlp_desc_kernel():
     # prologue, H laid out as A. Reads past an edge give zeros and stores clip, so no masks.
     @triton.jit
     def leaky_mm_desc(a_ptr, b_ptr, c_ptr, aux_ptr, P, Q, R, s_a, s_b, s_c, slope, TA: tl.constexpr,
-                      PROLOGUE: tl.constexpr, PREC: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
+                      PROLOGUE: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
                       BR: tl.constexpr):
         if TA:
             a_d = tl.make_tensor_descriptor(a_ptr, [R, P], [s_a, 1], [BR, BP])
@@ -109,7 +109,7 @@ def _mlp_desc_kernel():
                 b = b_d.load([r, oq])
             else:
                 b = b_d.load([oq, r]).T
-            acc = tl.dot(a.T if TA else a, b, acc, input_precision=PREC)
+            acc = tl.dot(a.T if TA else a, b, acc, input_precision="ieee" if b.dtype == tl.float32 else "tf32")
         if not PROLOGUE:
             h_d.store([op, oq], acc.to(aux_ptr.dtype.element_ty))
             lk = tl.where(acc > 0, acc, acc * slope)
@@ -148,7 +148,7 @@ def _leaky_mm(a, b, c, aux, m, n, k, a_strides, b_strides, slope, prologue, epil
     bm, bn, bk = _MLP_TILES
     _mlp_kernel()[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
         a, b, c, aux, m, n, k, *a_strides, *b_strides, c.stride(0), c.stride(1), float(slope),
-        PROLOGUE=prologue, EPILOGUE=epilogue, PREC=_mlp_prec(b), BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
+        PROLOGUE=prologue, EPILOGUE=epilogue, BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
 
 
 def _leaky_mm_desc(a, b, c, aux, p, q, r, slope, ta, prologue):
@@ -158,11 +158,7 @@ def _leaky_mm_desc(a, b, c, aux, p, q, r, slope, ta, prologue):
     bp, bq, br = _MLP_TILES
     _mlp_desc_kernel()[(triton.cdiv(p, bp), triton.cdiv(q, bq))](
         a, b, c, aux, p, q, r, a.stride(0), b.stride(0), c.stride(0), float(slope), TA=ta, PROLOGUE=prologue,
-        PREC=_mlp_prec(b), BP=bp, BQ=bq, BR=br, **_MLP_LAUNCH)
-
-
-def _mlp_prec(t):
-    return "ieee" if t.dtype == torch.float32 else "tf32"
+        BP=bp, BQ=bq, BR=br, **_MLP_LAUNCH)
 
 
 def _leaky_grad_factor(h: torch.Tensor, slope: float) -> torch.Tensor:
