@@ -50,11 +50,11 @@ sig.update(slope="fp32", PROLOGUE=C, EPILOGUE=C, BM=C, BN=C, BK=C)
 for name, pro, epi in (("mlp_forward", False, True), ("mlp_backward", True, False)):
     build(name, mm, sig, {"PROLOGUE": pro, "EPILOGUE": epi, "BM": bm, "BN": bn, "BK": bk}, **_MLP_LAUNCH)
 sig = {n: "*bf16" for n in ("a_ptr", "b_ptr", "c_ptr", "aux_ptr")}
-sig.update({n: "i32" for n in ("P", "Q", "R", "s_a", "s_b", "s_c")})
-sig.update(slope="fp32", TA=C, PROLOGUE=C, BP=C, BQ=C, BR=C)
+sig.update({n: "i32" for n in ("M", "N", "K", "s_a", "s_b", "s_c")})
+sig.update(slope="fp32", TA=C, PROLOGUE=C, BM=C, BN=C, BK=C)
 for name, ta, pro in (("forward", False, False), ("backward_dx", False, True), ("backward_dw", True, True)):
-    build(f"mlp_{name}_descriptor", _mlp_desc_kernel(), sig, {"TA": ta, "PROLOGUE": pro, "BP": bm,
-                                                             "BQ": bn, "BR": bk}, **_MLP_LAUNCH)
+    build(f"mlp_{name}_descriptor", _mlp_desc_kernel(), sig, {"TA": ta, "PROLOGUE": pro, "BM": bm, "BN": bn,
+                                                             "BK": bk}, **_MLP_LAUNCH)
 print(json.dumps(out))
 '''
 

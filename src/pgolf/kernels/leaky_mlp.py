@@ -78,43 +78,42 @@ def _mlp_desc_kernel():
     import triton
     import triton.language as tl
 
-    # leaky_mm on tensor descriptors, C[P, Q] = A'[P, R] @ B'[R, Q]; A is stored [R, P] when TA.
-    # Forward (not PROLOGUE): B stored [Q, R], the epilogue. Backward: B stored [R, Q], the
+    # leaky_mm on tensor descriptors, C[M, N] = A'[M, K] @ B'[K, N]; A is stored [K, M] when TA.
+    # Forward (not PROLOGUE): B stored [N, K], the epilogue. Backward: B stored [K, N], the
     # prologue, H laid out as A. Reads past an edge give zeros and stores clip, so no masks.
     @triton.jit
-    def leaky_mm_desc(a_ptr, b_ptr, c_ptr, aux_ptr, P, Q, R, s_a, s_b, s_c, slope, TA: tl.constexpr,
-                      PROLOGUE: tl.constexpr, BP: tl.constexpr, BQ: tl.constexpr,
-                      BR: tl.constexpr):
+    def leaky_mm_desc(a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K, s_a, s_b, s_c, slope, TA: tl.constexpr,
+                      PROLOGUE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         if TA:
-            a_d = tl.make_tensor_descriptor(a_ptr, [R, P], [s_a, 1], [BR, BP])
-            h_d = tl.make_tensor_descriptor(aux_ptr, [R, P], [s_a, 1], [BR, BP])
+            a_d = tl.make_tensor_descriptor(a_ptr, [K, M], [s_a, 1], [BK, BM])
+            h_d = tl.make_tensor_descriptor(aux_ptr, [K, M], [s_a, 1], [BK, BM])
         else:
-            a_d = tl.make_tensor_descriptor(a_ptr, [P, R], [s_a, 1], [BP, BR])
-            h_d = tl.make_tensor_descriptor(aux_ptr, [P, R], [s_a, 1], [BP, BR])
+            a_d = tl.make_tensor_descriptor(a_ptr, [M, K], [s_a, 1], [BM, BK])
+            h_d = tl.make_tensor_descriptor(aux_ptr, [M, K], [s_a, 1], [BM, BK])
         if PROLOGUE:
-            b_d = tl.make_tensor_descriptor(b_ptr, [R, Q], [s_b, 1], [BR, BQ])
+            b_d = tl.make_tensor_descriptor(b_ptr, [K, N], [s_b, 1], [BK, BN])
         else:
-            b_d = tl.make_tensor_descriptor(b_ptr, [Q, R], [s_b, 1], [BQ, BR])
-            h_d = tl.make_tensor_descriptor(aux_ptr, [P, Q], [s_c, 1], [BP, BQ])
-        c_d = tl.make_tensor_descriptor(c_ptr, [P, Q], [s_c, 1], [BP, BQ])
-        op = tl.program_id(0) * BP
-        oq = tl.program_id(1) * BQ
-        acc = tl.zeros([BP, BQ], dtype=tl.float32)
-        for r in range(0, R, BR):
-            at = [r, op] if TA else [op, r]
+            b_d = tl.make_tensor_descriptor(b_ptr, [N, K], [s_b, 1], [BN, BK])
+            h_d = tl.make_tensor_descriptor(aux_ptr, [M, N], [s_c, 1], [BM, BN])
+        c_d = tl.make_tensor_descriptor(c_ptr, [M, N], [s_c, 1], [BM, BN])
+        om = tl.program_id(0) * BM
+        on = tl.program_id(1) * BN
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            at = [k0, om] if TA else [om, k0]
             a = a_d.load(at)
             if PROLOGUE:
                 h = h_d.load(at).to(tl.float32)
                 a = (a.to(tl.float32) * 2.0 * h * tl.where(h > 0, 1.0, slope * slope)).to(b_ptr.dtype.element_ty)
-                b = b_d.load([r, oq])
+                b = b_d.load([k0, on])
             else:
-                b = b_d.load([oq, r]).T
+                b = b_d.load([on, k0]).T
             acc = tl.dot(a.T if TA else a, b, acc, input_precision="ieee" if b.dtype == tl.float32 else "tf32")
         if not PROLOGUE:
-            h_d.store([op, oq], acc.to(aux_ptr.dtype.element_ty))
+            h_d.store([om, on], acc.to(aux_ptr.dtype.element_ty))
             lk = tl.where(acc > 0, acc, acc * slope)
             acc = lk * lk
-        c_d.store([op, oq], acc.to(c_ptr.dtype.element_ty))
+        c_d.store([om, on], acc.to(c_ptr.dtype.element_ty))
 
     _MLP_STATE[key] = leaky_mm_desc
     return leaky_mm_desc
@@ -151,14 +150,14 @@ def _leaky_mm(a, b, c, aux, m, n, k, a_strides, b_strides, slope, prologue, epil
         PROLOGUE=prologue, EPILOGUE=epilogue, BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
 
 
-def _leaky_mm_desc(a, b, c, aux, p, q, r, slope, ta, prologue):
+def _leaky_mm_desc(a, b, c, aux, m, n, k, slope, ta, prologue):
     import triton
     if a.is_cuda:
         triton.set_allocator(_mlp_scratch)  # a context variable: set in the thread that launches
-    bp, bq, br = _MLP_TILES
-    _mlp_desc_kernel()[(triton.cdiv(p, bp), triton.cdiv(q, bq))](
-        a, b, c, aux, p, q, r, a.stride(0), b.stride(0), c.stride(0), float(slope), TA=ta, PROLOGUE=prologue,
-        BP=bp, BQ=bq, BR=br, **_MLP_LAUNCH)
+    bm, bn, bk = _MLP_TILES
+    _mlp_desc_kernel()[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        a, b, c, aux, m, n, k, a.stride(0), b.stride(0), c.stride(0), float(slope), TA=ta, PROLOGUE=prologue,
+        BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
 
 
 def _leaky_grad_factor(h: torch.Tensor, slope: float) -> torch.Tensor:
