@@ -21,11 +21,11 @@ import json
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_desc_kernel, _mlp_kernel
+from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_kernels
 from pgolf.kernels.softcap_ce import _ce_kernels
 
 fwd, bwd = _ce_kernels()
-mm = _mlp_kernel()
+mm, mm_desc = _mlp_kernels()
 C = "constexpr"
 out = {}
 
@@ -53,7 +53,7 @@ sig = {n: "*bf16" for n in ("a_ptr", "b_ptr", "c_ptr", "aux_ptr")}
 sig.update({n: "i32" for n in ("M", "N", "K", "s_a", "s_b", "s_c")})
 sig.update(slope="fp32", TA=C, PROLOGUE=C, BM=C, BN=C, BK=C)
 for name, ta, pro in (("forward", False, False), ("backward_dx", False, True), ("backward_dw", True, True)):
-    build(f"mlp_{name}_descriptor", _mlp_desc_kernel(), sig, {"TA": ta, "PROLOGUE": pro, "BM": bm, "BN": bn,
+    build(f"mlp_{name}_descriptor", mm_desc, sig, {"TA": ta, "PROLOGUE": pro, "BM": bm, "BN": bn,
                                                              "BK": bk}, **_MLP_LAUNCH)
 print(json.dumps(out))
 '''

@@ -28,9 +28,9 @@ _MLP_TILES = (128, 128, 64)
 _MLP_LAUNCH = {"num_warps": 8, "num_stages": 3}
 
 
-def _mlp_kernel():
+def _mlp_kernels():
     # Keyed by the interpreter switch: triton.jit decides at decoration time whether it compiles.
-    key = ("kernel", os.environ.get("TRITON_INTERPRET") == "1")
+    key = ("kernels", os.environ.get("TRITON_INTERPRET") == "1")
     if key in _MLP_STATE:
         return _MLP_STATE[key]
     import triton
@@ -66,17 +66,6 @@ def _mlp_kernel():
             lk = tl.where(acc > 0, acc, acc * slope)
             acc = lk * lk
         tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-
-    _MLP_STATE[key] = leaky_mm
-    return leaky_mm
-
-
-def _mlp_desc_kernel():
-    key = ("desc_kernel", os.environ.get("TRITON_INTERPRET") == "1")
-    if key in _MLP_STATE:
-        return _MLP_STATE[key]
-    import triton
-    import triton.language as tl
 
     # leaky_mm on tensor descriptors, C[M, N] = A'[M, K] @ B'[K, N]; A is stored [K, M] when TA.
     # Forward (not PROLOGUE): B stored [N, K], the epilogue. Backward: B stored [K, N], the
@@ -115,8 +104,8 @@ def _mlp_desc_kernel():
             acc = lk * lk
         c_d.store([om, on], acc.to(c_ptr.dtype.element_ty))
 
-    _MLP_STATE[key] = leaky_mm_desc
-    return leaky_mm_desc
+    _MLP_STATE[key] = leaky_mm, leaky_mm_desc
+    return leaky_mm, leaky_mm_desc
 
 
 def _mlp_scratch(size: int, alignment: int, stream):
@@ -145,7 +134,7 @@ def _leaky_mm(a, b, c, aux, m, n, k, a_strides, b_strides, slope, prologue, epil
         return
     import triton
     bm, bn, bk = _MLP_TILES
-    _mlp_kernel()[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+    _mlp_kernels()[0][(triton.cdiv(m, bm), triton.cdiv(n, bn))](
         a, b, c, aux, m, n, k, *a_strides, *b_strides, c.stride(0), c.stride(1), float(slope),
         PROLOGUE=prologue, EPILOGUE=epilogue, BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
 
@@ -155,7 +144,7 @@ def _leaky_mm_desc(a, b, c, aux, m, n, k, slope, ta, prologue):
     if a.is_cuda:
         triton.set_allocator(_mlp_scratch)  # a context variable: set in the thread that launches
     bm, bn, bk = _MLP_TILES
-    _mlp_desc_kernel()[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+    _mlp_kernels()[1][(triton.cdiv(m, bm), triton.cdiv(n, bn))](
         a, b, c, aux, m, n, k, a.stride(0), b.stride(0), c.stride(0), float(slope), TA=ta, PROLOGUE=prologue,
         BM=bm, BN=bn, BK=bk, **_MLP_LAUNCH)
 
