@@ -4,12 +4,16 @@ One GPU's share of the record's step: 98,304 tokens, vocabulary 8,192 (soft-cap 
 width 512, MLP hidden 2,048 (mlp_mult 4), leaky slope 0.5; bf16 as training runs. For each
 kernel: forward+backward milliseconds (median of CUDA-event timings after warmup) of the fused
 op, of the eager reference and of the eager reference under torch.compile, and the max abs
-error of the fused op's loss/output and gradients against the eager path computed in fp32.
+error of the fused op's loss/output and gradients against the eager path computed in fp32;
+for the up-projection, which kernel (tensor descriptors or pointers) its forward and its backward
+launched, and the ms with both on the pointer kernel.
 Usage: python bench/kernels_check.py [--tokens N] [--iters N] [--json]
 bench/gpu_check.sh runs it as step (k), beside record_1855's step time with the kernels on and off.
 """
 
 import argparse
+import contextlib
+import inspect
 import json
 import os
 import statistics
@@ -18,7 +22,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from pgolf.kernels.leaky_mlp import leaky_relu_squared_linear, mlp_kernel_variant
+from pgolf.kernels import leaky_mlp
+from pgolf.kernels.leaky_mlp import leaky_relu_squared_linear
 from pgolf.kernels.softcap_ce import softcap_cross_entropy
 from pgolf.model.mlp import leaky_relu_squared
 
@@ -72,6 +77,27 @@ def _eager_mlp(x, w, slope):
     return leaky_relu_squared(F.linear(x, w), slope)
 
 
+@contextlib.contextmanager
+def mlp_kernels_launched():
+    """Yields a dict that gets, for each pass of the fused up-projection run inside, the kernel
+    ("descriptor" or "pointer") it launched, as seen at the launch: forward_kernel, backward_kernel."""
+    seen = {}
+    real = {"pointer": leaky_mlp._leaky_mm, "descriptor": leaky_mlp._leaky_mm_desc}
+
+    def spy(kind):
+        def launch(*args):
+            backward = inspect.signature(real[kind]).bind(*args).arguments["prologue"]  # dh: the backward's
+            seen["backward_kernel" if backward else "forward_kernel"] = kind
+            return real[kind](*args)
+        return launch
+
+    leaky_mlp._leaky_mm, leaky_mlp._leaky_mm_desc = spy("pointer"), spy("descriptor")
+    try:
+        yield seen
+    finally:
+        leaky_mlp._leaky_mm, leaky_mlp._leaky_mm_desc = real["pointer"], real["descriptor"]
+
+
 def check_mlp(tokens: int, dim: int, hidden: int, slope: float, iters: int) -> dict:
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(tokens, dim, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
@@ -89,14 +115,15 @@ def check_mlp(tokens: int, dim: int, hidden: int, slope: float, iters: int) -> d
     yr = _eager_mlp(xr, wr, slope)
     yr.backward(dy.float())
     x.grad = w.grad = None
-    y = leaky_relu_squared_linear(x, w, slope)
-    y.backward(dy)
-    # The forward's two kernels: tensor descriptors (Hopper, chosen by auto there) and pointers.
+    with mlp_kernels_launched() as kernels:
+        y = leaky_relu_squared_linear(x, w, slope)
+        y.backward(dy)
+    # The two kernels: tensor descriptors (Hopper, chosen by auto there) and pointers.
     os.environ["PGOLF_MLP_KERNEL"] = "pointer"
     pointer_ms = _time_ms(run(leaky_relu_squared_linear), iters)
     os.environ.pop("PGOLF_MLP_KERNEL")
     return {"shape": [tokens, dim, hidden], "slope": slope, "dtype": "bf16",
-            "forward_kernel": mlp_kernel_variant(x, w), "fused_pointer_ms": pointer_ms,
+            **kernels, "fused_pointer_ms": pointer_ms,
             "fused_ms": _time_ms(run(leaky_relu_squared_linear), iters),
             "eager_ms": _time_ms(run(_eager_mlp), iters),
             "compiled_eager_ms": _time_ms(run(compiled), iters),
@@ -124,8 +151,8 @@ def main(argv=None) -> int:
             errs = ", ".join(f"{k} {v:.2e}" for k, v in r.items() if k.startswith("max_err"))
             print(f"{name} {r['shape']} bf16: fused {r['fused_ms']:.2f} ms, eager {r['eager_ms']:.2f} ms, "
                   f"compiled eager {r['compiled_eager_ms']:.2f} ms; {errs}"
-                  + (f"; forward kernel {r['forward_kernel']}, pointer kernel {r['fused_pointer_ms']:.2f} ms"
-                     if "forward_kernel" in r else ""))
+                  + (f"; forward kernel {r['forward_kernel']}, backward kernel {r['backward_kernel']}, "
+                     f"pointer kernels {r['fused_pointer_ms']:.2f} ms" if "forward_kernel" in r else ""))
     return 0
 
 

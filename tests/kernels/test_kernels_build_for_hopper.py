@@ -1,6 +1,7 @@
 """The interpreter runs kernels the compiler may still reject: this compiles each pgolf kernel,
 ahead of time and without a GPU, for Hopper (sm_90) through Triton's bundled ptxas, in a fresh
-process with TRITON_INTERPRET unset. The up-projection's matmul must use Hopper's wgmma."""
+process with TRITON_INTERPRET unset. The up-projection's matmuls must use Hopper's wgmma, and its
+descriptor kernel (forward and both backward products) TMA copies."""
 
 import json
 import os
@@ -20,11 +21,11 @@ import json
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_desc_kernel, _mlp_kernel
+from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_kernels
 from pgolf.kernels.softcap_ce import _ce_kernels
 
 fwd, bwd = _ce_kernels()
-mm = _mlp_kernel()
+mm, mm_desc = _mlp_kernels()
 C = "constexpr"
 out = {}
 
@@ -45,13 +46,15 @@ build("ce_backward", bwd, {"x_ptr": "*bf16", "t_ptr": "*i64", "lse_ptr": "*fp32"
 bm, bn, bk = _MLP_TILES
 sig = {n: "*bf16" for n in ("a_ptr", "b_ptr", "c_ptr", "aux_ptr")}
 sig.update({n: "i32" for n in ("M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn", "s_cm", "s_cn")})
-sig.update(slope="fp32", PROLOGUE=C, EPILOGUE=C, IEEE=C, BM=C, BN=C, BK=C)
+sig.update(slope="fp32", PROLOGUE=C, EPILOGUE=C, BM=C, BN=C, BK=C)
 for name, pro, epi in (("mlp_forward", False, True), ("mlp_backward", True, False)):
-    build(name, mm, sig, {"PROLOGUE": pro, "EPILOGUE": epi, "IEEE": False, "BM": bm, "BN": bn, "BK": bk}, **_MLP_LAUNCH)
-sig = {n: "*bf16" for n in ("x_ptr", "w_ptr", "y_ptr", "h_ptr")}
-sig.update({n: "i32" for n in ("M", "N", "K", "s_x", "s_w", "s_y")})
-sig.update(slope="fp32", IEEE=C, BM=C, BN=C, BK=C)
-build("mlp_forward_descriptor", _mlp_desc_kernel(), sig, {"IEEE": False, "BM": bm, "BN": bn, "BK": bk}, **_MLP_LAUNCH)
+    build(name, mm, sig, {"PROLOGUE": pro, "EPILOGUE": epi, "BM": bm, "BN": bn, "BK": bk}, **_MLP_LAUNCH)
+sig = {n: "*bf16" for n in ("a_ptr", "b_ptr", "c_ptr", "aux_ptr")}
+sig.update({n: "i32" for n in ("M", "N", "K", "s_a", "s_b", "s_c")})
+sig.update(slope="fp32", TA=C, PROLOGUE=C, BM=C, BN=C, BK=C)
+for name, ta, pro in (("forward", False, False), ("backward_dx", False, True), ("backward_dw", True, True)):
+    build(f"mlp_{name}_descriptor", mm_desc, sig, {"TA": ta, "PROLOGUE": pro, "BM": bm, "BN": bn,
+                                                             "BK": bk}, **_MLP_LAUNCH)
 print(json.dumps(out))
 '''
 
@@ -65,8 +68,9 @@ def test_every_kernel_compiles_for_sm90():
         pytest.skip("this triton has no ptxas to build for sm_90")
     assert r.returncode == 0, r.stderr[-3000:]
     built = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(built) == {"ce_forward", "ce_backward", "mlp_forward", "mlp_backward", "mlp_forward_descriptor"}
+    desc = {f"mlp_{n}_descriptor" for n in ("forward", "backward_dx", "backward_dw")}
+    assert set(built) == {"ce_forward", "ce_backward", "mlp_forward", "mlp_backward"} | desc
     assert all(b["cubin_bytes"] > 0 for b in built.values()), built
     assert built["mlp_forward"]["wgmma"] and built["mlp_backward"]["wgmma"], built
-    # The descriptor forward loads its tiles with TMA copies (the pointer kernels do not).
-    assert built["mlp_forward_descriptor"]["tma"] and built["mlp_forward_descriptor"]["wgmma"], built
+    # The descriptor kernel moves its tiles with TMA copies (the pointer kernels do not), in each pass.
+    assert all(built[n]["tma"] and built[n]["wgmma"] for n in desc), built
