@@ -1,6 +1,7 @@
 """The interpreter runs kernels the compiler may still reject: this compiles each pgolf kernel,
 ahead of time and without a GPU, for Hopper (sm_90) through Triton's bundled ptxas, in a fresh
-process with TRITON_INTERPRET unset. The up-projection's matmuls must use Hopper's wgmma, and its
+process with TRITON_INTERPRET unset, as the package defines them and as the counted record_1855
+train_gpt.py does (its minifier renames their locals). The up-projection's matmuls must use Hopper's wgmma, and its
 descriptor kernel (forward and both backward products) TMA copies."""
 
 import json
@@ -24,6 +25,15 @@ from triton.compiler import ASTSource
 from pgolf.kernels.leaky_mlp import _MLP_LAUNCH, _MLP_TILES, _mlp_kernels
 from pgolf.kernels.softcap_ce import _ce_kernels
 
+if SOURCE == "counted":
+    # The kernels as record_1855's counted train_gpt.py defines them (python-minifier renamed
+    # their locals): the file run under another name defines everything and starts nothing.
+    from pgolf.bundle.build import shipped_files
+    from pgolf.config import resolve_config, shippable_config
+    counted = shipped_files(shippable_config(resolve_config("record_1855", env={})[0]))["train_gpt.py"]
+    ns = {"__name__": "counted"}
+    exec(compile(counted, "train_gpt.py", "exec"), ns)
+    _ce_kernels, _mlp_kernels = ns["_ce_kernels"], ns["_mlp_kernels"]
 fwd, bwd = _ce_kernels()
 mm, mm_desc = _mlp_kernels()
 C = "constexpr"
@@ -59,10 +69,11 @@ print(json.dumps(out))
 '''
 
 
-def test_every_kernel_compiles_for_sm90():
+@pytest.mark.parametrize("source", ["package", "counted"])
+def test_every_kernel_compiles_for_sm90(source):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=SRC, TRITON_DEFAULT_FP_FUSION="1")
-    r = subprocess.run([sys.executable, "-c", _BUILD], env=env, capture_output=True, text=True, timeout=600,
+    r = subprocess.run([sys.executable, "-c", f"SOURCE = {source!r}\n" + _BUILD], env=env, capture_output=True, text=True, timeout=600,
                        check=False)
     if r.returncode != 0 and "ptxas" in r.stderr and "not found" in r.stderr.lower():
         pytest.skip("this triton has no ptxas to build for sm_90")

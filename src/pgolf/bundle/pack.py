@@ -82,6 +82,16 @@ class _VarsAsDict(ast.NodeTransformer):
 KEPT_GLOBALS = ("bundle_main", "BUNDLED_PRESET", "SHIPPED_PARTS")
 
 
+def _kernel_names(kernel: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """A kernel's parameters and the names it reads from outside (Triton looks those up in the
+    kernel's globals, not in the builder's locals): what python-minifier must not rename."""
+    a = kernel.args
+    params = {arg.arg for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    names = [n for n in ast.walk(kernel) if isinstance(n, ast.Name)]
+    stored = {n.id for n in names if not isinstance(n.ctx, ast.Load)}
+    return params | {n.id for n in names if isinstance(n.ctx, ast.Load)} - stored
+
+
 def renamed_source(src: str) -> str:
     """`src` through python-minifier, locals and globals renamed (#1855's counted form).
 
@@ -94,8 +104,10 @@ def renamed_source(src: str) -> str:
         raise BundleError("quant.code_codec=brotli needs python-minifier (pip install python-minifier)") from None
     tree = ast.fix_missing_locations(_VarsAsDict().visit(ast.parse(src)))
     # Triton compiles a kernel from its own source text, so the top-level definitions that hold
-    # kernels skip python-minifier (it renames locals and hoists builtins such as `range`) and go
-    # first, as minify_source left them; the names they share with the rest keep their spelling.
+    # kernels go first and apart: python-minifier renames only their locals, never a kernel's
+    # parameters (a launch names its constexprs, and an alias would turn one into a variable) nor
+    # a global or builtin (renamed, `range` would be a name Triton cannot resolve); the names
+    # they share with the rest keep their spelling.
     held = [st for st in tree.body if any(_is_kernel(n) for n in ast.walk(st) if isinstance(n, DEF_NODES[:2]))]
     rest = ast.Module([st for st in tree.body if st not in held], [])
     shared = {n.id for st in held for n in ast.walk(st) if isinstance(n, ast.Name)}
@@ -105,7 +117,12 @@ def renamed_source(src: str) -> str:
     small = python_minifier.minify(ast.unparse(rest), hoist_literals=False, rename_globals=True,
                                    preserve_globals=sorted({*KEPT_GLOBALS, *shared}), remove_literal_statements=True,
                                    remove_annotations=keep_args)
-    return "".join(minify_source(ast.unparse(st)) for st in held) + small + "\n"
+    kept = sorted(set().union(*(_kernel_names(n) for st in held for n in ast.walk(st)
+                                if isinstance(n, DEF_NODES[:2]) and _is_kernel(n))))
+    kernels = "".join(python_minifier.minify(minify_source(ast.unparse(st)), hoist_literals=False, rename_globals=False,
+                                             rename_locals=True, preserve_locals=kept, remove_literal_statements=True,
+                                             remove_annotations=keep_args) + "\n" for st in held)
+    return kernels + small + "\n"
 
 
 # @triton.jit reads a kernel's source through linecache: a bundle with kernels registers the
