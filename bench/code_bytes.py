@@ -1,7 +1,7 @@
 """Where a preset's counted code goes: each bundled module's share of train_gpt.py's bytes.
 
     PYTHONPATH=src python3 bench/code_bytes.py [--preset record_1855] [--set section.field=value ...]
-        [--groups "infra=run,runfolder,runlog" ...] [--json]
+        [--groups "model=model/*" --groups "infra=run,runfolder,runlog" ...] [--json]
 
 A compressor shares context across modules, so a module's share is measured as what the counted
 file loses when that module alone is left out (the rest compressed without it), not as its size
@@ -10,6 +10,7 @@ set of modules left out together. The file left out of is not runnable: these ar
 """
 
 import argparse
+import fnmatch
 import json
 import re
 import sys
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="record_1855")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--groups", action="append", default=[], metavar="NAME=MOD,MOD",
-                    help="modules (paths under pgolf/ without .py) measured left out together")
+                    help="modules (paths under pgolf/ without .py; wildcards: model/*) measured left out together")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     cfg = shippable_config(resolve_config(args.preset, None, {}, args.sets)[0])
@@ -61,10 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     groups = []
     for spec in args.groups:
         name, _, mods = spec.partition("=")
-        chosen = {f"pgolf/{m.strip()}.py" for m in mods.split(",") if m.strip()}
-        unknown = chosen - {m for m, _ in parts}
+        chosen, unknown = set(), []
+        for pattern in (m.strip() for m in mods.split(",") if m.strip()):
+            hits = {m for m, _ in parts if fnmatch.fnmatchcase(m, f"pgolf/{pattern}.py")}
+            chosen |= hits
+            unknown += [] if hits else [f"pgolf/{pattern}.py"]
         if unknown:
-            print(f"code_bytes.py: --groups {name}: not in this bundle: {', '.join(sorted(unknown))}", file=sys.stderr)
+            print(f"code_bytes.py: --groups {name}: not in this bundle: {', '.join(unknown)}", file=sys.stderr)
             return 2
         groups.append({"group": name, "modules": sorted(chosen),
                        "counted_share": total - counted(chosen)})

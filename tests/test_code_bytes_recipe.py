@@ -29,7 +29,8 @@ def test_shares_are_measured_on_the_counted_file_itself(capsys):
     # main() refuses (status 1) unless the rejoined sections pack to exactly the counted file:
     # the shares are then differences of real counted sizes.
     rec = _recipe()
-    assert rec.main(["--preset", "smoke", "--groups", "conf=config,config_tree", "--json"]) == 0
+    assert rec.main(["--preset", "smoke", "--groups", "conf=config,config_tree", "--groups", "model=model/*",
+                     "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     from pgolf.bundle.build import bundle_for_config
     from pgolf.config import resolve_config
@@ -38,5 +39,6 @@ def test_shares_are_measured_on_the_counted_file_itself(capsys):
     assert sorted(r["module"] for r in out["modules"]) == sorted(modules)
     assert out["groups"][0]["modules"] == ["pgolf/config.py", "pgolf/config_tree.py"]
     assert 0 < out["groups"][0]["counted_share"] < out["counted_bytes"]
+    assert out["groups"][1]["modules"] == sorted(m for m in modules if m.startswith("pgolf/model/"))
     assert rec.main(["--preset", "smoke", "--groups", "x=no_such_module"]) == 2
     assert "not in this bundle: pgolf/no_such_module.py" in capsys.readouterr().err
