@@ -269,6 +269,71 @@ def f(cfg: Config):
 def f(cfg: Config):
     return 1 if cfg.data.path == "" else 2
 ''', "data.path", "data.sampling"),
+    "local-bound-twice": ('''
+def f(x):
+    auto = None
+    if x:
+        auto = x
+    if auto is not None:
+        return 1
+    return 2
+''', "        auto = x", "        other = x"),
+    "local-bound-in-a-branch": ('''
+def f(x):
+    if x:
+        auto = None
+    return 1 if auto is None else 2
+''', "    if x:\n        auto = None", "    auto = None\n    if x:\n        pass"),
+    "local-read-before-it-is-bound": ('''
+def f():
+    try:
+        r = 1 if auto is None else 2
+    except NameError:
+        r = 3
+    auto = None
+    return r
+''', None, '''
+def f():
+    auto = None
+    try:
+        r = 1 if auto is None else 2
+    except NameError:
+        r = 3
+    return r
+'''),
+    "local-rebound-by-a-nested-nonlocal": ('''
+def f(x):
+    auto = None
+    def g():
+        nonlocal auto
+        auto = x
+    g()
+    return 1 if auto is not None else 2
+''', "        nonlocal auto\n        auto = x", "        other = x"),
+    "local-list-display-appended-to": ('''
+def f(x):
+    out = []
+    out.append(x)
+    return 1 if out else 2
+''', "    out = []\n    out.append(x)\n", "    out = ()\n"),
+    "local-list-inside-a-tuple": ('''
+def f(x):
+    pair = (1, [])
+    pair[1].append(x)
+    return 1 if pair == (1, ()) else 2
+''', "pair = (1, [])", "pair = (1, ())"),
+    "getattr-of-a-field-the-section-lacks": ('''
+def f(cfg: Config):
+    return 1 if getattr(cfg.model, "no_such_field", True) else 2
+''', "no_such_field", "tie_embeddings"),
+    "getattr-defined-by-the-code": ('''
+def getattr(obj, name, default=None):
+    return default
+
+
+def f(cfg: Config):
+    return 1 if getattr(cfg.model, "tie_embeddings", True) else 2
+''', "def getattr(obj", "def other_getattr(obj"),
     "section-not-a-field": ('''
 def f(cfg: Config):
     if cfg.model:
@@ -416,3 +481,43 @@ def test_a_replace_with_spread_keywords_freezes_nothing():
     trees = [ast.parse(src), ast.parse(spread)]
     assert freeze_source(src, Freezer(Config(), trees)) == src
     assert freeze_source(src, Freezer(Config(), trees[:1])) != src
+
+
+LOCALS = '''
+def f(cfg: Config, x):
+    auto = x if cfg.model.tie_embeddings else None
+    pair: tuple = (cfg.model.num_layers, "a")
+    n, k = 3, cfg.model.num_layers
+    out = [] if auto is not None else ["AUTO_NONE"]
+    if pair[0] > 10 and n < k:
+        out.append("DEEP")
+    return out + ["TIED" if getattr(cfg.model, "tie_embeddings", True) else "UNTIED"]
+'''
+
+
+def test_a_local_bound_once_to_a_known_value_is_a_constant():
+    for tied in (True, False):
+        cfg = make_cfg(model__tie_embeddings=tied, model__num_layers=11)
+        frozen = freeze(LOCALS, cfg)
+        assert [run(frozen, "f", cfg, x) for x in (0, 1)] == [run(LOCALS, "f", cfg, x) for x in (0, 1)]
+        assert ("[] if auto" in frozen) == tied and "DEEP" in frozen and "if pair" not in frozen
+        assert "getattr" not in frozen and ("UNTIED" in frozen) != tied
+
+
+def test_a_decided_test_computes_what_python_computes():
+    # `or` / `and` give an operand, not its truth; [11] == (11,) is False, {1, 2} == {2, 1} is True.
+    src = '''
+def f(cfg: Config):
+    if (cfg.model.num_layers or 5) == 1:
+        return 1
+    if (cfg.model.num_layers,) == [cfg.model.num_layers]:
+        return 4
+    if {cfg.model.num_layers, 1} != {1, cfg.model.num_layers}:
+        return 5
+    return 2 if (cfg.quant.lqer_rank and "x") == "x" else 3
+'''
+    for rank in (0, 4):
+        cfg = make_cfg(model__num_layers=11, quant__lqer_rank=rank)
+        frozen = freeze(src, cfg)
+        assert "if" not in frozen.replace("def f", "")
+        assert run(frozen, "f", cfg) == run(src, "f", cfg) == (2 if rank else 3)

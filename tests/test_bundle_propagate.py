@@ -121,3 +121,40 @@ def g():
     assert scope["f"]([1, -1, 2, 10, 3]) == [1, 2, "always"]
     one_line = "def h():\n    return 1; x = 2\n"
     assert dead_tails_cut(one_line, ast.parse(one_line)) == one_line
+
+
+def test_a_constructor_setting_several_attributes_in_one_assignment_freezes_each():
+    pairs = HELPER.replace("self.packing = packing", "self.packing, self.n = packing, 3")
+    swapped = HELPER.replace("self.packing = packing", "self.n, self.packing = packing, 3")
+    starred = HELPER.replace("self.packing = packing", "self.packing, *self.rest = packing, 3")
+    cfg = _cfg("frac", "stream")
+    for src, frozen_to in ((pairs, "100"), (swapped, "200"), (starred, None)):
+        frozen = freeze_source(src, Freezer(cfg, [ast.parse(CALLER), ast.parse(src)]))
+        assert ("if self.packing" not in frozen) == (frozen_to is not None)
+        if frozen_to:
+            assert f"return ({frozen_to})" in frozen and _call(frozen, cfg) == _call(src, cfg)
+
+
+def test_a_method_under_a_pass_through_decorator_still_knows_self():
+    cfg = _cfg("frac", "stream")
+    for deco, known in (("@torch.no_grad()", True), ("@property", True), ("@functools.cache", False),
+                        ("@staticmethod", False)):
+        src = HELPER.replace("    def next(self):", f"    {deco}\n    def next(self):")
+        frozen = freeze_source(src, Freezer(cfg, [ast.parse(CALLER), ast.parse(src)]))
+        assert ("if self.packing" not in frozen) == known, deco
+
+
+def test_a_list_every_caller_passes_is_not_a_constant():
+    src = "def grow(out):\n    out.append(1)\n    return 1 if out else 2\n"
+    for arg, frozen_as_is in (("[]", True), ("()", False)):
+        caller = f"def run():\n    return grow({arg})\n"
+        frozen = freeze_source(src, Freezer(Config(), [ast.parse(caller), ast.parse(src)]))
+        assert (frozen == src) == frozen_as_is
+
+
+def test_a_list_a_constructor_stores_is_not_a_constant():
+    src = HELPER.replace("self.packing = packing", "self.packing = []").replace("self.packing ==", "not self.packing or 0 ==")
+    for store, frozen_as_is in (("[]", True), ("()", False)):
+        text = src.replace("self.packing = []", f"self.packing = {store}")
+        frozen = freeze_source(text, Freezer(Config(), [ast.parse(CALLER), ast.parse(text)]))
+        assert ("if not self.packing" in frozen) == frozen_as_is

@@ -28,6 +28,8 @@ from pgolf.config_tree import Config
 _UNKNOWN = object()
 _PASS_THROUGH_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()"})
 _SCALARS = (bool, int, float, str)
+# A method under these still gets its instance as `self` (`property`: the getter does).
+_SELF_DECORATORS = _PASS_THROUGH_DECORATORS | {"property"}
 
 
 class _Scope:
@@ -58,7 +60,15 @@ class _Scope:
             return self.consts.get(node.id, _UNKNOWN)
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
             items = [self.value(e) for e in node.elts]
-            return _UNKNOWN if any(v is _UNKNOWN for v in items) else tuple(items)
+            if any(v is _UNKNOWN for v in items) or any(isinstance(e, ast.Starred) for e in node.elts):
+                return _UNKNOWN
+            # Each its own type: [1] == (1,) is False, {1, 2} == {2, 1} is True.
+            if not isinstance(node, ast.Set):
+                return tuple(items) if isinstance(node, ast.Tuple) else items
+            try:
+                return frozenset(items)
+            except TypeError:  # {[1]}: the code raises there
+                return _UNKNOWN
         if isinstance(node, ast.Attribute):
             owner = self.type_of(node.value)
             if node.attr in self.freezer.self_values.get(owner or "", {}):
@@ -73,6 +83,11 @@ class _Scope:
                 return _UNKNOWN
             v = getattr(sec, node.attr)
             return v if v is None or isinstance(v, _SCALARS) else _UNKNOWN
+        if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice):
+            seq, i = self.value(node.value), self.value(node.slice)
+            if isinstance(seq, tuple) and type(i) is int and -len(seq) <= i < len(seq):
+                return seq[i]
+            return _UNKNOWN
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             t = self.truth(node.operand)
             return _UNKNOWN if t is _UNKNOWN else not t
@@ -90,9 +105,25 @@ class _Scope:
                     return False
                 left = right
             return True
-        if isinstance(node, ast.BoolOp):
-            return self.truth(node)
+        if isinstance(node, ast.BoolOp):  # the operand that settles it, as `and` / `or` return it
+            for i, operand in enumerate(node.values):
+                v = self.value(operand)
+                if v is _UNKNOWN or bool(v) is isinstance(node.op, ast.Or) or i == len(node.values) - 1:
+                    return v
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                and not node.keywords and len(node.args) in (2, 3) and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str) and "getattr" not in self.freezer.top_names):
+            # `getattr(qcfg, "field", default)` on a config-typed name: that field, when it has one
+            return self.value(ast.Attribute(value=node.args[0], attr=node.args[1].value, ctx=ast.Load()))
         return _UNKNOWN
+
+    def stored_value(self, node: ast.expr) -> Any:
+        """What a name, attribute or parameter bound to `node` holds for good, or _UNKNOWN: a list
+        or set display anywhere in it may be the object bound (`x = []`, `x = (a, [])`,
+        `x = a or []`), and code may append to it: never a constant."""
+        if any(isinstance(n, (ast.List, ast.Set)) for n in ast.walk(node)):
+            return _UNKNOWN
+        return self.value(node)
 
     def truth(self, node: ast.expr) -> Any:
         """bool(expr) under the frozen config, or _UNKNOWN. An `and`/`or` operand is skipped
@@ -126,6 +157,7 @@ class Freezer:
         self.classes = config_classes()
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
+        self.top_names = {n for tree in trees for st in tree.body for n in _top_level_names(st)}
         # A class's config-typed attribute counts only while no code assigns that name.
         self.attr_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
                            for c, attrs in class_attr_types(trees, self.classes).items()}
@@ -202,12 +234,14 @@ class Freezer:
         scope = self._function_scope(init, None, cls)
         out = {}
         for st in init.body:
-            if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Attribute)
-                    and isinstance(st.targets[0].value, ast.Name) and st.targets[0].value.id == "self"
-                    and stored.get(st.targets[0].attr) == 1):
-                v = scope.value(st.value)
-                if v is not _UNKNOWN:
-                    out[st.targets[0].attr] = v
+            if not (isinstance(st, ast.Assign) and len(st.targets) == 1):
+                continue
+            for t, v in _pairs(st.targets[0], st.value):
+                if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+                        and stored.get(t.attr) == 1):
+                    value = scope.stored_value(v)
+                    if value is not _UNKNOWN:
+                        out[t.attr] = value
         return out
 
     def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: _Scope | None,
@@ -234,7 +268,8 @@ class Freezer:
             if isinstance(p.annotation, ast.Name) and (p.annotation.id in self.classes
                                                        or self.attr_types.get(p.annotation.id)):
                 types[p.arg] = p.annotation.id  # a config, or a class with config attributes (`spec: RunSpec`)
-            elif i == 0 and owner_class and p.arg == "self" and not fn.decorator_list:
+            elif i == 0 and owner_class and p.arg == "self" and all(
+                    ast.unparse(d) in _SELF_DECORATORS for d in fn.decorator_list):
                 types[p.arg] = owner_class
         scope = _Scope(self, types, consts)
         # Names bound exactly once to a config-typed expression (`m = cfg.model`, `cfg, x = spec.cfg, 1`).
@@ -248,14 +283,26 @@ class Freezer:
                 continue
             todo.extend(ast.iter_child_nodes(node))
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                pairs = [(node.targets[0], node.value)]
-                if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
-                    pairs = list(zip(node.targets[0].elts, node.value.elts))
-                for t, v in pairs:
+                for t, v in _pairs(node.targets[0], node.value):
                     if isinstance(t, ast.Name) and stores.get(t.id) == 1 and t.id not in param_names:
                         kind = scope.type_of(v)
                         if kind:
                             types[t.id] = kind
+        # Names bound once, by a statement of the body itself, to a known value, and read only
+        # after it (straight-line code: every later statement sees that value) are constants.
+        reads, rebound = _reads_and_nonlocals(fn)
+        for st in fn.body:
+            if not ((isinstance(st, ast.Assign) and len(st.targets) == 1)
+                    or (isinstance(st, ast.AnnAssign) and st.value is not None and st.simple)):
+                continue
+            target = st.targets[0] if isinstance(st, ast.Assign) else st.target
+            for t, v in _pairs(target, st.value):  # type: ignore[arg-type]
+                if (isinstance(t, ast.Name) and stores.get(t.id) == 1 and t.id not in param_names
+                        and t.id not in rebound
+                        and all(at > (st.end_lineno, st.end_col_offset) for at in reads.get(t.id, []))):
+                    value = scope.stored_value(v)
+                    if value is not _UNKNOWN:
+                        scope.consts[t.id] = value
         return scope
 
     def decisions(self, tree: ast.Module,
@@ -304,6 +351,37 @@ class Freezer:
         return found
 
 
+def _top_level_names(st: ast.stmt) -> list[str]:
+    if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [st.name]
+    if isinstance(st, (ast.Import, ast.ImportFrom)):
+        return [(a.asname or a.name).split(".")[0] for a in st.names]
+    return [n.id for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))]
+
+
+def _reads_and_nonlocals(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[dict[str, list[tuple[int, int]]], set[str]]:
+    """Where `fn`'s body (nested scopes included) reads each name, and the names a nested
+    function declares nonlocal (it may rebind them)."""
+    reads: dict[str, list[tuple[int, int]]] = {}
+    rebound: set[str] = set()
+    for st in fn.body:
+        for node in ast.walk(st):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                reads.setdefault(node.id, []).append((node.lineno, node.col_offset))
+            elif isinstance(node, ast.Nonlocal):
+                rebound.update(node.names)
+    return reads, rebound
+
+
+def _pairs(target: ast.expr, value: ast.expr) -> list[tuple[ast.expr, ast.expr]]:
+    """(target, value) pairs of one assignment: `a, b = x, y` element-wise (no starred item)."""
+    if (isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List))
+            and len(target.elts) == len(value.elts)
+            and not any(isinstance(e, ast.Starred) for e in [*target.elts, *value.elts])):
+        return list(zip(target.elts, value.elts))
+    return [(target, value)]
+
+
 def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scope: "_Scope | None",
                 skip: int = 0) -> dict[str, Any]:
     """Parameter -> the value this call passes (a default when it passes none), or _UNKNOWN;
@@ -320,10 +398,10 @@ def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scop
     if len(call.args) > len(positional):
         return {}
     for p, x in zip(positional, call.args):
-        out[p.arg] = scope.value(x) if scope else (x.value if isinstance(x, ast.Constant) else _UNKNOWN)
+        out[p.arg] = scope.stored_value(x) if scope else (x.value if isinstance(x, ast.Constant) else _UNKNOWN)
     for k in call.keywords:
-        out[k.arg] = scope.value(k.value) if scope else (k.value.value if isinstance(k.value, ast.Constant)
-                                                          else _UNKNOWN)
+        out[k.arg] = scope.stored_value(k.value) if scope else (k.value.value if isinstance(k.value, ast.Constant)
+                                                                 else _UNKNOWN)
     return out
 
 
