@@ -384,6 +384,9 @@ def test_setattr_with_a_computed_name_is_refused():
     assert "seed" in exempt_fields([ast.parse('setattr(obj, "seed", 1)')])
     assert "num_layers" in exempt_fields([ast.parse('setattr(obj, "num_layers", 1)')])
     assert "num_layers" not in exempt_fields([ast.parse('getattr(obj, "num_layers")')])
+    assert "num_layers" in exempt_fields([ast.parse('delattr(obj, "num_layers")')])
+    with pytest.raises(BundleError, match="delattr with a computed name"):
+        exempt_fields([ast.parse("delattr(obj, name)")])
 
 
 EMPTIED = '''

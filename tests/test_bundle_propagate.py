@@ -158,3 +158,43 @@ def test_a_list_a_constructor_stores_is_not_a_constant():
         text = src.replace("self.packing = []", f"self.packing = {store}")
         frozen = freeze_source(text, Freezer(Config(), [ast.parse(CALLER), ast.parse(text)]))
         assert ("if not self.packing" in frozen) == frozen_as_is
+
+
+# Code that makes a Loader other than by `Loader(...)`, or sets its attribute other than by `self.x = `.
+OTHER_MAKERS = {
+    "a-subclass-constructor": "class Fast(Loader):\n    def __init__(self):\n        super().__init__('rows')\n",
+    "a-classmethod": "class Loader2:\n    pass\n",  # placeholder, replaced below
+    "type-of-an-instance": "def clone(obj):\n    return type(obj)('rows')\n",
+    "dunder-class": "def clone(obj):\n    return obj.__class__('rows')\n",
+}
+
+
+def test_a_class_made_or_changed_other_than_by_its_constructor_is_not_frozen():
+    cfg = _cfg("frac", "stream")
+    for case, extra in OTHER_MAKERS.items():
+        src = HELPER
+        if case == "a-classmethod":
+            src, extra = HELPER + "\n    @classmethod\n    def rows(cls):\n        return cls('rows')\n", ""
+        trees = [ast.parse(CALLER), ast.parse(src)] + ([ast.parse(extra)] if extra else [])
+        frozen = freeze_source(src, Freezer(cfg, trees))
+        assert "100 if self.packing" in frozen and "if mode" not in frozen, case
+    assert "if self.packing" not in freeze_source(HELPER, Freezer(cfg, [ast.parse(CALLER), ast.parse(HELPER)]))
+
+
+def test_an_attribute_a_framework_base_class_has_is_not_frozen():
+    src = HELPER.replace("class Loader:", "class Loader(nn.Module):")
+    trees = [ast.parse(CALLER), ast.parse(src)]
+    cfg = _cfg("frac", "stream")
+    for resolver, frozen_attr in ((None, False), (lambda base: None, False), (lambda base: {"packing", "train"}, False),
+                                  (lambda base: {"train", "training"}, True)):
+        frozen = freeze_source(src, Freezer(cfg, trees, resolver))
+        assert ("if self.packing" not in frozen) == frozen_attr
+
+
+def test_an_attribute_setattr_sets_is_not_frozen():
+    box = "class Box:\n    def __init__(self, kind):\n        self.kind = kind\n\n    def get(self):\n" \
+          "        return 1 if self.kind == 'a' else 2\n\n\ndef make():\n    return Box('a').get()\n"
+    for other, frozen_attr in (("setattr(obj, 'kind', 'b')", False), ("setattr(obj, 'other', 'b')", True),
+                               ("delattr(obj, 'kind')", False)):
+        frozen = freeze_source(box, Freezer(Config(), [ast.parse(box), ast.parse(f"def g(obj):\n    {other}\n")]))
+        assert ("if self.kind" not in frozen) == frozen_attr, other

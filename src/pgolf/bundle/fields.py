@@ -42,9 +42,9 @@ def exempt_fields(trees: list[ast.Module]) -> set[str]:
                     names.update(k.arg for k in node.keywords if k.arg)
                     if any(k.arg is None for k in node.keywords):
                         names.add(ANY_FIELD)  # `replace(x, **kw)` may change any field
-                elif called == "setattr" and node.args:
+                elif called in ("setattr", "delattr") and node.args:
                     if len(node.args) < 2 or not isinstance(node.args[1], ast.Constant):
-                        raise BundleError(f"line {node.lineno}: setattr with a computed name can change any config "
+                        raise BundleError(f"line {node.lineno}: {called} with a computed name can change any config "
                                           "field; a lean bundle cannot freeze code that calls it")
                     names.add(node.args[1].value)
     return names

@@ -152,8 +152,13 @@ _COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt:
 class Freezer:
     """Decides tests under one frozen config; `trees` is the shipped code (what may change a field)."""
 
-    def __init__(self, cfg: Config, trees: list[ast.Module]):
+    def __init__(self, cfg: Config, trees: list[ast.Module],
+                 external_attrs: Callable[[ast.expr], set[str] | None] | None = None):
+        """`external_attrs(base)`: the attribute names of a base class from outside the code
+        (bundle.specialize resolves them), None when unknown; without it such a class's
+        attributes are never frozen (the framework may set them: nn.Module.train sets `training`)."""
         self.cfg = cfg
+        self.external_attrs = external_attrs
         self.classes = config_classes()
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
@@ -164,6 +169,7 @@ class Freezer:
         self._bound: dict[int, tuple[ast.AST, dict[str, int]]] = {}  # id(function) -> (it, bound_counts)
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
+        self.param_types: dict[str, dict[str, str]] = {}  # function or class -> parameter -> config class
         self._propagate(trees)
 
     def _propagate(self, trees: list[ast.Module]) -> None:
@@ -172,6 +178,7 @@ class Freezer:
         A function used other than by a direct call (stored, passed) keeps all its parameters."""
         defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         inits: dict[str, ast.FunctionDef] = {}  # class -> __init__, for `Class(...)` calls
+        self._class_defs = {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.ClassDef)}
         for tree in trees:
             for node in tree.body:
                 # A decorator may call the function itself (torch.library ops): only known pass-throughs.
@@ -183,11 +190,27 @@ class Freezer:
                                 None)
                     if init is not None and not init.decorator_list:
                         inits[node.name] = init
+        # A class whose instances some code makes other than by `Class(...)` (`cls(...)` in a
+        # classmethod, `type(x)(...)`) keeps its parameters; a base class is a use (`loaded`).
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef):
+                    if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "cls"
+                           for n in ast.walk(node)):
+                        inits.pop(node.name, None)
+                elif isinstance(node, ast.Call) and (
+                        isinstance(node.func, ast.Attribute) and node.func.attr == "__class__"
+                        or isinstance(node.func, ast.Call) and ast.unparse(node.func.func) == "type"):
+                    inits.clear()
         stored_attrs: dict[str, int] = {}
         for tree in trees:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
                     stored_attrs[node.attr] = stored_attrs.get(node.attr, 0) + 1
+                elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                      and node.func.id in ("setattr", "delattr") and len(node.args) > 1
+                      and isinstance(node.args[1], ast.Constant)):
+                    stored_attrs[node.args[1].value] = stored_attrs.get(node.args[1].value, 0) + 2
         called, loaded = set(), set()
         for tree in trees:
             for node in ast.walk(tree):
@@ -203,15 +226,15 @@ class Freezer:
                     loaded.add(node.id)
         for _ in range(8):
             seen: dict[str, list[dict[str, Any]]] = {}
+            seen_types: dict[str, list[dict[str, str]]] = {}
 
             def on_call(call: ast.Call, scope: _Scope | None) -> None:
                 name = call.func.id if isinstance(call.func, ast.Name) else ""
-                if name in loaded:
+                if name in loaded or name not in defs and name not in inits:
                     return
-                if name in defs:
-                    seen.setdefault(name, []).append(_bound_args(defs[name], call, scope))
-                elif name in inits:
-                    seen.setdefault(name, []).append(_bound_args(inits[name], call, scope, skip=1))
+                fn, skip = (defs[name], 0) if name in defs else (inits[name], 1)
+                seen.setdefault(name, []).append(_bound_args(fn, call, scope, skip))
+                seen_types.setdefault(name, []).append(_bound_types(fn, call, scope, skip))
             for tree in trees:
                 self.decisions(tree, on_call)
             values: dict[str, dict[str, Any]] = {}
@@ -221,16 +244,23 @@ class Freezer:
                     p in s and type(s[p]) is type(v) and s[p] == v for s in sites[1:])}
                 if agreed:
                     values[name] = agreed
+            # A parameter every call passes a config of one class is that config (`ecfg: Any`).
+            types = {name: {p: c for p, c in sites[0].items() if all(s.get(p) == c for s in sites[1:])}
+                     for name, sites in seen_types.items()}
+            types = {name: t for name, t in types.items() if t}
             attrs = {cls: self._init_attrs(cls, init, stored_attrs) for cls, init in inits.items()
                      if cls not in loaded}
             attrs = {cls: a for cls, a in attrs.items() if a}
-            if values == self.param_values and attrs == self.self_values:
+            if values == self.param_values and attrs == self.self_values and types == self.param_types:
                 return
-            self.param_values, self.self_values = values, attrs
+            self.param_values, self.self_values, self.param_types = values, attrs, types
 
     def _init_attrs(self, cls: str, init: ast.FunctionDef, stored: dict[str, int]) -> dict[str, Any]:
         """`self.x` of class `cls` that __init__ sets once, first thing, to a known value, and no
         code anywhere assigns again (an attribute of that name on any object counts)."""
+        framework = self._framework_attrs(cls)
+        if framework is None:
+            return {}
         scope = self._function_scope(init, None, cls)
         out = {}
         for st in init.body:
@@ -238,11 +268,27 @@ class Freezer:
                 continue
             for t, v in _pairs(st.targets[0], st.value):
                 if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
-                        and stored.get(t.attr) == 1):
+                        and stored.get(t.attr) == 1 and t.attr not in framework):
                     value = scope.stored_value(v)
                     if value is not _UNKNOWN:
                         out[t.attr] = value
         return out
+
+    def _framework_attrs(self, cls: str, seen: frozenset[str] = frozenset()) -> set[str] | None:
+        """The attribute names `cls` gets from base classes outside the code, or None when a base
+        is unknown."""
+        names: set[str] = set()
+        for base in self._class_defs[cls].bases:
+            if isinstance(base, ast.Name) and base.id in self._class_defs and base.id not in seen:
+                inner = self._framework_attrs(base.id, seen | {cls})
+            elif isinstance(base, ast.Name) and base.id == "object":
+                inner = set()
+            else:
+                inner = self.external_attrs(base) if self.external_attrs else None
+            if inner is None:
+                return None
+            names |= inner
+        return names
 
     def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: _Scope | None,
                         owner_class: str | None) -> _Scope:
@@ -254,8 +300,10 @@ class Freezer:
         stores = cached[1]
         types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
         consts = {k: v for k, v in (outer.consts if outer else {}).items() if k not in stores}
-        known = self.param_values.get(fn.name, {}) if outer is None and owner_class is None else (
-            self.param_values.get(owner_class, {}) if outer is None and fn.name == "__init__" else {})
+        key = fn.name if outer is None and owner_class is None else (
+            owner_class if outer is None and fn.name == "__init__" else None)
+        known = self.param_values.get(key, {}) if key else {}
+        known_types = self.param_types.get(key, {}) if key else {}
         for i, p in enumerate(params):
             if p is None:
                 continue
@@ -268,6 +316,8 @@ class Freezer:
             if isinstance(p.annotation, ast.Name) and (p.annotation.id in self.classes
                                                        or self.attr_types.get(p.annotation.id)):
                 types[p.arg] = p.annotation.id  # a config, or a class with config attributes (`spec: RunSpec`)
+            elif p.arg in known_types:
+                types[p.arg] = known_types[p.arg]
             elif i == 0 and owner_class and p.arg == "self" and all(
                     ast.unparse(d) in _SELF_DECORATORS for d in fn.decorator_list):
                 types[p.arg] = owner_class
@@ -402,6 +452,24 @@ def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scop
     for k in call.keywords:
         out[k.arg] = scope.stored_value(k.value) if scope else (k.value.value if isinstance(k.value, ast.Constant)
                                                                  else _UNKNOWN)
+    return out
+
+
+def _bound_types(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scope: "_Scope | None",
+                 skip: int = 0) -> dict[str, str]:
+    """Parameter -> the config class of what this call passes it, for the arguments that are
+    configs (a parameter left to its default is none)."""
+    a = fn.args
+    positional = [*a.posonlyargs, *a.args][skip:]
+    if (scope is None or any(isinstance(x, ast.Starred) for x in call.args) or len(call.args) > len(positional)
+            or any(k.arg is None for k in call.keywords)):
+        return {}
+    pairs = [(p.arg, x) for p, x in zip(positional, call.args)] + [(k.arg, k.value) for k in call.keywords]
+    out = {}
+    for p, x in pairs:
+        kind = scope.type_of(x)
+        if kind:
+            out[p] = kind
     return out
 
 
