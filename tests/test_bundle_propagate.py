@@ -198,3 +198,55 @@ def test_an_attribute_setattr_sets_is_not_frozen():
                                ("delattr(obj, 'kind')", False)):
         frozen = freeze_source(box, Freezer(Config(), [ast.parse(box), ast.parse(f"def g(obj):\n    {other}\n")]))
         assert ("if self.kind" not in frozen) == frozen_attr, other
+
+
+def test_a_store_in_another_class_is_its_own_but_one_that_may_reach_the_object_counts():
+    cfg = _cfg("frac", "stream")
+    cases = {
+        "another class's own attribute": ("class Other:\n    def __init__(self):\n        self.packing = 'rows'\n", True),
+        "a nested function's self": ("class Other:\n    def go(self, obj):\n        def inner(self):\n"
+                                     "            self.packing = 'rows'\n        inner(obj)\n", False),
+        "a self the method rebinds": ("class Other:\n    def go(self, obj):\n        self = obj\n"
+                                      "        self.packing = 'rows'\n", False),
+        "a base class's method": (None, False),
+    }
+    for case, (extra, frozen_attr) in cases.items():
+        src = HELPER
+        if extra is None:
+            src = HELPER.replace("class Loader:", "class Base:\n    def reset(self):\n        self.packing = 'rows'\n\n\n"
+                                                  "class Loader(Base):")
+            extra = ""
+        trees = [ast.parse(CALLER), ast.parse(src)] + ([ast.parse(extra)] if extra else [])
+        frozen = freeze_source(src, Freezer(cfg, trees))
+        assert ("if self.packing" not in frozen) == frozen_attr, case
+
+
+def test_a_config_a_constructor_stores_or_every_caller_passes_is_a_config():
+    src = '''
+def run(cfg: Config):
+    return helper(cfg.model, 1) + Net(cfg.model).get()
+
+
+def helper(mcfg, x):
+    return x if mcfg.tie_embeddings else -x
+
+
+class Net:
+    def __init__(self, mcfg):
+        self.cfg = mcfg
+
+    def get(self):
+        return 10 if self.cfg.num_layers > 10 else 20
+'''
+    cfg = Config()
+    cfg.model.tie_embeddings, cfg.model.num_layers = False, 11
+    frozen = freeze_source(src, Freezer(cfg, [ast.parse(src)]))
+    assert "if mcfg" not in frozen and "if self.cfg" not in frozen and "(-x)" in frozen and "(10)" in frozen
+    # Another caller passing something else, another store of `cfg`: neither is known.
+    other = "def other(q):\n    return helper(q, 2) + Net(q).get()\n"
+    frozen = freeze_source(src, Freezer(cfg, [ast.parse(src), ast.parse(other)]))
+    assert "if mcfg" in frozen and "if self.cfg" in frozen
+    for twice in ("def other(q):\n    return helper(Config().quant, 2)\n", "def other(net):\n    net.cfg = None\n"):
+        frozen = freeze_source(src, Freezer(cfg, [ast.parse(src), ast.parse(twice)]))
+        assert ("if mcfg" in frozen) == twice.startswith("def other(q)") and ("if self.cfg" in frozen) != (
+            "helper" in twice)

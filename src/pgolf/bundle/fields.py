@@ -30,6 +30,7 @@ def exempt_fields(trees: list[ast.Module]) -> set[str]:
     own = {id(n) for tree in trees for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name not in configs
            for n in ast.walk(c) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
            and n.value.id == "self"}
+    fields_of = {c: [f.name for f in dataclasses.fields(_config_class(c))] for c in configs}
     for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
@@ -38,7 +39,15 @@ def exempt_fields(trees: list[ast.Module]) -> set[str]:
             elif isinstance(node, ast.Call):
                 fn = node.func
                 called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
-                if called == "replace":
+                if called in configs:
+                    # A config made by its constructor holds the frozen defaults but what the call passes.
+                    names.update(k.arg for k in node.keywords if k.arg)
+                    if node.args:
+                        names.update(fields_of[called][:len(node.args)] if not any(
+                            isinstance(a, ast.Starred) for a in node.args) else fields_of[called])
+                    if any(k.arg is None for k in node.keywords):
+                        names.add(ANY_FIELD)
+                elif called == "replace":
                     names.update(k.arg for k in node.keywords if k.arg)
                     if any(k.arg is None for k in node.keywords):
                         names.add(ANY_FIELD)  # `replace(x, **kw)` may change any field
@@ -48,6 +57,11 @@ def exempt_fields(trees: list[ast.Module]) -> set[str]:
                                           "field; a lean bundle cannot freeze code that calls it")
                     names.add(node.args[1].value)
     return names
+
+
+def _config_class(name: str) -> type:
+    path = config_classes()[name]
+    return type(getattr(Config(), path[0])) if path else Config
 
 
 def class_attr_types(trees: list[ast.Module], classes: dict[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
@@ -87,3 +101,48 @@ def bound_counts(body: list[ast.stmt]) -> dict[str, int]:
     for st in body:
         visit(ast.Module([st], []))
     return count
+
+
+def attribute_stores(trees: list[ast.Module]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """How often code assigns (or deletes) each attribute name: (class -> name -> count of
+    `self.name = ...` directly in a method of that class whose first parameter is a `self` it
+    never rebinds, name -> count of every other store, setattr and delattr included)."""
+    own: dict[str, dict[str, int]] = {}
+    other: dict[str, int] = {}
+    mine: set[int] = set()
+    for tree in trees:
+        for cls in ast.walk(tree):
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            for fn in cls.body:
+                if (isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.args.args
+                        and fn.args.args[0].arg == "self" and not bound_counts(fn.body).get("self")):
+                    for node in _own_scope_nodes(fn):
+                        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del))
+                                and isinstance(node.value, ast.Name) and node.value.id == "self"):
+                            mine.add(id(node))
+                            counts = own.setdefault(cls.name, {})
+                            counts[node.attr] = counts.get(node.attr, 0) + 1
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)) and id(node) not in mine:
+                other[node.attr] = other.get(node.attr, 0) + 1
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("setattr", "delattr") and len(node.args) > 1
+                  and isinstance(node.args[1], ast.Constant)):
+                other[node.args[1].value] = other.get(node.args[1].value, 0) + 2
+    return own, other
+
+
+def _own_scope_nodes(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
+    """The nodes of `fn`'s body outside nested functions, lambdas and classes (there `self` may
+    be another name)."""
+    out: list[ast.AST] = []
+    todo: list[ast.AST] = list(fn.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        out.append(node)
+        todo += list(ast.iter_child_nodes(node))
+    return out

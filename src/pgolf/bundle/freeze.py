@@ -21,7 +21,8 @@ import io
 from typing import Any, Callable
 
 from pgolf.bundle.edits import if_edit, line_starts, offset, string_lines
-from pgolf.bundle.fields import ANY_FIELD, bound_counts, class_attr_types, config_classes, exempt_fields
+from pgolf.bundle.fields import (ANY_FIELD, attribute_stores, bound_counts, class_attr_types, config_classes,
+                                 exempt_fields)
 from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 
@@ -164,8 +165,9 @@ class Freezer:
         self.exempt = exempt_fields(trees)
         self.top_names = {n for tree in trees for st in tree.body for n in _top_level_names(st)}
         # A class's config-typed attribute counts only while no code assigns that name.
-        self.attr_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
-                           for c, attrs in class_attr_types(trees, self.classes).items()}
+        self._noted_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
+                             for c, attrs in class_attr_types(trees, self.classes).items()}
+        self.attr_types = self._noted_types  # and what constructors store (_propagate)
         self._bound: dict[int, tuple[ast.AST, dict[str, int]]] = {}  # id(function) -> (it, bound_counts)
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
@@ -202,15 +204,7 @@ class Freezer:
                         isinstance(node.func, ast.Attribute) and node.func.attr == "__class__"
                         or isinstance(node.func, ast.Call) and ast.unparse(node.func.func) == "type"):
                     inits.clear()
-        stored_attrs: dict[str, int] = {}
-        for tree in trees:
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
-                    stored_attrs[node.attr] = stored_attrs.get(node.attr, 0) + 1
-                elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                      and node.func.id in ("setattr", "delattr") and len(node.args) > 1
-                      and isinstance(node.args[1], ast.Constant)):
-                    stored_attrs[node.args[1].value] = stored_attrs.get(node.args[1].value, 0) + 2
+        own_stores, other_stores = attribute_stores(trees)
         called, loaded = set(), set()
         for tree in trees:
             for node in ast.walk(tree):
@@ -248,30 +242,60 @@ class Freezer:
             types = {name: {p: c for p, c in sites[0].items() if all(s.get(p) == c for s in sites[1:])}
                      for name, sites in seen_types.items()}
             types = {name: t for name, t in types.items() if t}
-            attrs = {cls: self._init_attrs(cls, init, stored_attrs) for cls, init in inits.items()
-                     if cls not in loaded}
+            attr_types = {c: dict(t) for c, t in self._noted_types.items()}
+            attrs = {}
+            for cls, init in inits.items():
+                if cls not in loaded:
+                    # How often code may set each attribute of a `cls` object: anywhere on any
+                    # object, plus `self.x = ...` in the methods of cls and of its bases.
+                    stored = dict(other_stores)
+                    for c in self._lineage(cls):
+                        for a, n in own_stores.get(c, {}).items():
+                            stored[a] = stored.get(a, 0) + n
+                    attrs[cls], kinds = self._init_attrs(cls, init, stored)
+                    for a, kind in kinds.items():  # `self.cfg = cfg` with cfg: ModelConfig
+                        if attr_types.setdefault(cls, {}).setdefault(a, kind) != kind:
+                            del attr_types[cls][a]  # an annotation says otherwise: neither
             attrs = {cls: a for cls, a in attrs.items() if a}
-            if values == self.param_values and attrs == self.self_values and types == self.param_types:
+            attr_types = {c: t for c, t in attr_types.items() if t}
+            if (values == self.param_values and attrs == self.self_values and types == self.param_types
+                    and attr_types == self.attr_types):
                 return
             self.param_values, self.self_values, self.param_types = values, attrs, types
+            self.attr_types = attr_types
 
-    def _init_attrs(self, cls: str, init: ast.FunctionDef, stored: dict[str, int]) -> dict[str, Any]:
-        """`self.x` of class `cls` that __init__ sets once, first thing, to a known value, and no
-        code anywhere assigns again (an attribute of that name on any object counts)."""
+    def _init_attrs(self, cls: str, init: ast.FunctionDef, stored: dict[str, int]
+                    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """(value, config class) of each `self.x` of class `cls` that a statement of __init__ sets
+        to a known value or a config, when no code anywhere assigns it again (an attribute of that
+        name on any object counts) and no base class from outside the code has it."""
         framework = self._framework_attrs(cls)
         if framework is None:
-            return {}
+            return {}, {}
         scope = self._function_scope(init, None, cls)
-        out = {}
+        out: dict[str, Any] = {}
+        kinds: dict[str, str] = {}
         for st in init.body:
             if not (isinstance(st, ast.Assign) and len(st.targets) == 1):
                 continue
             for t, v in _pairs(st.targets[0], st.value):
                 if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
                         and stored.get(t.attr) == 1 and t.attr not in framework):
-                    value = scope.stored_value(v)
+                    value, kind = scope.stored_value(v), scope.type_of(v)
                     if value is not _UNKNOWN:
                         out[t.attr] = value
+                    if kind:
+                        kinds[t.attr] = kind
+        return out, kinds
+
+    def _lineage(self, cls: str) -> set[str]:
+        """`cls` and its base classes defined in the code."""
+        out, todo = set(), [cls]
+        while todo:
+            c = todo.pop()
+            if c in self._class_defs and c not in out:
+                out.add(c)
+                todo += [b.id for b in self._class_defs[c].bases if isinstance(b, ast.Name)]
         return out
 
     def _framework_attrs(self, cls: str, seen: frozenset[str] = frozenset()) -> set[str] | None:
