@@ -529,3 +529,40 @@ def f(cfg: Config):
         frozen = freeze(src, cfg)
         assert "if" not in frozen.replace("def f", "")
         assert run(frozen, "f", cfg) == run(src, "f", cfg) == (2 if rank else 3)
+
+
+def test_a_store_the_next_statement_overwrites_is_cut():
+    src = '''
+def f(cfg: Config, g):
+    run = g if cfg.model.tie_embeddings else None
+    run = len
+    return run("abc")
+'''
+    cfg = make_cfg(model__tie_embeddings=False)
+    frozen = freeze(src, cfg)
+    assert "None" not in frozen and "    run = len\n" in frozen and run(frozen, "f", cfg, None) == 3
+
+
+# Each stays: the second value reads x, x is global, a nested function may read x while the
+# second value is computed, the first value may have an effect, shares a line, is an attribute,
+# is at module level.
+KEPT_STORES = {
+    "second-reads-it": "def f():\n    x = 1\n    x = x + 1\n    return x\n",
+    "global": "def f(g):\n    global x\n    x = 1\n    x = g()\n",
+    "closure": "def f():\n    def h():\n        return x\n    x = 1\n    x = h()\n    return x\n",
+    "lambda": "def f():\n    h = lambda: x\n    x = 1\n    x = h()\n    return x\n",
+    "call": "def f(g):\n    x = g()\n    x = 2\n    return x\n",
+    "one-line": "def f(c):\n    if c: x = 1; x = 2\n    return x\n",
+    "shared-line": "def f():\n    a = 1; x = 1\n    x = 2\n    return x, a\n",
+    "attribute": "def f(self):\n    self.x = None\n    self.x = 2\n",
+    "module-level": "x = 1\nx = 2\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEPT_STORES))
+def test_a_store_something_may_read_before_it_is_overwritten_stays(case):
+    from pgolf.bundle.edits import dead_stores_cut
+    src = KEPT_STORES[case]
+    assert dead_stores_cut(src, ast.parse(src)) == src
+    twin = "def f(g):\n    x = 1\n    x = g()\n    return x\n"
+    assert dead_stores_cut(twin, ast.parse(twin)) == "def f(g):\n    x = g()\n    return x\n"

@@ -250,3 +250,15 @@ class Net:
         frozen = freeze_source(src, Freezer(cfg, [ast.parse(src), ast.parse(twice)]))
         assert ("if mcfg" in frozen) == twice.startswith("def other(q)") and ("if self.cfg" in frozen) != (
             "helper" in twice)
+
+
+def test_a_call_through_a_local_alias_is_a_call_of_its_function():
+    aliased = CALLER.replace("    return helper(1,", "    go = helper\n    return go(1,")
+    cfg = _cfg("frac", "stream")
+    assert "if mode" not in freeze_source(HELPER, Freezer(cfg, [ast.parse(aliased), ast.parse(HELPER)]))
+    # The alias used other than by a call, called from a nested scope, or naming a local.
+    for bad in (aliased.replace("+ Loader", "+ len([go]) + Loader"),
+                aliased.replace("+ Loader", "+ (lambda: go(2, mode='iters'))() + Loader"),
+                aliased.replace("    go = helper\n", "    helper = len\n    go = helper\n")):
+        frozen = freeze_source(HELPER, Freezer(cfg, [ast.parse(bad), ast.parse(HELPER)]))
+        assert "if mode" in frozen, bad

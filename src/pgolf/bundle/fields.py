@@ -146,3 +146,28 @@ def _own_scope_nodes(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST
         out.append(node)
         todo += list(ast.iter_child_nodes(node))
     return out
+
+
+def call_aliases(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, ast.Assign]:
+    """Local names `fn` binds once, by `alias = name` with `name` not bound in `fn`, and then only
+    calls, all in `fn`'s own scope (no nested function or lambda names the alias): alias -> that
+    assignment. A call of the alias is a call of `name`."""
+    a = fn.args
+    params = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p}
+    counts = bound_counts(fn.body)
+    own = _own_scope_nodes(fn)
+    nested = {n.id for node in ast.walk(fn) if node is not fn and isinstance(
+        node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) for n in ast.walk(node)
+        if isinstance(n, ast.Name)}
+    nested |= {n for node in ast.walk(fn) if isinstance(node, (ast.Global, ast.Nonlocal)) for n in node.names}
+    found = {st.targets[0].id: st for st in own if isinstance(st, ast.Assign) and len(st.targets) == 1
+             and isinstance(st.targets[0], ast.Name) and isinstance(st.value, ast.Name)}
+    calls = {id(n.func) for n in own if isinstance(n, ast.Call)}
+    out = {}
+    for alias, st in found.items():
+        target = st.value.id  # type: ignore[attr-defined]
+        loads = [n for n in own if isinstance(n, ast.Name) and n.id == alias and isinstance(n.ctx, ast.Load)]
+        if (counts.get(alias) == 1 and alias not in params and alias not in nested and not counts.get(target)
+                and target not in params and all(id(n) in calls for n in loads)):
+            out[alias] = st
+    return out

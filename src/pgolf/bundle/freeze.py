@@ -20,9 +20,9 @@ import dataclasses
 import io
 from typing import Any, Callable
 
-from pgolf.bundle.edits import if_edit, line_starts, offset, string_lines
-from pgolf.bundle.fields import (ANY_FIELD, attribute_stores, bound_counts, class_attr_types, config_classes,
-                                 exempt_fields)
+from pgolf.bundle.edits import dead_stores_cut, dead_tails_cut, if_edit, line_starts, offset, string_lines
+from pgolf.bundle.fields import (ANY_FIELD, attribute_stores, bound_counts, call_aliases, class_attr_types,
+                                 config_classes, exempt_fields)
 from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 
@@ -39,6 +39,7 @@ class _Scope:
     def __init__(self, freezer: "Freezer", types: dict[str, str], consts: dict[str, Any] | None = None):
         self.freezer, self.types = freezer, types
         self.consts = consts or {}  # parameters every caller passes the same frozen value
+        self.aliases: dict[str, str] = {}  # local name -> the function it names, only ever called
 
     def type_of(self, node: ast.expr) -> str | None:
         if isinstance(node, ast.Name):
@@ -215,6 +216,9 @@ class Freezer:
                 notes += [node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns \
                     else []
                 called.update(id(n) for note in notes for n in ast.walk(note))
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    # `run = eval_record_ttt` then only `run(...)`: calls of that function
+                    called.update(id(st.value) for st in call_aliases(node).values())
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called:
                     loaded.add(node.id)
@@ -224,6 +228,7 @@ class Freezer:
 
             def on_call(call: ast.Call, scope: _Scope | None) -> None:
                 name = call.func.id if isinstance(call.func, ast.Name) else ""
+                name = scope.aliases.get(name, name) if scope else name
                 if name in loaded or name not in defs and name not in inits:
                     return
                 fn, skip = (defs[name], 0) if name in defs else (inits[name], 1)
@@ -362,6 +367,7 @@ class Freezer:
                         kind = scope.type_of(v)
                         if kind:
                             types[t.id] = kind
+        scope.aliases = {alias: st.value.id for alias, st in call_aliases(fn).items()}  # type: ignore[attr-defined]
         # Names bound once, by a statement of the body itself, to a known value, and read only
         # after it (straight-line code: every later statement sees that value) are constants.
         reads, rebound = _reads_and_nonlocals(fn)
@@ -503,7 +509,7 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
     for _ in range(200):
         found = freezer.decisions(tree)
         if not found:
-            return dead_tails_cut(src, tree)
+            return dead_stores_cut(*_parsed(dead_tails_cut(src, tree)))
         lines = io.StringIO(src).readlines()
         protected = string_lines(tree)
         # One edit per region per pass, innermost last: re-parse and go again.
@@ -542,24 +548,5 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
     raise BundleError("freezing the config did not settle after 200 passes; ship quant.code_lean=false and report it")
 
 
-_TERMINAL = (ast.Return, ast.Raise, ast.Continue, ast.Break)
-
-
-def dead_tails_cut(src: str, tree: ast.Module) -> str:
-    """`src` without the statements that follow a return, raise, continue or break in the same
-    block (a kept branch often ends in one: `if numerics == "record": return ...`)."""
-    lines = io.StringIO(src).readlines()
-    cuts: list[tuple[int, int]] = []
-    for node in ast.walk(tree):
-        for _, block in ast.iter_fields(node):
-            if not (isinstance(block, list) and block and isinstance(block[0], ast.stmt)):
-                continue
-            end = next((i for i, st in enumerate(block[:-1]) if isinstance(st, _TERMINAL)), None)
-            if end is None or block[end + 1].lineno <= block[end].end_lineno:
-                continue  # nothing after it, or `return x; y = 1` on one line
-            first = min([block[end + 1].lineno] + [d.lineno for d in getattr(block[end + 1], "decorator_list", [])])
-            cuts.append((first, block[-1].end_lineno))
-    if not cuts:
-        return src
-    drop = {i for lo, hi in cuts for i in range(lo, hi + 1)}
-    return "".join(line for i, line in enumerate(lines, 1) if i not in drop)
+def _parsed(src: str) -> tuple[str, ast.Module]:
+    return src, ast.parse(src)
