@@ -566,3 +566,38 @@ def test_a_store_something_may_read_before_it_is_overwritten_stays(case):
     assert dead_stores_cut(src, ast.parse(src)) == src
     twin = "def f(g):\n    x = 1\n    x = g()\n    return x\n"
     assert dead_stores_cut(twin, ast.parse(twin)) == "def f(g):\n    x = g()\n    return x\n"
+
+
+OPERANDS = '''
+def f(cfg: Config, x, g):
+    m = cfg.model
+    out = [m.num_layers > 3 and x, x or m.tie_embeddings, x or m.num_layers or g(), g() or m.tie_embeddings or x]
+    out += [m.tie_embeddings or (x if x else "EMPTY") or g(), getattr(m, "tie_embeddings", 1) or x]
+    out += [m.tie_embeddings or x and m.num_layers > 3 or g()]
+    out += [not (x or m.tie_embeddings), [k for k in (0, 1, 2) if k > x or m.tie_embeddings]]
+    assert x != 3 or m.tie_embeddings, "NEVER"
+    if x and m.num_layers > 3:
+        out.append("X_TEST")
+    while x > 5 or m.tie_embeddings:
+        x -= 1
+    return out + [x]
+'''
+
+
+def test_operands_of_and_or_that_cannot_matter_are_cut():
+    cfg = CFG  # tie_embeddings False, num_layers 11
+    frozen = freeze(OPERANDS, cfg)
+    calls = []
+    for x in (0, 1, 7, 0.0):
+        def g():
+            calls.append(x)
+            return "G"
+        assert run(frozen, "f", cfg, x, g) == run(OPERANDS, "f", cfg, x, g)
+    assert calls[::2] == calls[1::2]  # g called just as often, with the same x
+    body = frozen.split("m = cfg.model\n")[1]
+    assert "[(x), x or m.tie_embeddings, x or m.num_layers, g() or x]" in body
+    assert '[(x if x else "EMPTY") or g(), getattr(m, "tie_embeddings", 1) or x]' in body
+    assert "[(x and m.num_layers > 3) or g()]" in body  # (x and True) gives True, not x: kept
+    assert "if (x):" in body and "while (x > 5):" in body and "[not ((x)), [k for k in (0, 1, 2) if (k > x)]]" in body
+    assert 'assert (x != 3), "NEVER"' in body
+    assert freeze(frozen, cfg) == frozen

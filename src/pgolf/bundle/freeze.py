@@ -119,6 +119,21 @@ class _Scope:
             return self.value(ast.Attribute(value=node.args[0], attr=node.args[1].value, ctx=ast.Load()))
         return _UNKNOWN
 
+    def kept_operands(self, node: ast.BoolOp, truth_only: bool) -> list[int] | None:
+        """The operands of `node` that can matter, when fewer than all: none after one whose truth
+        settles it (never evaluated), and none whose known truth passes on to the next operand
+        and that calls nothing; the last kept one stays when the value itself is used."""
+        decisive = isinstance(node.op, ast.Or)
+        truths = [self.truth(v) for v in node.values]
+        end = next((i for i, t in enumerate(truths) if t is decisive), len(truths) - 1)
+        keep = [i for i in range(end + 1) if not (truths[i] is (not decisive) and not any(
+            isinstance(n, _EFFECTS) for n in ast.walk(node.values[i])))]
+        if not truth_only and end not in keep:
+            keep.append(end)  # `x or None`: None is the value when x is falsy
+        if not keep or len(keep) == len(node.values):
+            return None  # all of them, or none: then the test is decided as a whole (or by its If)
+        return keep
+
     def stored_value(self, node: ast.expr) -> Any:
         """What a name, attribute or parameter bound to `node` holds for good, or _UNKNOWN: a list
         or set display anywhere in it may be the object bound (`x = []`, `x = (a, [])`,
@@ -144,6 +159,9 @@ class _Scope:
 # What an operand must not hold for a test to skip it: a call, or a binding (`(n := x) and cfg.f`
 # binds n even when the test is False; cutting the test would leave n unbound).
 _EFFECTS = (ast.Call, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)
+
+# Operands that bind looser than `and` / `or`, or as loose: kept in parentheses.
+_LOOSE = (ast.BoolOp, ast.IfExp, ast.Lambda, ast.NamedExpr, ast.Yield, ast.YieldFrom)
 
 _COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
             ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
@@ -389,8 +407,10 @@ class Freezer:
                   on_call: Callable[[ast.Call, _Scope | None], None] | None = None
                   ) -> list[tuple[ast.AST, bool, list[ast.stmt] | None]]:
         """(If or IfExp node, its test's truth, the statement list holding it) for every decided
-        test; `on_call` sees every call with the scope it runs in."""
-        found: list[tuple[ast.AST, bool, list[ast.stmt] | None]] = []
+        test, and (BoolOp node, the indices of the operands it keeps, None) for every `and` / `or`
+        with operands known not to matter; `on_call` sees every call with the scope it runs in."""
+        found: list[tuple[ast.AST, Any, list[ast.stmt] | None]] = []
+        tests: set[int] = set()  # expressions whose truth alone is used (`if` tests, their operands)
 
         def walk_body(body: list[ast.stmt], scope: _Scope | None, owner_class: str | None) -> None:
             for st in body:
@@ -413,10 +433,22 @@ class Freezer:
                                {k: v for k, v in scope.consts.items() if k not in bound})
             if on_call is not None and isinstance(node, ast.Call):
                 on_call(node, scope)
+            if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
+                tests.add(id(node.test))
+            elif isinstance(node, ast.comprehension):
+                tests.update(id(c) for c in node.ifs)
+            elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+                tests.add(id(node.operand))
+            elif isinstance(node, ast.BoolOp) and id(node) in tests:
+                tests.update(id(v) for v in node.values)
             if scope is not None and isinstance(node, (ast.If, ast.IfExp)):
                 t = scope.truth(node.test)
                 if t is not _UNKNOWN:
                     found.append((node, bool(t), holder))
+            elif scope is not None and isinstance(node, ast.BoolOp):
+                keep = scope.kept_operands(node, id(node) in tests)
+                if keep is not None:
+                    found.append((node, keep, None))
             for field, value in ast.iter_fields(node):
                 if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
                     walk_body(value, scope, owner_class if isinstance(node, ast.ClassDef) else None)
@@ -523,6 +555,17 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
         starts = line_starts(src)
         emptied: set[int] = set()
         for node, take, holder in sorted(chosen, key=lambda f: (f[0].lineno, f[0].col_offset), reverse=True):
+            if isinstance(node, ast.BoolOp):
+                lo = offset(lines, starts, node.lineno, node.col_offset)
+                hi = offset(lines, starts, node.end_lineno, node.end_col_offset)
+                parts = []
+                for i in take:
+                    v = node.values[i]
+                    seg = src[offset(lines, starts, v.lineno, v.col_offset):
+                              offset(lines, starts, v.end_lineno, v.end_col_offset)]
+                    parts.append(f"({seg})" if len(take) == 1 or isinstance(v, _LOOSE) else seg)
+                new_src = new_src[:lo] + (" or " if isinstance(node.op, ast.Or) else " and ").join(parts) + new_src[hi:]
+                continue
             if isinstance(node, ast.IfExp):
                 branch = node.body if take else node.orelse
                 seg_lo = offset(lines, starts, branch.lineno, branch.col_offset)
