@@ -322,6 +322,42 @@ def f(x):
     pair[1].append(x)
     return 1 if pair == (1, ()) else 2
 ''', "pair = (1, [])", "pair = (1, ())"),
+    "local-bound-by-a-match-case": ('''
+def f(x):
+    auto = None
+    match x:
+        case [auto]:
+            pass
+    return 1 if auto is None else 2
+''', "case [auto]", "case [other]"),
+    "module-name-bound-twice": ('''
+KINDS = ("baseline", "record")
+if len(KINDS) > 5:
+    KINDS = ("other",)
+
+
+def f(cfg: Config):
+    return 1 if cfg.model.arch in KINDS else 2
+''', "    KINDS = (", "    OTHER = ("),
+    "module-name-a-function-declares-global": ('''
+KINDS = ("baseline", "record")
+
+
+def reset():
+    global KINDS
+    KINDS = ()
+
+
+def f(cfg: Config):
+    return 1 if cfg.model.arch in KINDS else 2
+''', "    global KINDS\n    KINDS = ()", "    kinds = ()"),
+    "module-name-bound-to-a-list": ('''
+KINDS = ["baseline", "record"]
+
+
+def f(cfg: Config):
+    return 1 if cfg.model.arch in KINDS else 2
+''', 'KINDS = ["baseline", "record"]', 'KINDS = ("baseline", "record")'),
     "getattr-of-a-field-the-section-lacks": ('''
 def f(cfg: Config):
     return 1 if getattr(cfg.model, "no_such_field", True) else 2
@@ -601,3 +637,83 @@ def test_operands_of_and_or_that_cannot_matter_are_cut():
     assert "if (x):" in body and "while (x > 5):" in body and "[not ((x)), [k for k in (0, 1, 2) if (k > x)]]" in body
     assert 'assert (x != 3), "NEVER"' in body
     assert freeze(frozen, cfg) == frozen
+
+
+RANGES = '''
+def run(x):
+    return f("auto", x) + f("auto", -x)
+
+
+def f(mode, x):
+    if mode not in ("auto", "fixed"):
+        raise ValueError(mode)
+    if mode == "auto":
+        mode = "fixed" if x > 1 else "free"
+    return [1 if mode == "fixed" else 2, g(x)]
+
+
+def g(x):
+    kind = "a"
+    out = ["A" if kind == "a" else "B"]
+    if x:
+        kind = x
+    out.append("A2" if kind == "a" else "B2")
+    return out
+'''
+
+
+def test_a_name_is_known_between_its_bindings():
+    frozen = freeze(RANGES, Config())
+    for x in (0, 1, 2, 3.5):
+        assert run(frozen, "run", x) == run(RANGES, "run", x)
+    assert "raise" not in frozen and 'if mode == "auto"' not in frozen and '"B"' not in frozen
+    assert '1 if mode == "fixed" else 2' in frozen and '"A2" if kind == "a" else "B2"' in frozen
+
+
+# Known only between bindings: code that may run later (a nested function, a lambda, a
+# generator expression) and a loop that binds it again must not see the first value.
+LATER_READS = {
+    "nested-function": "    def check():\n        return 1 if kind == 'a' else 2\n",
+    "lambda": "    check = lambda: 1 if kind == 'a' else 2\n",
+    "generator": "    check = (1 if kind == 'a' else 2 for _ in range(1)).__next__\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATER_READS))
+def test_a_name_known_between_bindings_is_not_known_to_code_that_runs_later(case):
+    src = f"def h(x):\n    kind = 'a'\n{LATER_READS[case]}    kind = x\n    return check()\n"
+    frozen = freeze(src, Config())
+    assert frozen == src and run(src, "h", "b") == 2
+    twin = src.replace("    kind = x\n", "")
+    assert freeze(twin, Config()) != twin
+
+
+def test_a_name_bound_in_a_loop_or_in_the_test_is_not_known_there():
+    loop = "def h(x):\n    kind = 'a'\n    out = []\n    for i in range(2):\n" \
+           "        out.append(1 if kind == 'a' else 2)\n        kind = x\n    return out\n"
+    walrus = "def h(x):\n    kind = 'a'\n    if (kind := x) and kind == 'a':\n        return 1\n    return 2\n"
+    for src in (loop, walrus):
+        assert freeze(src, Config()) == src
+
+
+def test_a_module_level_constant_is_known_in_every_function():
+    src = '''
+BASE = ("baseline",)
+KINDS = (*BASE, "record")
+
+
+def f(cfg: Config):
+    if cfg.model.arch not in KINDS:
+        raise ValueError(cfg.model.arch)
+    KINDS_LOCAL = KINDS
+    return [1 if cfg.model.arch in KINDS_LOCAL else 2, g(list(BASE))]
+
+
+def g(x):
+    KINDS = x  # a local of the same name: not the module's
+    return 3 if "baseline" in KINDS else 4
+'''
+    cfg = Config()
+    frozen = freeze(src, cfg)
+    assert "raise" not in frozen and "else 2" not in frozen and "3 if" in frozen
+    assert run(frozen, "f", cfg) == run(src, "f", cfg) == [1, 3]

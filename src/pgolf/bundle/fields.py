@@ -97,6 +97,10 @@ def bound_counts(body: list[ast.stmt]) -> dict[str, int]:
                 count[n] = count.get(n, 0) + 1
             elif isinstance(child, ast.ExceptHandler) and child.name:
                 count[child.name] = count.get(child.name, 0) + 1
+            elif isinstance(child, (ast.MatchAs, ast.MatchStar)) and child.name:  # `case [x, *rest]:`
+                count[child.name] = count.get(child.name, 0) + 1
+            elif isinstance(child, ast.MatchMapping) and child.rest:  # `case {**rest}:`
+                count[child.rest] = count.get(child.rest, 0) + 1
             visit(child)
     for st in body:
         visit(ast.Module([st], []))

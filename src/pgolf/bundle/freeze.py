@@ -40,6 +40,29 @@ class _Scope:
         self.freezer, self.types = freezer, types
         self.consts = consts or {}  # parameters every caller passes the same frozen value
         self.aliases: dict[str, str] = {}  # local name -> the function it names, only ever called
+        # Per top-level statement of the body, the names known only there (a parameter before the
+        # body rebinds it, a local between two bindings): never seen by nested functions.
+        self.stages: list[dict[str, Any]] = []
+        self.test_stages: dict[int, dict[str, Any]] = {}
+        self.ranged: set[str] = set()
+
+    def at(self, i: float) -> "_Scope":
+        """The scope of the body's i-th top-level statement (i + 0.5: of that `if` statement's
+        test, which runs before the branch that binds a name again)."""
+        extra = self.stages[int(i)] if int(i) < len(self.stages) else {}
+        if i != int(i):
+            extra = {**self.test_stages.get(int(i), {}), **extra}
+        if not extra:
+            return self
+        here = _Scope(self.freezer, self.types, {**self.consts, **extra})
+        here.aliases, here.ranged = self.aliases, self.ranged | set(extra)
+        return here
+
+    def lasting(self, bound: set[str] = frozenset()) -> "_Scope":  # type: ignore[assignment]
+        """This scope as code that may run later sees it (a lambda, a generator expression):
+        without the names known only at this statement, nor the names `bound` there."""
+        return _Scope(self.freezer, {k: v for k, v in self.types.items() if k not in bound},
+                      {k: v for k, v in self.consts.items() if k not in bound and k not in self.ranged})
 
     def type_of(self, node: ast.expr) -> str | None:
         if isinstance(node, ast.Name):
@@ -61,9 +84,12 @@ class _Scope:
         if isinstance(node, ast.Name):
             return self.consts.get(node.id, _UNKNOWN)
         if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-            items = [self.value(e) for e in node.elts]
-            if any(v is _UNKNOWN for v in items) or any(isinstance(e, ast.Starred) for e in node.elts):
-                return _UNKNOWN
+            items = []
+            for e in node.elts:
+                v = self.value(e.value if isinstance(e, ast.Starred) else e)
+                if v is _UNKNOWN or isinstance(e, ast.Starred) and not isinstance(v, (tuple, list)):
+                    return _UNKNOWN
+                items += list(v) if isinstance(e, ast.Starred) else [v]  # (*COMPRESSORS, "pergroup")
             # Each its own type: [1] == (1,) is False, {1, 2} == {2, 1} is True.
             if not isinstance(node, ast.Set):
                 return tuple(items) if isinstance(node, ast.Tuple) else items
@@ -191,7 +217,36 @@ class Freezer:
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
         self.param_types: dict[str, dict[str, str]] = {}  # function or class -> parameter -> config class
+        self.module_consts: dict[str, Any] = {}
+        self.module_consts = self._module_consts(trees)
         self._propagate(trees)
+
+    def _module_consts(self, trees: list[ast.Module]) -> dict[str, Any]:
+        """Module-level names bound once, at module level, to a known value (`INT_LAYOUTS = (...)`)
+        that no function declares global: every function sees that value."""
+        counts: dict[str, int] = {}
+        for tree in trees:
+            for n, k in bound_counts(tree.body).items():
+                counts[n] = counts.get(n, 0) + k
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Global):
+                    for n in node.names:
+                        counts[n] = counts.get(n, 0) + 2
+        scope = _Scope(self, {}, {})
+        for tree in trees:
+            for st in tree.body:
+                if isinstance(st, ast.Assign) and len(st.targets) == 1:
+                    pairs = _pairs(st.targets[0], st.value)
+                elif isinstance(st, ast.AnnAssign) and st.value is not None and st.simple:
+                    pairs = [(st.target, st.value)]
+                else:
+                    continue
+                for t, v in pairs:
+                    if isinstance(t, ast.Name) and counts.get(t.id) == 1:
+                        value = scope.stored_value(v)
+                        if value is not _UNKNOWN:
+                            scope.consts[t.id] = value
+        return scope.consts
 
     def _propagate(self, trees: list[ast.Module]) -> None:
         """Parameters of module-level functions that every call passes the same known value
@@ -346,7 +401,8 @@ class Freezer:
             cached = self._bound[id(fn)] = (fn, bound_counts(fn.body))
         stores = cached[1]
         types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
-        consts = {k: v for k, v in (outer.consts if outer else {}).items() if k not in stores}
+        consts = {k: v for k, v in (outer.consts if outer else self.module_consts).items()
+                  if k not in stores and k not in (outer.ranged if outer else ())}
         key = fn.name if outer is None and owner_class is None else (
             owner_class if outer is None and fn.name == "__init__" else None)
         known = self.param_values.get(key, {}) if key else {}
@@ -388,19 +444,39 @@ class Freezer:
         scope.aliases = {alias: st.value.id for alias, st in call_aliases(fn).items()}  # type: ignore[attr-defined]
         # Names bound once, by a statement of the body itself, to a known value, and read only
         # after it (straight-line code: every later statement sees that value) are constants.
+        # A name bound again later, or read before (a nested function may run any time), is known
+        # only over the top-level statements that run between its binding and the next one (for a
+        # parameter: from the start): straight-line code, each statement runs once, in order.
         reads, rebound = _reads_and_nonlocals(fn)
-        for st in fn.body:
+        blocked = rebound | {n for node in ast.walk(fn) if isinstance(node, ast.Global) for n in node.names}
+        body_stores = [set(bound_counts([st])) for st in fn.body]
+        scope.stages = [{} for _ in fn.body]
+
+        def known_from(name: str, value: Any, lo: int) -> None:
+            hi = next((j for j in range(lo, len(fn.body)) if name in body_stores[j]), len(fn.body))
+            for j in range(lo, hi):
+                scope.stages[j][name] = value
+            if hi < len(fn.body) and isinstance(fn.body[hi], ast.If) and name not in bound_counts(
+                    [ast.Expr(fn.body[hi].test)]):
+                scope.test_stages.setdefault(hi, {})[name] = value
+        for p in params:
+            if p is not None and stores.get(p.arg) and p.arg in known and p.arg not in blocked:
+                known_from(p.arg, known[p.arg], 0)
+        for i, st in enumerate(fn.body):
             if not ((isinstance(st, ast.Assign) and len(st.targets) == 1)
                     or (isinstance(st, ast.AnnAssign) and st.value is not None and st.simple)):
                 continue
+            here = scope.at(i)
             target = st.targets[0] if isinstance(st, ast.Assign) else st.target
             for t, v in _pairs(target, st.value):  # type: ignore[arg-type]
-                if (isinstance(t, ast.Name) and stores.get(t.id) == 1 and t.id not in param_names
-                        and t.id not in rebound
+                value = here.stored_value(v)
+                if not isinstance(t, ast.Name) or t.id in blocked or value is _UNKNOWN:
+                    continue
+                if (stores.get(t.id) == 1 and t.id not in param_names
                         and all(at > (st.end_lineno, st.end_col_offset) for at in reads.get(t.id, []))):
-                    value = scope.stored_value(v)
-                    if value is not _UNKNOWN:
-                        scope.consts[t.id] = value
+                    scope.consts[t.id] = value  # bound once, read only after: known for good
+                else:
+                    known_from(t.id, value, i + 1)
         return scope
 
     def decisions(self, tree: ast.Module,
@@ -416,21 +492,23 @@ class Freezer:
             for st in body:
                 visit(st, scope, owner_class, body)
 
-        def visit(node: ast.AST, scope: _Scope | None, owner_class: str | None, holder: list | None) -> None:
+        def visit(node: ast.AST, scope: _Scope | None, owner_class: str | None, holder: list | None,
+                  test_scope: _Scope | None = None) -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for d in node.decorator_list:
                     visit(d, scope, None, None)
                 inner = self._function_scope(node, scope, owner_class)
-                walk_body(node.body, inner, None)
+                for i, st in enumerate(node.body):
+                    visit(st, inner.at(i), None, node.body, inner.at(i + 0.5))
                 return
             if isinstance(node, ast.ClassDef):
                 walk_body(node.body, None, node.name)
                 return
             if isinstance(node, ast.Lambda) and scope is not None:
                 a = node.args
-                bound = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p}
-                scope = _Scope(self, {k: v for k, v in scope.types.items() if k not in bound},
-                               {k: v for k, v in scope.consts.items() if k not in bound})
+                scope = scope.lasting({p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p})
+            elif isinstance(node, ast.GeneratorExp) and scope is not None:
+                scope = scope.lasting()  # runs as it is consumed, maybe after a name changes
             if on_call is not None and isinstance(node, ast.Call):
                 on_call(node, scope)
             if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
@@ -442,7 +520,7 @@ class Freezer:
             elif isinstance(node, ast.BoolOp) and id(node) in tests:
                 tests.update(id(v) for v in node.values)
             if scope is not None and isinstance(node, (ast.If, ast.IfExp)):
-                t = scope.truth(node.test)
+                t = (test_scope if isinstance(node, ast.If) and test_scope else scope).truth(node.test)
                 if t is not _UNKNOWN:
                     found.append((node, bool(t), holder))
             elif scope is not None and isinstance(node, ast.BoolOp):
@@ -450,7 +528,9 @@ class Freezer:
                 if keep is not None:
                     found.append((node, keep, None))
             for field, value in ast.iter_fields(node):
-                if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                if isinstance(node, ast.If) and field == "test" and test_scope is not None:
+                    visit(value, test_scope, None, None)
+                elif isinstance(value, list) and value and isinstance(value[0], ast.stmt):
                     walk_body(value, scope, owner_class if isinstance(node, ast.ClassDef) else None)
                 elif isinstance(value, list):
                     for v in value:
