@@ -3,6 +3,8 @@ and `self.x` that __init__ sets once to one, are decided too; anything less cert
 
 import ast
 
+import pytest
+
 from pgolf.bundle.freeze import Freezer, freeze_source
 from pgolf.config_tree import Config
 
@@ -262,3 +264,99 @@ def test_a_call_through_a_local_alias_is_a_call_of_its_function():
                 aliased.replace("    go = helper\n", "    helper = len\n    go = helper\n")):
         frozen = freeze_source(HELPER, Freezer(cfg, [ast.parse(bad), ast.parse(HELPER)]))
         assert "if mode" in frozen, bad
+
+
+INSTANCES = '''
+class Box:
+    pass
+
+
+class Sized:
+    def __len__(self):
+        return 0
+
+
+def make(x):
+    b, s = Box(), Sized()
+    return [1 if b is not None else 2, 3 if b else 4, 5 if s is not None else 6, 7 if s else 8, 9 if b == x else 10,
+            11 if b == Box() else 12]
+'''
+
+
+def test_a_new_instance_of_a_class_of_the_code_is_not_none():
+    frozen = freeze_source(INSTANCES, Freezer(Config(), [ast.parse(INSTANCES)]))
+    assert "return [(1), (3), (5), 7 if s else 8, 9 if b == x else 10,\n            11 if b == Box() else 12]" in frozen
+    scope: dict = {}
+    exec(compile(frozen, "f", "exec"), scope)
+    assert scope["make"](None) == [1, 3, 5, 8, 10, 12]
+
+
+# What makes a call of a class something else than a plain new instance, or its truth unknown.
+NOT_PLAIN = {
+    "__new__": "class Box:\n    def __new__(cls):\n        return None\n",
+    "external-base": "class Box(Base):\n    pass\n",
+    "decorated": "@dataclasses.dataclass\nclass Box:\n    pass\n",
+    "metaclass": "class Box(metaclass=Meta):\n    pass\n",
+    "defined-twice": "class Box:\n    pass\n\n\nBox = other\n",
+}
+
+
+def test_a_class_that_may_make_something_else_is_not_known():
+    for case, box in NOT_PLAIN.items():
+        src = INSTANCES.replace("class Box:\n    pass\n", box)
+        frozen = freeze_source(src, Freezer(Config(), [ast.parse(src)]))
+        assert "1 if b is not None" in frozen and "3 if b" in frozen, case
+    for elsewhere in ("def f(obj):\n    obj.__class__ = Sized\n", "def f():\n    Box.__len__ = len\n"):
+        frozen = freeze_source(INSTANCES, Freezer(Config(), [ast.parse(INSTANCES), ast.parse(elsewhere)]))
+        assert "1 if b is not None" in frozen, elsewhere
+
+
+STREAM = '''
+class Stream:
+    pass
+
+
+class Loader:
+    def __init__(self, files):
+        self.files = files
+        self.stream = None
+        self.stream = Stream()
+
+    def state(self):
+        return 1 if self.stream is not None else 2
+
+
+def run():
+    return Loader([]).state()
+'''
+
+
+def test_a_constructor_store_the_next_statement_overwrites_is_cut():
+    frozen = freeze_source(STREAM, Freezer(Config(), [ast.parse(STREAM)]))
+    assert "self.stream = None" not in frozen
+    frozen = freeze_source(frozen, Freezer(Config(), [ast.parse(frozen)]))  # bundle.specialize's next round
+    assert "return (1)" in frozen
+
+
+# Something might read the first value, or storing is more than a store: both stay.
+OVERWRITTEN_BUT_KEPT = {
+    "second-value-gets-self": ("Stream()", "Stream(self)"),
+    "second-value-reads-it": ("Stream()", "Stream(self.stream)"),
+    "method-call-before": ("        self.files = files\n", "        self.files = files\n        self.setup()\n"),
+    "super-before": ("        self.files = files\n", "        super().__init__()\n        self.files = files\n"),
+    "self-passed-before": ("        self.files = files\n", "        register(self)\n"),
+    "lambda-before": ("        self.files = files\n", "        self.hook = lambda: self.stream\n"),
+    "setattr-defined": ("class Loader:\n", "class Loader:\n    def __setattr__(self, k, v):\n        pass\n\n"),
+    "class-level-name": ("class Loader:\n", "class Loader:\n    stream = property(lambda self: 1)\n\n"),
+    "subclassed": ("\n\ndef run", "\n\nclass Sub(Loader):\n    pass\n\n\ndef run"),
+    "external-base": ("class Loader:", "class Loader(Base):"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERWRITTEN_BUT_KEPT))
+def test_a_constructor_store_something_may_read_or_that_does_more_stays(case):
+    old, new = OVERWRITTEN_BUT_KEPT[case]
+    src = STREAM.replace(old, new)
+    assert src != STREAM
+    frozen = freeze_source(src, Freezer(Config(), [ast.parse(src)], lambda base: set()))
+    assert "self.stream = None" in frozen

@@ -3,6 +3,7 @@ whose effect is always overwritten. Comments and layout stay."""
 
 import ast
 import io
+from typing import Callable
 
 
 def line_starts(text: str) -> list[int]:
@@ -119,14 +120,27 @@ def dead_tails_cut(src: str, tree: ast.Module) -> str:
     return "".join(line for i, line in enumerate(lines, 1) if i not in drop)
 
 
-def dead_stores_cut(src: str, tree: ast.Module) -> str:
+def dead_stores_cut(src: str, tree: ast.Module, plain_attr: Callable[[str, str], bool] | None = None) -> str:
     """`src` without each `x = <name or constant>` right before another `x = ...` in the same block
     of a function (what freezing leaves of `x = a if c else b` / `if d: x = e`): the second always
     overwrites it, and nothing can read it in between. Left alone when the second assignment reads
     x, when x is global or nonlocal, or when a nested function or lambda names x (it might run
-    while the second value is computed)."""
+    while the second value is computed). `self.x = ...` twice in a constructor too, when
+    `plain_attr(class, x)` says setting x is a plain store (bundle.freeze) and nothing the second
+    value runs can have the object (self not passed, used or captured so far)."""
     lines = io.StringIO(src).readlines()
     drop: set[int] = set()
+    for cls in tree.body:
+        init = next((st for st in getattr(cls, "body", []) if isinstance(st, ast.FunctionDef)
+                     and st.name == "__init__"), None) if isinstance(cls, ast.ClassDef) else None
+        if init is None or plain_attr is None or not init.args.args or init.args.args[0].arg != "self":
+            continue
+        for first, second in zip(init.body, init.body[1:]):
+            attr = _self_store(first)
+            if (attr and _self_store(second) == attr and plain_attr(cls.name, attr)
+                    and isinstance(first.value, (ast.Name, ast.Constant))  # type: ignore[attr-defined]
+                    and _self_kept_in(init, second, attr) and _alone(first, init.body, lines)):  # type: ignore[arg-type]
+                drop.update(range(first.lineno, first.end_lineno + 1))
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
@@ -152,6 +166,27 @@ def dead_stores_cut(src: str, tree: ast.Module) -> str:
                         and _alone(first, block, lines)):
                     drop.update(range(first.lineno, first.end_lineno + 1))
     return "".join(line for i, line in enumerate(lines, 1) if i not in drop) if drop else src
+
+
+def _self_store(st: ast.stmt) -> str | None:
+    """x of `self.x = value` (one target), else None."""
+    if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Attribute)
+            and isinstance(st.targets[0].value, ast.Name) and st.targets[0].value.id == "self"):
+        return st.targets[0].attr
+    return None
+
+
+def _self_kept_in(init: ast.FunctionDef, upto: ast.Assign, attr: str) -> bool:
+    """Whether no code run up to `upto` (included) can have `self`: it is read only as
+    `self.x` (no call of a method, no `super()`), no nested function or lambda names it, and the
+    value `upto` stores does not read self.attr."""
+    nodes = [n for st in init.body[:init.body.index(upto) + 1] for n in ast.walk(st)]
+    uses = {id(n.value) for n in nodes if isinstance(n, ast.Attribute)}
+    calls = {id(n.func.value) for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    nested = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) for n in nodes)
+    selfs = [n for n in nodes if isinstance(n, ast.Name) and n.id in ("self", "super")]
+    reads = [n for n in ast.walk(upto.value) if isinstance(n, ast.Attribute) and n.attr == attr]
+    return not nested and not reads and all(id(n) in uses and id(n) not in calls for n in selfs)
 
 
 def _plain_store(st: ast.stmt) -> str | None:

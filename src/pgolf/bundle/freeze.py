@@ -27,6 +27,27 @@ from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
 
 _UNKNOWN = object()
+
+
+class _Instance:
+    """A new instance of a class of the code (`ShardSpanStream(files, bos)`): never None, and
+    true when its class defines neither __bool__ nor __len__; nothing else is known of it."""
+
+    def __init__(self, cls: str, truth: Any):
+        self.cls, self.truth = cls, truth
+
+    def __eq__(self, other: object) -> bool:  # every call site makes one of the same class
+        return isinstance(other, _Instance) and other.cls == self.cls
+
+    def __hash__(self) -> int:
+        return hash(self.cls)
+
+
+_SHAPE = frozenset({"__class__", "__bool__", "__len__", "__new__"})  # what makes an instance, and its truth
+
+
+def _truth(v: Any) -> Any:
+    return v.truth if isinstance(v, _Instance) else bool(v)
 _PASS_THROUGH_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()"})
 _SCALARS = (bool, int, float, str)
 # A method under these still gets its instance as `self` (`property`: the getter does).
@@ -87,7 +108,8 @@ class _Scope:
             items = []
             for e in node.elts:
                 v = self.value(e.value if isinstance(e, ast.Starred) else e)
-                if v is _UNKNOWN or isinstance(e, ast.Starred) and not isinstance(v, (tuple, list)):
+                if (v is _UNKNOWN or isinstance(v, _Instance)
+                        or isinstance(e, ast.Starred) and not isinstance(v, (tuple, list))):
                     return _UNKNOWN
                 items += list(v) if isinstance(e, ast.Starred) else [v]  # (*COMPRESSORS, "pergroup")
             # Each its own type: [1] == (1,) is False, {1, 2} == {2, 1} is True.
@@ -124,6 +146,9 @@ class _Scope:
             rights = [self.value(c) for c in node.comparators]
             if left is _UNKNOWN or any(r is _UNKNOWN for r in rights):
                 return _UNKNOWN
+            if any(isinstance(v, _Instance) for v in (left, *rights)) and not all(
+                    isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops):
+                return _UNKNOWN  # its class may define ==, <, in
             for op, right in zip(node.ops, rights):
                 try:
                     ok = _COMPARE[type(op)](left, right)
@@ -136,8 +161,13 @@ class _Scope:
         if isinstance(node, ast.BoolOp):  # the operand that settles it, as `and` / `or` return it
             for i, operand in enumerate(node.values):
                 v = self.value(operand)
-                if v is _UNKNOWN or bool(v) is isinstance(node.op, ast.Or) or i == len(node.values) - 1:
+                if v is _UNKNOWN or i == len(node.values) - 1:
                     return v
+                t = _truth(v)
+                if t is _UNKNOWN or t is isinstance(node.op, ast.Or):
+                    return v if t is not _UNKNOWN else _UNKNOWN
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.freezer.plain_classes:
+            return self.freezer.plain_classes[node.func.id]
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
                 and not node.keywords and len(node.args) in (2, 3) and isinstance(node.args[1], ast.Constant)
                 and isinstance(node.args[1].value, str) and "getattr" not in self.freezer.top_names):
@@ -173,7 +203,7 @@ class _Scope:
         only when it calls nothing, so deciding a test never drops a side effect."""
         if not isinstance(node, ast.BoolOp):
             v = self.value(node)
-            return _UNKNOWN if v is _UNKNOWN else bool(v)
+            return _UNKNOWN if v is _UNKNOWN else _truth(v)
         decisive = isinstance(node.op, ast.Or)  # the truth value that settles the whole test
         truths = [self.truth(v) for v in node.values]
         for i, t in enumerate(truths):
@@ -217,9 +247,50 @@ class Freezer:
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
         self.param_types: dict[str, dict[str, str]] = {}  # function or class -> parameter -> config class
+        self._class_defs = {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.ClassDef)}
         self.module_consts: dict[str, Any] = {}
+        self.plain_classes = self._plain_classes(trees)
+        # Classes whose __init__ other code may run on an existing object: bases, `X.__init__`.
+        self._init_callers = {b.id for c in self._class_defs.values() for b in c.bases if isinstance(b, ast.Name)} | {
+            n.value.id for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and n.attr == "__init__" and isinstance(n.value, ast.Name)}
         self.module_consts = self._module_consts(trees)
         self._propagate(trees)
+
+    def plain_attr(self, cls: str, attr: str) -> bool:
+        """Whether `self.attr = v` in the constructor of `cls` only stores v: no base class from
+        outside the code, no __setattr__, no class-level `attr` (a property), and no other code
+        runs that constructor (a subclass's super().__init__, `cls.__init__(obj)`)."""
+        if cls not in self._class_defs or cls in self._init_callers:
+            return False
+        lineage = self._lineage(cls)
+        names = {n for c in lineage for st in self._class_defs[c].body for n in _top_level_names(st)}
+        return attr not in names and "__setattr__" not in names and all(
+            isinstance(b, ast.Name) and (b.id in self._class_defs or b.id == "object")
+            for c in lineage for b in self._class_defs[c].bases)
+
+    def _plain_classes(self, trees: list[ast.Module]) -> dict[str, _Instance]:
+        """Classes whose call surely makes a new instance: defined once at module level, from
+        classes of the code or `object` only, no __new__, no metaclass; the instance of each."""
+        defined: dict[str, int] = {}
+        for tree in trees:
+            for n, k in bound_counts(tree.body).items():
+                defined[n] = defined.get(n, 0) + k
+            for node in ast.walk(tree):  # `obj.__class__ = ...`, `Cls.__len__ = ...`: none is plain
+                if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr in _SHAPE
+                        or isinstance(node, ast.Constant) and node.value in _SHAPE):
+                    return {}
+        out: dict[str, _Instance] = {}
+        for name in self._class_defs:
+            lineage, plain = self._lineage(name), True
+            for c in lineage:
+                node = self._class_defs[c]
+                plain &= defined.get(c) == 1 and not node.keywords and not node.decorator_list and all(
+                    isinstance(b, ast.Name) and (b.id in self._class_defs or b.id == "object") for b in node.bases)
+            methods = {n for c in lineage for st in self._class_defs[c].body for n in _top_level_names(st)}
+            if plain and "__new__" not in methods:
+                out[name] = _Instance(name, _UNKNOWN if methods & {"__bool__", "__len__"} else True)
+        return out
 
     def _module_consts(self, trees: list[ast.Module]) -> dict[str, Any]:
         """Module-level names bound once, at module level, to a known value (`INT_LAYOUTS = (...)`)
@@ -254,7 +325,6 @@ class Freezer:
         A function used other than by a direct call (stored, passed) keeps all its parameters."""
         defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         inits: dict[str, ast.FunctionDef] = {}  # class -> __init__, for `Class(...)` calls
-        self._class_defs = {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.ClassDef)}
         for tree in trees:
             for node in tree.body:
                 # A decorator may call the function itself (torch.library ops): only known pass-throughs.
@@ -621,7 +691,7 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
     for _ in range(200):
         found = freezer.decisions(tree)
         if not found:
-            return dead_stores_cut(*_parsed(dead_tails_cut(src, tree)))
+            return dead_stores_cut(*_parsed(dead_tails_cut(src, tree)), freezer.plain_attr)
         lines = io.StringIO(src).readlines()
         protected = string_lines(tree)
         # One edit per region per pass, innermost last: re-parse and go again.
