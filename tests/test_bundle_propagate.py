@@ -360,3 +360,10 @@ def test_a_constructor_store_something_may_read_or_that_does_more_stays(case):
     assert src != STREAM
     frozen = freeze_source(src, Freezer(Config(), [ast.parse(src)], lambda base: set()))
     assert "self.stream = None" in frozen
+
+
+def test_a_call_in_a_default_or_a_class_header_is_a_call():
+    for other in ("def other(v=helper(2, mode='iters')):\n    return v\n",
+                  "class Other(base(helper(2, mode='iters'))):\n    pass\n",
+                  "@register(helper(2, mode='iters'))\ndef other():\n    pass\n"):
+        assert "if mode" in _frozen(_cfg("frac", "stream"), other), other

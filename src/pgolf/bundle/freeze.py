@@ -565,13 +565,17 @@ class Freezer:
         def visit(node: ast.AST, scope: _Scope | None, owner_class: str | None, holder: list | None,
                   test_scope: _Scope | None = None) -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for d in node.decorator_list:
-                    visit(d, scope, None, None)
+                # Decorators and defaults run where the function is defined (calls there count).
+                for d in [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults]:
+                    if d is not None:
+                        visit(d, scope, None, None)
                 inner = self._function_scope(node, scope, owner_class)
                 for i, st in enumerate(node.body):
                     visit(st, inner.at(i), None, node.body, inner.at(i + 0.5))
                 return
             if isinstance(node, ast.ClassDef):
+                for d in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
+                    visit(d, scope, None, None)
                 walk_body(node.body, None, node.name)
                 return
             if isinstance(node, ast.Lambda) and scope is not None:
