@@ -367,3 +367,35 @@ def test_a_call_in_a_default_or_a_class_header_is_a_call():
                   "class Other(base(helper(2, mode='iters'))):\n    pass\n",
                   "@register(helper(2, mode='iters'))\ndef other():\n    pass\n"):
         assert "if mode" in _frozen(_cfg("frac", "stream"), other), other
+
+
+METHOD = '''
+class Net:
+    def go(self, mode, x):
+        return x + 10 if mode == "frac" else x
+
+
+def run(cfg: Config):
+    n = Net()
+    return n.go(cfg.schedule.warmdown_mode, 1) + n.go("frac", x=2)
+'''
+
+
+def test_a_method_every_call_passes_the_same_value_is_frozen():
+    cfg = _cfg("frac", "stream")
+    frozen = freeze_source(METHOD, Freezer(cfg, [ast.parse(METHOD)], lambda base: set()))
+    assert "return (x + 10)" in frozen
+    # Used other than by obj.go(...), called unbound, defined twice, or a framework's name: not frozen.
+    for extra, resolver in (("def other(n):\n    return n.go\n", None),
+                            ("def other(n):\n    return getattr(n, 'go')(1, 2)\n", None),
+                            ("def other(n):\n    return Net.go('frac', 'iters', x=2)\n", None),
+                            ("class Other:\n    def go(self, a, b):\n        return a\n", None),
+                            ("", lambda base: {"go"})):
+        src = METHOD.replace("class Net:", "class Net(Base):") if resolver else METHOD
+        frozen = freeze_source(src, Freezer(cfg, [ast.parse(src), ast.parse(extra)], resolver or (lambda base: set())))
+        assert "x + 10 if mode" in frozen, extra
+    for deco in ("@staticmethod", "@functools.cache"):
+        src = METHOD.replace("    def go(", f"    {deco}\n    def go(")
+        assert "x + 10 if mode" in freeze_source(src, Freezer(cfg, [ast.parse(src)])), deco
+    other_call = METHOD + "\n\ndef more(n):\n    return n.go('iters', 3)\n"
+    assert "x + 10 if mode" in freeze_source(other_call, Freezer(cfg, [ast.parse(other_call)]))

@@ -365,16 +365,20 @@ class Freezer:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called:
                     loaded.add(node.id)
+        methods = self._called_methods(trees)
         for _ in range(8):
             seen: dict[str, list[dict[str, Any]]] = {}
             seen_types: dict[str, list[dict[str, str]]] = {}
 
             def on_call(call: ast.Call, scope: _Scope | None) -> None:
-                name = call.func.id if isinstance(call.func, ast.Name) else ""
-                name = scope.aliases.get(name, name) if scope else name
-                if name in loaded or name not in defs and name not in inits:
-                    return
-                fn, skip = (defs[name], 0) if name in defs else (inits[name], 1)
+                if isinstance(call.func, ast.Attribute) and call.func.attr in methods:
+                    name, (fn, skip) = f"{methods[call.func.attr][0]}.{call.func.attr}", (methods[call.func.attr][1], 1)
+                else:
+                    name = call.func.id if isinstance(call.func, ast.Name) else ""
+                    name = scope.aliases.get(name, name) if scope else name
+                    if name in loaded or name not in defs and name not in inits:
+                        return
+                    fn, skip = (defs[name], 0) if name in defs else (inits[name], 1)
                 seen.setdefault(name, []).append(_bound_args(fn, call, scope, skip))
                 seen_types.setdefault(name, []).append(_bound_types(fn, call, scope, skip))
             for tree in trees:
@@ -411,6 +415,35 @@ class Freezer:
                 return
             self.param_values, self.self_values, self.param_types = values, attrs, types
             self.attr_types = attr_types
+
+    def _called_methods(self, trees: list[ast.Module]) -> dict[str, tuple[str, ast.FunctionDef]]:
+        """Method name -> (its class, it) for the methods only ever called as `obj.name(...)`:
+        defined by one class of the code (of a module-level class, not a dunder, no decorator
+        but pass-throughs), that name never used otherwise (`f = obj.name`, `getattr(obj, "name")`,
+        `Cls.name(obj)`), and no base class from outside the code has it (a framework calls it)."""
+        found: dict[str, list[tuple[str, ast.AST]]] = {}
+        for cls, node in self._class_defs.items():
+            framework = self._framework_attrs(cls)
+            for st in node.body:
+                for n in _top_level_names(st):
+                    found.setdefault(n, []).append((cls, st))
+                    if framework is None or n in framework:
+                        found[n].append(("", st))  # a framework may call it: never frozen
+        calls, other = set(), set()
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and not (
+                        isinstance(node.func.value, ast.Name) and node.func.value.id in self._class_defs):
+                    calls.add(id(node.func))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and id(node) not in calls:
+                    other.add(node.attr)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    other.add(node.value)
+        return {n: (defs[0][0], defs[0][1]) for n, defs in found.items()  # type: ignore[misc]
+                if len(defs) == 1 and isinstance(defs[0][1], ast.FunctionDef) and n not in other
+                and not (n.startswith("__") and n.endswith("__")) and defs[0][1].args.args
+                and all(ast.unparse(d) in _PASS_THROUGH_DECORATORS for d in defs[0][1].decorator_list)}
 
     def _init_attrs(self, cls: str, init: ast.FunctionDef, stored: dict[str, int]
                     ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -474,7 +507,7 @@ class Freezer:
         consts = {k: v for k, v in (outer.consts if outer else self.module_consts).items()
                   if k not in stores and k not in (outer.ranged if outer else ())}
         key = fn.name if outer is None and owner_class is None else (
-            owner_class if outer is None and fn.name == "__init__" else None)
+            (owner_class if fn.name == "__init__" else f"{owner_class}.{fn.name}") if outer is None else None)
         known = self.param_values.get(key, {}) if key else {}
         known_types = self.param_types.get(key, {}) if key else {}
         for i, p in enumerate(params):
