@@ -139,7 +139,8 @@ def dead_stores_cut(src: str, tree: ast.Module, plain_attr: Callable[[str, str],
             attr = _self_store(first)
             if (attr and _self_store(second) == attr and plain_attr(cls.name, attr)
                     and isinstance(first.value, (ast.Name, ast.Constant))  # type: ignore[attr-defined]
-                    and _self_kept_in(init, second, attr) and _alone(first, init.body, lines)):  # type: ignore[arg-type]
+                    and _self_kept_in(init, second, attr)  # type: ignore[arg-type]
+                    and _alone(first, init.body, lines)):
                 drop.update(range(first.lineno, first.end_lineno + 1))
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -162,7 +163,8 @@ def dead_stores_cut(src: str, tree: ast.Module, plain_attr: Callable[[str, str],
                 name = _plain_store(first)
                 if (name and name not in nested and _plain_store(second) == name
                         and isinstance(first.value, (ast.Name, ast.Constant))  # type: ignore[attr-defined]
-                        and not any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(second.value))  # type: ignore[attr-defined]
+                        and not any(isinstance(n, ast.Name) and n.id == name
+                                    for n in ast.walk(second.value))  # type: ignore[attr-defined]
                         and _alone(first, block, lines)):
                     drop.update(range(first.lineno, first.end_lineno + 1))
     return "".join(line for i, line in enumerate(lines, 1) if i not in drop) if drop else src

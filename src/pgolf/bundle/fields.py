@@ -175,3 +175,36 @@ def call_aliases(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, ast.As
                 and target not in params and all(id(n) in calls for n in loads)):
             out[alias] = st
     return out
+
+
+def top_level_names(st: ast.stmt) -> list[str]:
+    """The names a statement binds in its own scope."""
+    if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [st.name]
+    if isinstance(st, (ast.Import, ast.ImportFrom)):
+        return [(a.asname or a.name).split(".")[0] for a in st.names]
+    return [n.id for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))]
+
+
+def reads_and_nonlocals(fn: ast.FunctionDef | ast.AsyncFunctionDef
+                        ) -> tuple[dict[str, list[tuple[int, int]]], set[str]]:
+    """Where `fn`'s body (nested scopes included) reads each name, and the names a nested
+    function declares nonlocal (it may rebind them)."""
+    reads: dict[str, list[tuple[int, int]]] = {}
+    rebound: set[str] = set()
+    for st in fn.body:
+        for node in ast.walk(st):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                reads.setdefault(node.id, []).append((node.lineno, node.col_offset))
+            elif isinstance(node, ast.Nonlocal):
+                rebound.update(node.names)
+    return reads, rebound
+
+
+def assigned_pairs(target: ast.expr, value: ast.expr) -> list[tuple[ast.expr, ast.expr]]:
+    """(target, value) pairs of one assignment: `a, b = x, y` element-wise (no starred item)."""
+    if (isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List))
+            and len(target.elts) == len(value.elts)
+            and not any(isinstance(e, ast.Starred) for e in [*target.elts, *value.elts])):
+        return list(zip(target.elts, value.elts))
+    return [(target, value)]
