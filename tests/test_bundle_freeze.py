@@ -579,6 +579,17 @@ def f(cfg: Config, g):
     assert "None" not in frozen and "    run = len\n" in frozen and run(frozen, "f", cfg, None) == 3
 
 
+def test_a_store_nothing_reads_is_cut():
+    from pgolf.bundle.edits import dead_stores_cut
+    src = ("def f(g):\n    slot = None\n    other = g\n    kept = g()\n    if g:\n        a = 1\n        b = 2\n"
+           "    return other + 1\n")
+    assert dead_stores_cut(src, ast.parse(src)) == (
+        "def f(g):\n    other = g\n    kept = g()\n    if g:\n        b = 2\n    return other + 1\n")
+    for kept in ("def f(g):\n    slot = None\n    return lambda: slot\n",
+                 "def f(g):\n    global slot\n    slot = None\n    return g\n"):
+        assert dead_stores_cut(kept, ast.parse(kept)) == kept
+
+
 # Each stays: the second value reads x, x is global, a nested function may read x while the
 # second value is computed, the first value may have an effect, shares a line, is an attribute,
 # is at module level.

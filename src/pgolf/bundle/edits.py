@@ -158,7 +158,13 @@ def dead_stores_cut(src: str, tree: ast.Module, plain_attr: Callable[[str, str],
                 if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
                     blocks.append(block)
             todo += list(ast.iter_child_nodes(node))
+        read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         for block in blocks:
+            unread = [st for st in block if _plain_store(st) and _plain_store(st) not in read | nested
+                      and isinstance(st.value, (ast.Name, ast.Constant))  # type: ignore[attr-defined]
+                      and _alone(st, block, lines)]  # `slot = None` that nothing reads (freezing cut every use)
+            for st in unread[:len(block) - 1]:  # a block never ends up empty
+                drop.update(range(st.lineno, st.end_lineno + 1))
             for first, second in zip(block, block[1:]):
                 name = _plain_store(first)
                 if (name and name not in nested and _plain_store(second) == name
