@@ -397,5 +397,7 @@ def test_a_method_every_call_passes_the_same_value_is_frozen():
     for deco in ("@staticmethod", "@functools.cache"):
         src = METHOD.replace("    def go(", f"    {deco}\n    def go(")
         assert "x + 10 if mode" in freeze_source(src, Freezer(cfg, [ast.parse(src)])), deco
+    protocol = METHOD.replace("go", "write")  # file-like: print(file=net) calls net.write(text)
+    assert "x + 10 if mode" in freeze_source(protocol, Freezer(cfg, [ast.parse(protocol)], lambda base: set()))
     other_call = METHOD + "\n\ndef more(n):\n    return n.go('iters', 3)\n"
     assert "x + 10 if mode" in freeze_source(other_call, Freezer(cfg, [ast.parse(other_call)]))

@@ -3,10 +3,23 @@
 constants, and the classes whose call surely makes a plain new instance."""
 
 import ast
+import collections.abc
+import contextlib
+import io
+import logging
+import threading
 from typing import Any
 
 from pgolf.bundle.fields import assigned_pairs, attribute_stores, bound_counts, call_aliases, top_level_names
 from pgolf.bundle.values import PASS_THROUGH_DECORATORS, SHAPE, UNKNOWN, Instance, Scope
+
+
+# Methods outside code may call on any object handed to it (file-like, mapping, iterator,
+# context manager, thread, logging handler): such a name is never a method only the code calls.
+_PROTOCOL_NAMES = frozenset(n for t in (
+    object, dict, list, set, str, bytes, io.IOBase, io.TextIOBase, io.BufferedIOBase, io.RawIOBase,
+    threading.Thread, logging.Handler, logging.Filter, contextlib.AbstractContextManager,
+    *(getattr(collections.abc, n) for n in collections.abc.__all__)) for n in dir(t))
 
 
 class CodeFacts:
@@ -197,6 +210,7 @@ class CodeFacts:
                     other.add(node.value)
         return {n: (defs[0][0], defs[0][1]) for n, defs in found.items()  # type: ignore[misc]
                 if len(defs) == 1 and isinstance(defs[0][1], ast.FunctionDef) and n not in other
+                and n not in _PROTOCOL_NAMES
                 and not (n.startswith("__") and n.endswith("__")) and defs[0][1].args.args
                 and all(ast.unparse(d) in PASS_THROUGH_DECORATORS for d in defs[0][1].decorator_list)}
 
