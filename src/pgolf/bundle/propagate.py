@@ -14,12 +14,13 @@ from pgolf.bundle.fields import assigned_pairs, attribute_stores, bound_counts, 
 from pgolf.bundle.values import PASS_THROUGH_DECORATORS, SHAPE, UNKNOWN, Instance, Scope
 
 
-# Methods outside code may call on any object handed to it (file-like, mapping, iterator,
-# context manager, thread, logging handler): such a name is never a method only the code calls.
-_PROTOCOL_NAMES = frozenset(n for t in (
-    object, dict, list, set, str, bytes, io.IOBase, io.TextIOBase, io.BufferedIOBase, io.RawIOBase,
-    threading.Thread, logging.Handler, logging.Filter, contextlib.AbstractContextManager,
-    *(getattr(collections.abc, n) for n in collections.abc.__all__)) for n in dir(t))
+def _protocol_names() -> frozenset[str]:
+    """Methods outside code may call on any object handed to it (file-like, mapping, iterator,
+    context manager, thread, logging handler): such a name is never a method only the code calls."""
+    kinds = (object, dict, list, set, str, bytes, io.IOBase, io.TextIOBase, io.BufferedIOBase, io.RawIOBase,
+             threading.Thread, logging.Handler, logging.Filter, contextlib.AbstractContextManager,
+             *(getattr(collections.abc, n) for n in collections.abc.__all__))
+    return frozenset(n for t in kinds for n in dir(t))
 
 
 class CodeFacts:
@@ -208,9 +209,10 @@ class CodeFacts:
                     other.add(node.attr)
                 elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                     other.add(node.value)
+        protocol = _protocol_names()
         return {n: (defs[0][0], defs[0][1]) for n, defs in found.items()  # type: ignore[misc]
                 if len(defs) == 1 and isinstance(defs[0][1], ast.FunctionDef) and n not in other
-                and n not in _PROTOCOL_NAMES
+                and n not in protocol
                 and not (n.startswith("__") and n.endswith("__")) and defs[0][1].args.args
                 and all(ast.unparse(d) in PASS_THROUGH_DECORATORS for d in defs[0][1].decorator_list)}
 
