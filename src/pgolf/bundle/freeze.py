@@ -50,7 +50,7 @@ class Freezer(CodeFacts):
         self._noted_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
                              for c, attrs in class_attr_types(trees, self.classes).items()}
         self.attr_types = self._noted_types  # and what constructors store (_propagate)
-        self._bound: dict[int, tuple[ast.AST, dict[str, int]]] = {}  # id(function) -> (it, bound_counts)
+        self._syntax: dict[int, tuple[ast.AST, tuple]] = {}  # id(function) -> (it, what its text says)
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
         self.param_types: dict[str, dict[str, str]] = {}  # function or class -> parameter -> config class
@@ -64,14 +64,22 @@ class Freezer(CodeFacts):
         self.module_consts = self._module_consts(trees)
         self._propagate(trees)
 
+    def function_syntax(self, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple:
+        """(bound_counts of its body, call_aliases, where it reads each name, the names a nested
+        function or a `global` may rebind, the names each top-level statement binds), once per node."""
+        cached = self._syntax.get(id(fn))
+        if cached is None or cached[0] is not fn:  # the node is held, so its id is not reused
+            reads, rebound = reads_and_nonlocals(fn)
+            blocked = rebound | {n for node in ast.walk(fn) if isinstance(node, ast.Global) for n in node.names}
+            cached = self._syntax[id(fn)] = (fn, (bound_counts(fn.body), call_aliases(fn), reads, blocked,
+                                                  [set(bound_counts([st])) for st in fn.body]))
+        return cached[1]
+
     def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: Scope | None,
                         owner_class: str | None) -> Scope:
         a = fn.args
         params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
-        cached = self._bound.get(id(fn))
-        if cached is None or cached[0] is not fn:  # the node is held, so its id is not reused
-            cached = self._bound[id(fn)] = (fn, bound_counts(fn.body))
-        stores = cached[1]
+        stores, aliases, reads, blocked, body_stores = self.function_syntax(fn)
         types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
         consts = {k: v for k, v in (outer.consts if outer else self.module_consts).items()
                   if k not in stores and k not in (outer.ranged if outer else ())}
@@ -113,15 +121,12 @@ class Freezer(CodeFacts):
                         kind = scope.type_of(v)
                         if kind:
                             types[t.id] = kind
-        scope.aliases = {alias: st.value.id for alias, st in call_aliases(fn).items()}  # type: ignore[attr-defined]
+        scope.aliases = {alias: st.value.id for alias, st in aliases.items()}
         # Names bound once, by a statement of the body itself, to a known value, and read only
         # after it (straight-line code: every later statement sees that value) are constants.
         # A name bound again later, or read before (a nested function may run any time), is known
         # only over the top-level statements that run between its binding and the next one (for a
         # parameter: from the start): straight-line code, each statement runs once, in order.
-        reads, rebound = reads_and_nonlocals(fn)
-        blocked = rebound | {n for node in ast.walk(fn) if isinstance(node, ast.Global) for n in node.names}
-        body_stores = [set(bound_counts([st])) for st in fn.body]
         scope.stages = [{} for _ in fn.body]
 
         def known_from(name: str, value: Any, lo: int) -> None:

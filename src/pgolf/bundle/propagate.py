@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import Any
 
-from pgolf.bundle.fields import assigned_pairs, attribute_stores, bound_counts, call_aliases, top_level_names
+from pgolf.bundle.fields import assigned_pairs, attribute_stores, bound_counts, top_level_names
 from pgolf.bundle.values import PASS_THROUGH_DECORATORS, SHAPE, UNKNOWN, Instance, Scope
 
 
@@ -130,7 +130,7 @@ class CodeFacts:
                 called.update(id(n) for note in notes for n in ast.walk(note))
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     # `run = eval_record_ttt` then only `run(...)`: calls of that function
-                    called.update(id(st.value) for st in call_aliases(node).values())
+                    called.update(id(st.value) for st in self.function_syntax(node)[1].values())
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called:
                     loaded.add(node.id)
