@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pgolf.bundle.fields import exempt_fields
+from pgolf.bundle.fields import ANY_FIELD, exempt_fields
 from pgolf.bundle.freeze import Freezer, freeze_source
 from pgolf.bundle.rules import BundleError
 from pgolf.config_tree import Config
@@ -269,6 +269,107 @@ def f(cfg: Config):
 def f(cfg: Config):
     return 1 if cfg.data.path == "" else 2
 ''', "data.path", "data.sampling"),
+    "local-bound-twice": ('''
+def f(x):
+    auto = None
+    if x:
+        auto = x
+    if auto is not None:
+        return 1
+    return 2
+''', "        auto = x", "        other = x"),
+    "local-bound-in-a-branch": ('''
+def f(x):
+    if x:
+        auto = None
+    return 1 if auto is None else 2
+''', "    if x:\n        auto = None", "    auto = None\n    if x:\n        pass"),
+    "local-read-before-it-is-bound": ('''
+def f():
+    try:
+        r = 1 if auto is None else 2
+    except NameError:
+        r = 3
+    auto = None
+    return r
+''', None, '''
+def f():
+    auto = None
+    try:
+        r = 1 if auto is None else 2
+    except NameError:
+        r = 3
+    return r
+'''),
+    "local-rebound-by-a-nested-nonlocal": ('''
+def f(x):
+    auto = None
+    def g():
+        nonlocal auto
+        auto = x
+    g()
+    return 1 if auto is not None else 2
+''', "        nonlocal auto\n        auto = x", "        other = x"),
+    "local-list-display-appended-to": ('''
+def f(x):
+    out = []
+    out.append(x)
+    return 1 if out else 2
+''', "    out = []\n    out.append(x)\n", "    out = ()\n"),
+    "local-list-inside-a-tuple": ('''
+def f(x):
+    pair = (1, [])
+    pair[1].append(x)
+    return 1 if pair == (1, ()) else 2
+''', "pair = (1, [])", "pair = (1, ())"),
+    "local-bound-by-a-match-case": ('''
+def f(x):
+    auto = None
+    match x:
+        case [auto]:
+            pass
+    return 1 if auto is None else 2
+''', "case [auto]", "case [other]"),
+    "module-name-bound-twice": ('''
+KINDS = ("baseline", "record")
+if len(KINDS) > 5:
+    KINDS = ("other",)
+
+
+def f(cfg: Config):
+    return 1 if cfg.model.arch in KINDS else 2
+''', "    KINDS = (", "    OTHER = ("),
+    "module-name-a-function-declares-global": ('''
+KINDS = ("baseline", "record")
+
+
+def reset():
+    global KINDS
+    KINDS = ()
+
+
+def f(cfg: Config):
+    return 1 if cfg.model.arch in KINDS else 2
+''', "    global KINDS\n    KINDS = ()", "    kinds = ()"),
+    "module-name-bound-to-a-list": ('''
+KINDS = ["baseline", "record"]
+
+
+def f(cfg: Config):
+    return 1 if cfg.model.arch in KINDS else 2
+''', 'KINDS = ["baseline", "record"]', 'KINDS = ("baseline", "record")'),
+    "getattr-of-a-field-the-section-lacks": ('''
+def f(cfg: Config):
+    return 1 if getattr(cfg.model, "no_such_field", True) else 2
+''', "no_such_field", "tie_embeddings"),
+    "getattr-defined-by-the-code": ('''
+def getattr(obj, name, default=None):
+    return default
+
+
+def f(cfg: Config):
+    return 1 if getattr(cfg.model, "tie_embeddings", True) else 2
+''', "def getattr(obj", "def other_getattr(obj"),
     "section-not-a-field": ('''
 def f(cfg: Config):
     if cfg.model:
@@ -293,6 +394,11 @@ CHANGED_ELSEWHERE = {
     "attribute-store": ("m.tie_embeddings = False", "m.compile = True"),
     "augmented-store": ("m.tie_embeddings |= True", "m.compile |= True"),
     "setattr-with-a-literal-name": ('setattr(m, "tie_embeddings", False)', 'setattr(m, "compile", True)'),
+    # A config its constructor makes holds what the call passes.
+    "constructor-keyword": ("ModelConfig(tie_embeddings=False)", "ModelConfig(compile=True)"),
+    "constructor-positional": ("ModelConfig('record', 1024, 9, 64, 8, 4, 3.0, False)", "ModelConfig('record', 1024, 9)"),
+    "constructor-spread": ("ModelConfig(*m)", "QuantConfig(*m)"),
+    "constructor-spread-keywords": ("ModelConfig(**m)", "ModelConfig(compile=m)"),
 }
 FIELD_TEST = '''
 def f(cfg: Config):
@@ -307,7 +413,7 @@ def test_a_field_some_shipped_code_changes_is_never_decided(case):
     changes, other = CHANGED_ELSEWHERE[case]
     assert freeze(FIELD_TEST, CFG, f"def g(m):\n    {changes}\n") == FIELD_TEST
     assert freeze(FIELD_TEST, CFG, f"def g(m):\n    {other}\n") != FIELD_TEST
-    assert "tie_embeddings" in exempt_fields([ast.parse(changes)])
+    assert {"tie_embeddings", ANY_FIELD} & exempt_fields([ast.parse(changes)])
 
 
 def test_setattr_with_a_computed_name_is_refused():
@@ -319,6 +425,9 @@ def test_setattr_with_a_computed_name_is_refused():
     assert "seed" in exempt_fields([ast.parse('setattr(obj, "seed", 1)')])
     assert "num_layers" in exempt_fields([ast.parse('setattr(obj, "num_layers", 1)')])
     assert "num_layers" not in exempt_fields([ast.parse('getattr(obj, "num_layers")')])
+    assert "num_layers" in exempt_fields([ast.parse('delattr(obj, "num_layers")')])
+    with pytest.raises(BundleError, match="delattr with a computed name"):
+        exempt_fields([ast.parse("delattr(obj, name)")])
 
 
 EMPTIED = '''
@@ -416,3 +525,206 @@ def test_a_replace_with_spread_keywords_freezes_nothing():
     trees = [ast.parse(src), ast.parse(spread)]
     assert freeze_source(src, Freezer(Config(), trees)) == src
     assert freeze_source(src, Freezer(Config(), trees[:1])) != src
+
+
+LOCALS = '''
+def f(cfg: Config, x):
+    auto = x if cfg.model.tie_embeddings else None
+    pair: tuple = (cfg.model.num_layers, "a")
+    n, k = 3, cfg.model.num_layers
+    out = [] if auto is not None else ["AUTO_NONE"]
+    if pair[0] > 10 and n < k:
+        out.append("DEEP")
+    return out + ["TIED" if getattr(cfg.model, "tie_embeddings", True) else "UNTIED"]
+'''
+
+
+def test_a_local_bound_once_to_a_known_value_is_a_constant():
+    for tied in (True, False):
+        cfg = make_cfg(model__tie_embeddings=tied, model__num_layers=11)
+        frozen = freeze(LOCALS, cfg)
+        assert [run(frozen, "f", cfg, x) for x in (0, 1)] == [run(LOCALS, "f", cfg, x) for x in (0, 1)]
+        assert ("[] if auto" in frozen) == tied and "DEEP" in frozen and "if pair" not in frozen
+        assert "getattr" not in frozen and ("UNTIED" in frozen) != tied
+
+
+def test_a_decided_test_computes_what_python_computes():
+    # `or` / `and` give an operand, not its truth; [11] == (11,) is False, {1, 2} == {2, 1} is True.
+    src = '''
+def f(cfg: Config):
+    if (cfg.model.num_layers or 5) == 1:
+        return 1
+    if (cfg.model.num_layers,) == [cfg.model.num_layers]:
+        return 4
+    if {cfg.model.num_layers, 1} != {1, cfg.model.num_layers}:
+        return 5
+    return 2 if (cfg.quant.lqer_rank and "x") == "x" else 3
+'''
+    for rank in (0, 4):
+        cfg = make_cfg(model__num_layers=11, quant__lqer_rank=rank)
+        frozen = freeze(src, cfg)
+        assert "if" not in frozen.replace("def f", "")
+        assert run(frozen, "f", cfg) == run(src, "f", cfg) == (2 if rank else 3)
+
+
+def test_a_store_the_next_statement_overwrites_is_cut():
+    src = '''
+def f(cfg: Config, g):
+    run = g if cfg.model.tie_embeddings else None
+    run = len
+    return run("abc")
+'''
+    cfg = make_cfg(model__tie_embeddings=False)
+    frozen = freeze(src, cfg)
+    assert "None" not in frozen and "    run = len\n" in frozen and run(frozen, "f", cfg, None) == 3
+
+
+def test_a_store_nothing_reads_is_cut():
+    from pgolf.bundle.edits import dead_stores_cut
+    src = ("def f(g):\n    slot = None\n    other = g\n    kept = g()\n    if g:\n        a = 1\n        b = 2\n"
+           "    return other + 1\n")
+    assert dead_stores_cut(src, ast.parse(src)) == (
+        "def f(g):\n    other = g\n    kept = g()\n    if g:\n        b = 2\n    return other + 1\n")
+    for kept in ("def f(g):\n    slot = None\n    return lambda: slot\n",
+                 "def f(g):\n    global slot\n    slot = None\n    return g\n"):
+        assert dead_stores_cut(kept, ast.parse(kept)) == kept
+
+
+# Each stays: the second value reads x, x is global, a nested function may read x while the
+# second value is computed, the first value may have an effect, shares a line, is an attribute,
+# is at module level.
+KEPT_STORES = {
+    "second-reads-it": "def f():\n    x = 1\n    x = x + 1\n    return x\n",
+    "global": "def f(g):\n    global x\n    x = 1\n    x = g()\n",
+    "closure": "def f():\n    def h():\n        return x\n    x = 1\n    x = h()\n    return x\n",
+    "lambda": "def f():\n    h = lambda: x\n    x = 1\n    x = h()\n    return x\n",
+    "call": "def f(g):\n    x = g()\n    x = 2\n    return x\n",
+    "one-line": "def f(c):\n    if c: x = 1; x = 2\n    return x\n",
+    "shared-line": "def f():\n    a = 1; x = 1\n    x = 2\n    return x, a\n",
+    "attribute": "def f(self):\n    self.x = None\n    self.x = 2\n",
+    "module-level": "x = 1\nx = 2\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(KEPT_STORES))
+def test_a_store_something_may_read_before_it_is_overwritten_stays(case):
+    from pgolf.bundle.edits import dead_stores_cut
+    src = KEPT_STORES[case]
+    assert dead_stores_cut(src, ast.parse(src)) == src
+    twin = "def f(g):\n    x = 1\n    x = g()\n    return x\n"
+    assert dead_stores_cut(twin, ast.parse(twin)) == "def f(g):\n    x = g()\n    return x\n"
+
+
+OPERANDS = '''
+def f(cfg: Config, x, g):
+    m = cfg.model
+    out = [m.num_layers > 3 and x, x or m.tie_embeddings, x or m.num_layers or g(), g() or m.tie_embeddings or x]
+    out += [m.tie_embeddings or (x if x else "EMPTY") or g(), getattr(m, "tie_embeddings", 1) or x]
+    out += [m.tie_embeddings or x and m.num_layers > 3 or g()]
+    out += [not (x or m.tie_embeddings), [k for k in (0, 1, 2) if k > x or m.tie_embeddings]]
+    assert x != 3 or m.tie_embeddings, "NEVER"
+    if x and m.num_layers > 3:
+        out.append("X_TEST")
+    while x > 5 or m.tie_embeddings:
+        x -= 1
+    return out + [x]
+'''
+
+
+def test_operands_of_and_or_that_cannot_matter_are_cut():
+    cfg = CFG  # tie_embeddings False, num_layers 11
+    frozen = freeze(OPERANDS, cfg)
+    calls = []
+    for x in (0, 1, 7, 0.0):
+        def g():
+            calls.append(x)
+            return "G"
+        assert run(frozen, "f", cfg, x, g) == run(OPERANDS, "f", cfg, x, g)
+    assert calls[::2] == calls[1::2]  # g called just as often, with the same x
+    body = frozen.split("m = cfg.model\n")[1]
+    assert "[(x), x or m.tie_embeddings, x or m.num_layers, g() or x]" in body
+    assert '[(x if x else "EMPTY") or g(), getattr(m, "tie_embeddings", 1) or x]' in body
+    assert "[(x and m.num_layers > 3) or g()]" in body  # (x and True) gives True, not x: kept
+    assert "if (x):" in body and "while (x > 5):" in body and "[not ((x)), [k for k in (0, 1, 2) if (k > x)]]" in body
+    assert 'assert (x != 3), "NEVER"' in body
+    assert freeze(frozen, cfg) == frozen
+
+
+RANGES = '''
+def run(x):
+    return f("auto", x) + f("auto", -x)
+
+
+def f(mode, x):
+    if mode not in ("auto", "fixed"):
+        raise ValueError(mode)
+    if mode == "auto":
+        mode = "fixed" if x > 1 else "free"
+    return [1 if mode == "fixed" else 2, g(x)]
+
+
+def g(x):
+    kind = "a"
+    out = ["A" if kind == "a" else "B"]
+    if x:
+        kind = x
+    out.append("A2" if kind == "a" else "B2")
+    return out
+'''
+
+
+def test_a_name_is_known_between_its_bindings():
+    frozen = freeze(RANGES, Config())
+    for x in (0, 1, 2, 3.5):
+        assert run(frozen, "run", x) == run(RANGES, "run", x)
+    assert "raise" not in frozen and 'if mode == "auto"' not in frozen and '"B"' not in frozen
+    assert '1 if mode == "fixed" else 2' in frozen and '"A2" if kind == "a" else "B2"' in frozen
+
+
+# Known only between bindings: code that may run later (a nested function, a lambda, a
+# generator expression) and a loop that binds it again must not see the first value.
+LATER_READS = {
+    "nested-function": "    def check():\n        return 1 if kind == 'a' else 2\n",
+    "lambda": "    check = lambda: 1 if kind == 'a' else 2\n",
+    "generator": "    check = (1 if kind == 'a' else 2 for _ in range(1)).__next__\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATER_READS))
+def test_a_name_known_between_bindings_is_not_known_to_code_that_runs_later(case):
+    src = f"def h(x):\n    kind = 'a'\n{LATER_READS[case]}    kind = x\n    return check()\n"
+    frozen = freeze(src, Config())
+    assert frozen == src and run(src, "h", "b") == 2
+    twin = src.replace("    kind = x\n", "")
+    assert freeze(twin, Config()) != twin
+
+
+def test_a_name_bound_in_a_loop_or_in_the_test_is_not_known_there():
+    loop = "def h(x):\n    kind = 'a'\n    out = []\n    for i in range(2):\n" \
+           "        out.append(1 if kind == 'a' else 2)\n        kind = x\n    return out\n"
+    walrus = "def h(x):\n    kind = 'a'\n    if (kind := x) and kind == 'a':\n        return 1\n    return 2\n"
+    for src in (loop, walrus):
+        assert freeze(src, Config()) == src
+
+
+def test_a_module_level_constant_is_known_in_every_function():
+    src = '''
+BASE = ("baseline",)
+KINDS = (*BASE, "record")
+
+
+def f(cfg: Config):
+    if cfg.model.arch not in KINDS:
+        raise ValueError(cfg.model.arch)
+    KINDS_LOCAL = KINDS
+    return [1 if cfg.model.arch in KINDS_LOCAL else 2, g(list(BASE))]
+
+
+def g(x):
+    KINDS = x  # a local of the same name: not the module's
+    return 3 if "baseline" in KINDS else 4
+'''
+    cfg = Config()
+    frozen = freeze(src, cfg)
+    assert "raise" not in frozen and "else 2" not in frozen and "3 if" in frozen
+    assert run(frozen, "f", cfg) == run(src, "f", cfg) == [1, 3]

@@ -2,226 +2,91 @@
 
 A lean bundle (`quant.code_lean`) runs exactly the config `pgolf bundle` checked, so an
 `if cfg.quant.compressor == "pergroup":` is decided when the bundle is built. This pass reads
-each function's config-typed names (parameters annotated with a config class, names bound
-once to one, dataclass fields annotated with one), the parameters every caller passes the same
-known value, and the `self.x` a constructor sets once to one; it decides every `if` /
-`x if c else y` whose test reads only those and constants, and keeps the taken branch, as text: comments stay,
-so the readable file is still the code that runs. The definitions only a cut branch called
-are then unreached, and the bundler drops them.
+each function's config-typed names (parameters annotated with a config class or passed one by
+every caller, names bound once to one, attributes a class declares or a constructor stores as
+one) and what else is known (bundle.values, bundle.propagate): the parameters every caller
+passes the same value, `self.x` a constructor sets once, module-level constants, names
+between their bindings, new instances (never None). It decides every `if` / `x if c else y`
+whose test reads only those and constants, cuts `and` / `or` operands that cannot matter, and
+keeps the taken branch, as text: comments stay, so the readable file is still the code that
+runs. Statements after a return and stores the next statement overwrites go too
+(bundle.edits). The definitions only a cut branch called are then unreached, and the bundler
+drops them.
 
 A field is never frozen when code may see another value at run time: the fields an
 environment variable may still set (data paths, run id, seed), any field some shipped code
-assigns (`x.field = ...`) or passes to `dataclasses.replace`, and fields holding containers
-(bundle.fields reads these facts from the code).
+assigns (`x.field = ...`), passes to `dataclasses.replace` or to a config class's constructor,
+and fields holding containers (bundle.fields reads these facts from the code).
 """
 
 import ast
-import dataclasses
 import io
 from typing import Any, Callable
 
-from pgolf.bundle.edits import if_edit, line_starts, offset, string_lines
-from pgolf.bundle.fields import ANY_FIELD, bound_counts, class_attr_types, config_classes, exempt_fields
+from pgolf.bundle.edits import dead_stores_cut, dead_tails_cut, if_edit, line_starts, offset, string_lines
+from pgolf.bundle.fields import (assigned_pairs, bound_counts, call_aliases, class_attr_types, config_classes,
+                                 exempt_fields, reads_and_nonlocals, top_level_names)
+from pgolf.bundle.propagate import CodeFacts
 from pgolf.bundle.rules import BundleError
+from pgolf.bundle.values import LOOSE, SELF_DECORATORS, UNKNOWN, Scope
 from pgolf.config_tree import Config
 
-_UNKNOWN = object()
-_PASS_THROUGH_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()"})
-_SCALARS = (bool, int, float, str)
 
-
-class _Scope:
-    """The config-typed names of one function body: name -> class name."""
-
-    def __init__(self, freezer: "Freezer", types: dict[str, str], consts: dict[str, Any] | None = None):
-        self.freezer, self.types = freezer, types
-        self.consts = consts or {}  # parameters every caller passes the same frozen value
-
-    def type_of(self, node: ast.expr) -> str | None:
-        if isinstance(node, ast.Name):
-            return self.types.get(node.id)
-        if isinstance(node, ast.Attribute):
-            owner = self.type_of(node.value)
-            if owner is None:
-                return None
-            path = self.freezer.classes.get(owner)
-            if path == () and node.attr in self.freezer.sections:
-                return self.freezer.sections[node.attr]
-            return self.freezer.attr_types.get(owner, {}).get(node.attr)
-        return None
-
-    def value(self, node: ast.expr) -> Any:
-        """The expression's value under the frozen config, or _UNKNOWN."""
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return self.consts.get(node.id, _UNKNOWN)
-        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-            items = [self.value(e) for e in node.elts]
-            return _UNKNOWN if any(v is _UNKNOWN for v in items) else tuple(items)
-        if isinstance(node, ast.Attribute):
-            owner = self.type_of(node.value)
-            if node.attr in self.freezer.self_values.get(owner or "", {}):
-                return self.freezer.self_values[owner][node.attr]  # type: ignore[index]
-            path = self.freezer.classes.get(owner or "")
-            if path is None or node.attr in self.freezer.exempt or ANY_FIELD in self.freezer.exempt:
-                return _UNKNOWN
-            sec = self.freezer.cfg
-            for p in path:
-                sec = getattr(sec, p)
-            if not dataclasses.is_dataclass(sec) or node.attr not in {f.name for f in dataclasses.fields(sec)}:
-                return _UNKNOWN
-            v = getattr(sec, node.attr)
-            return v if v is None or isinstance(v, _SCALARS) else _UNKNOWN
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            t = self.truth(node.operand)
-            return _UNKNOWN if t is _UNKNOWN else not t
-        if isinstance(node, ast.Compare):
-            left = self.value(node.left)
-            rights = [self.value(c) for c in node.comparators]
-            if left is _UNKNOWN or any(r is _UNKNOWN for r in rights):
-                return _UNKNOWN
-            for op, right in zip(node.ops, rights):
-                try:
-                    ok = _COMPARE[type(op)](left, right)
-                except (TypeError, KeyError):
-                    return _UNKNOWN
-                if not ok:
-                    return False
-                left = right
-            return True
-        if isinstance(node, ast.BoolOp):
-            return self.truth(node)
-        return _UNKNOWN
-
-    def truth(self, node: ast.expr) -> Any:
-        """bool(expr) under the frozen config, or _UNKNOWN. An `and`/`or` operand is skipped
-        only when it calls nothing, so deciding a test never drops a side effect."""
-        if not isinstance(node, ast.BoolOp):
-            v = self.value(node)
-            return _UNKNOWN if v is _UNKNOWN else bool(v)
-        decisive = isinstance(node.op, ast.Or)  # the truth value that settles the whole test
-        truths = [self.truth(v) for v in node.values]
-        for i, t in enumerate(truths):
-            if t is decisive and not any(isinstance(n, _EFFECTS) for v in node.values[:i] for n in ast.walk(v)):
-                return decisive
-        return _UNKNOWN if any(t is _UNKNOWN for t in truths) else (not decisive)
-
-
-# What an operand must not hold for a test to skip it: a call, or a binding (`(n := x) and cfg.f`
-# binds n even when the test is False; cutting the test would leave n unbound).
-_EFFECTS = (ast.Call, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)
-
-_COMPARE = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
-            ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
-            ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-            ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
-
-
-class Freezer:
+class Freezer(CodeFacts):
     """Decides tests under one frozen config; `trees` is the shipped code (what may change a field)."""
 
-    def __init__(self, cfg: Config, trees: list[ast.Module]):
+    def __init__(self, cfg: Config, trees: list[ast.Module],
+                 external_attrs: Callable[[ast.expr], set[str] | None] | None = None):
+        """`external_attrs(base)`: the attribute names of a base class from outside the code
+        (bundle.specialize resolves them), None when unknown; without it such a class's
+        attributes are never frozen (the framework may set them: nn.Module.train sets `training`)."""
         self.cfg = cfg
+        self.external_attrs = external_attrs
         self.classes = config_classes()
         self.sections = {p[0]: c for c, p in self.classes.items() if p}
         self.exempt = exempt_fields(trees)
+        self.top_names = {n for tree in trees for st in tree.body for n in top_level_names(st)}
         # A class's config-typed attribute counts only while no code assigns that name.
-        self.attr_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
-                           for c, attrs in class_attr_types(trees, self.classes).items()}
-        self._bound: dict[int, tuple[ast.AST, dict[str, int]]] = {}  # id(function) -> (it, bound_counts)
+        self._noted_types = {c: {a: t for a, t in attrs.items() if a not in self.exempt}
+                             for c, attrs in class_attr_types(trees, self.classes).items()}
+        self.attr_types = self._noted_types  # and what constructors store (_propagate)
+        self._syntax: dict[int, tuple[ast.AST, tuple]] = {}  # id(function) -> (it, what its text says)
         self.param_values: dict[str, dict[str, Any]] = {}  # function or class -> parameter -> value
         self.self_values: dict[str, dict[str, Any]] = {}  # class -> attribute -> value
+        self.param_types: dict[str, dict[str, str]] = {}  # function or class -> parameter -> config class
+        self._class_defs = {node.name: node for tree in trees for node in tree.body if isinstance(node, ast.ClassDef)}
+        self.module_consts: dict[str, Any] = {}
+        self.plain_classes = self._plain_classes(trees)
+        # Classes whose __init__ other code may run on an existing object: bases, `X.__init__`.
+        self._init_callers = {b.id for c in self._class_defs.values() for b in c.bases if isinstance(b, ast.Name)} | {
+            n.value.id for tree in trees for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and n.attr == "__init__" and isinstance(n.value, ast.Name)}
+        self.module_consts = self._module_consts(trees)
         self._propagate(trees)
 
-    def _propagate(self, trees: list[ast.Module]) -> None:
-        """Parameters of module-level functions that every call passes the same known value
-        (`lr_multiplier(..., mode=cfg.schedule.warmdown_mode)` everywhere): frozen inside them.
-        A function used other than by a direct call (stored, passed) keeps all its parameters."""
-        defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
-        inits: dict[str, ast.FunctionDef] = {}  # class -> __init__, for `Class(...)` calls
-        for tree in trees:
-            for node in tree.body:
-                # A decorator may call the function itself (torch.library ops): only known pass-throughs.
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(
-                        ast.unparse(d) in _PASS_THROUGH_DECORATORS for d in node.decorator_list):
-                    defs[node.name] = node
-                elif isinstance(node, ast.ClassDef) and not node.decorator_list:
-                    init = next((st for st in node.body if isinstance(st, ast.FunctionDef) and st.name == "__init__"),
-                                None)
-                    if init is not None and not init.decorator_list:
-                        inits[node.name] = init
-        stored_attrs: dict[str, int] = {}
-        for tree in trees:
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
-                    stored_attrs[node.attr] = stored_attrs.get(node.attr, 0) + 1
-        called, loaded = set(), set()
-        for tree in trees:
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                    called.add(id(node.func))
-                # An annotation names a class without using it.
-                notes = [node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) and node.annotation else []
-                notes += [node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns \
-                    else []
-                called.update(id(n) for note in notes for n in ast.walk(note))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called:
-                    loaded.add(node.id)
-        for _ in range(8):
-            seen: dict[str, list[dict[str, Any]]] = {}
+    def function_syntax(self, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple:
+        """(bound_counts of its body, call_aliases, where it reads each name, the names a nested
+        function or a `global` may rebind, the names each top-level statement binds), once per node."""
+        cached = self._syntax.get(id(fn))
+        if cached is None or cached[0] is not fn:  # the node is held, so its id is not reused
+            reads, rebound = reads_and_nonlocals(fn)
+            blocked = rebound | {n for node in ast.walk(fn) if isinstance(node, ast.Global) for n in node.names}
+            cached = self._syntax[id(fn)] = (fn, (bound_counts(fn.body), call_aliases(fn), reads, blocked,
+                                                  [set(bound_counts([st])) for st in fn.body]))
+        return cached[1]
 
-            def on_call(call: ast.Call, scope: _Scope | None) -> None:
-                name = call.func.id if isinstance(call.func, ast.Name) else ""
-                if name in loaded:
-                    return
-                if name in defs:
-                    seen.setdefault(name, []).append(_bound_args(defs[name], call, scope))
-                elif name in inits:
-                    seen.setdefault(name, []).append(_bound_args(inits[name], call, scope, skip=1))
-            for tree in trees:
-                self.decisions(tree, on_call)
-            values: dict[str, dict[str, Any]] = {}
-            for name, sites in seen.items():
-                first = sites[0]
-                agreed = {p: v for p, v in first.items() if v is not _UNKNOWN and all(
-                    p in s and type(s[p]) is type(v) and s[p] == v for s in sites[1:])}
-                if agreed:
-                    values[name] = agreed
-            attrs = {cls: self._init_attrs(cls, init, stored_attrs) for cls, init in inits.items()
-                     if cls not in loaded}
-            attrs = {cls: a for cls, a in attrs.items() if a}
-            if values == self.param_values and attrs == self.self_values:
-                return
-            self.param_values, self.self_values = values, attrs
-
-    def _init_attrs(self, cls: str, init: ast.FunctionDef, stored: dict[str, int]) -> dict[str, Any]:
-        """`self.x` of class `cls` that __init__ sets once, first thing, to a known value, and no
-        code anywhere assigns again (an attribute of that name on any object counts)."""
-        scope = self._function_scope(init, None, cls)
-        out = {}
-        for st in init.body:
-            if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Attribute)
-                    and isinstance(st.targets[0].value, ast.Name) and st.targets[0].value.id == "self"
-                    and stored.get(st.targets[0].attr) == 1):
-                v = scope.value(st.value)
-                if v is not _UNKNOWN:
-                    out[st.targets[0].attr] = v
-        return out
-
-    def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: _Scope | None,
-                        owner_class: str | None) -> _Scope:
+    def _function_scope(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, outer: Scope | None,
+                        owner_class: str | None) -> Scope:
         a = fn.args
         params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
-        cached = self._bound.get(id(fn))
-        if cached is None or cached[0] is not fn:  # the node is held, so its id is not reused
-            cached = self._bound[id(fn)] = (fn, bound_counts(fn.body))
-        stores = cached[1]
+        stores, aliases, reads, blocked, body_stores = self.function_syntax(fn)
         types = {k: v for k, v in (outer.types if outer else {}).items() if k not in stores}
-        consts = {k: v for k, v in (outer.consts if outer else {}).items() if k not in stores}
-        known = self.param_values.get(fn.name, {}) if outer is None and owner_class is None else (
-            self.param_values.get(owner_class, {}) if outer is None and fn.name == "__init__" else {})
+        consts = {k: v for k, v in (outer.consts if outer else self.module_consts).items()
+                  if k not in stores and k not in (outer.ranged if outer else ())}
+        key = fn.name if outer is None and owner_class is None else (
+            (owner_class if fn.name == "__init__" else f"{owner_class}.{fn.name}") if outer is None else None)
+        known = self.param_values.get(key, {}) if key else {}
+        known_types = self.param_types.get(key, {}) if key else {}
         for i, p in enumerate(params):
             if p is None:
                 continue
@@ -234,9 +99,12 @@ class Freezer:
             if isinstance(p.annotation, ast.Name) and (p.annotation.id in self.classes
                                                        or self.attr_types.get(p.annotation.id)):
                 types[p.arg] = p.annotation.id  # a config, or a class with config attributes (`spec: RunSpec`)
-            elif i == 0 and owner_class and p.arg == "self" and not fn.decorator_list:
+            elif p.arg in known_types:
+                types[p.arg] = known_types[p.arg]
+            elif i == 0 and owner_class and p.arg == "self" and all(
+                    ast.unparse(d) in SELF_DECORATORS for d in fn.decorator_list):
                 types[p.arg] = owner_class
-        scope = _Scope(self, types, consts)
+        scope = Scope(self, types, consts)
         # Names bound exactly once to a config-typed expression (`m = cfg.model`, `cfg, x = spec.cfg, 1`).
         # A parameter is bound on entry too (code before the assignment reads the argument), and an
         # assignment in a nested function or class binds a name of its own scope: neither counts.
@@ -248,50 +116,102 @@ class Freezer:
                 continue
             todo.extend(ast.iter_child_nodes(node))
             if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                pairs = [(node.targets[0], node.value)]
-                if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
-                    pairs = list(zip(node.targets[0].elts, node.value.elts))
-                for t, v in pairs:
+                for t, v in assigned_pairs(node.targets[0], node.value):
                     if isinstance(t, ast.Name) and stores.get(t.id) == 1 and t.id not in param_names:
                         kind = scope.type_of(v)
                         if kind:
                             types[t.id] = kind
+        scope.aliases = {alias: st.value.id for alias, st in aliases.items()}
+        # Names bound once, by a statement of the body itself, to a known value, and read only
+        # after it (straight-line code: every later statement sees that value) are constants.
+        # A name bound again later, or read before (a nested function may run any time), is known
+        # only over the top-level statements that run between its binding and the next one (for a
+        # parameter: from the start): straight-line code, each statement runs once, in order.
+        scope.stages = [{} for _ in fn.body]
+
+        def known_from(name: str, value: Any, lo: int) -> None:
+            hi = next((j for j in range(lo, len(fn.body)) if name in body_stores[j]), len(fn.body))
+            for j in range(lo, hi):
+                scope.stages[j][name] = value
+            if hi < len(fn.body) and isinstance(fn.body[hi], ast.If) and name not in bound_counts(
+                    [ast.Expr(fn.body[hi].test)]):
+                scope.test_stages.setdefault(hi, {})[name] = value
+        for p in params:
+            if p is not None and stores.get(p.arg) and p.arg in known and p.arg not in blocked:
+                known_from(p.arg, known[p.arg], 0)
+        for i, st in enumerate(fn.body):
+            if not ((isinstance(st, ast.Assign) and len(st.targets) == 1)
+                    or (isinstance(st, ast.AnnAssign) and st.value is not None and st.simple)):
+                continue
+            here = scope.at(i)
+            target = st.targets[0] if isinstance(st, ast.Assign) else st.target
+            for t, v in assigned_pairs(target, st.value):  # type: ignore[arg-type]
+                value = here.stored_value(v)
+                if not isinstance(t, ast.Name) or t.id in blocked or value is UNKNOWN:
+                    continue
+                if (stores.get(t.id) == 1 and t.id not in param_names
+                        and all(at > (st.end_lineno, st.end_col_offset) for at in reads.get(t.id, []))):
+                    scope.consts[t.id] = value  # bound once, read only after: known for good
+                else:
+                    known_from(t.id, value, i + 1)
         return scope
 
     def decisions(self, tree: ast.Module,
-                  on_call: Callable[[ast.Call, _Scope | None], None] | None = None
+                  on_call: Callable[[ast.Call, Scope | None], None] | None = None
                   ) -> list[tuple[ast.AST, bool, list[ast.stmt] | None]]:
         """(If or IfExp node, its test's truth, the statement list holding it) for every decided
-        test; `on_call` sees every call with the scope it runs in."""
-        found: list[tuple[ast.AST, bool, list[ast.stmt] | None]] = []
+        test, and (BoolOp node, the indices of the operands it keeps, None) for every `and` / `or`
+        with operands known not to matter; `on_call` sees every call with the scope it runs in."""
+        found: list[tuple[ast.AST, Any, list[ast.stmt] | None]] = []
+        tests: set[int] = set()  # expressions whose truth alone is used (`if` tests, their operands)
 
-        def walk_body(body: list[ast.stmt], scope: _Scope | None, owner_class: str | None) -> None:
+        def walk_body(body: list[ast.stmt], scope: Scope | None, owner_class: str | None) -> None:
             for st in body:
                 visit(st, scope, owner_class, body)
 
-        def visit(node: ast.AST, scope: _Scope | None, owner_class: str | None, holder: list | None) -> None:
+        def visit(node: ast.AST, scope: Scope | None, owner_class: str | None, holder: list | None,
+                  test_scope: Scope | None = None) -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for d in node.decorator_list:
-                    visit(d, scope, None, None)
+                # Decorators and defaults run where the function is defined (calls there count).
+                for d in [*node.decorator_list, *node.args.defaults, *node.args.kw_defaults]:
+                    if d is not None:
+                        visit(d, scope, None, None)
                 inner = self._function_scope(node, scope, owner_class)
-                walk_body(node.body, inner, None)
+                for i, st in enumerate(node.body):
+                    visit(st, inner.at(i), None, node.body, inner.at(i + 0.5))
                 return
             if isinstance(node, ast.ClassDef):
+                for d in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
+                    visit(d, scope, None, None)
                 walk_body(node.body, None, node.name)
                 return
             if isinstance(node, ast.Lambda) and scope is not None:
                 a = node.args
-                bound = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p}
-                scope = _Scope(self, {k: v for k, v in scope.types.items() if k not in bound},
-                               {k: v for k, v in scope.consts.items() if k not in bound})
+                scope = scope.lasting({p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p})
+            elif isinstance(node, ast.GeneratorExp) and scope is not None:
+                scope = scope.lasting()  # runs as it is consumed, maybe after a name changes
             if on_call is not None and isinstance(node, ast.Call):
                 on_call(node, scope)
+            if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)):
+                tests.add(id(node.test))
+            elif isinstance(node, ast.comprehension):
+                tests.update(id(c) for c in node.ifs)
+            elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+                tests.add(id(node.operand))
+            elif isinstance(node, ast.BoolOp) and id(node) in tests:
+                tests.update(id(v) for v in node.values)
             if scope is not None and isinstance(node, (ast.If, ast.IfExp)):
-                t = scope.truth(node.test)
-                if t is not _UNKNOWN:
+                t = (test_scope if isinstance(node, ast.If) and test_scope else scope).truth(node.test)
+                if t is not UNKNOWN:
                     found.append((node, bool(t), holder))
+            elif scope is not None and isinstance(node, ast.BoolOp):
+                keep = scope.kept_operands(node, id(node) in tests)
+                if keep is not None:
+                    found.append((node, keep, None))
             for field, value in ast.iter_fields(node):
-                if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                if isinstance(node, ast.If) and field == "test" and test_scope is not None:
+                    visit(value, test_scope, None, None)
+                elif isinstance(value, list) and value and isinstance(value[0], ast.stmt):
                     walk_body(value, scope, owner_class if isinstance(node, ast.ClassDef) else None)
                 elif isinstance(value, list):
                     for v in value:
@@ -304,36 +224,13 @@ class Freezer:
         return found
 
 
-def _bound_args(fn: ast.FunctionDef | ast.AsyncFunctionDef, call: ast.Call, scope: "_Scope | None",
-                skip: int = 0) -> dict[str, Any]:
-    """Parameter -> the value this call passes (a default when it passes none), or _UNKNOWN;
-    `skip` leading parameters the call does not pass (`self` of a constructor)."""
-    a = fn.args
-    if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
-        return {}
-    positional = [*a.posonlyargs, *a.args][skip:]
-    out: dict[str, Any] = {}
-    defaults = dict(zip([p.arg for p in positional][len(positional) - len(a.defaults):], a.defaults))
-    defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
-    for p, d in defaults.items():
-        out[p] = d.value if isinstance(d, ast.Constant) else _UNKNOWN
-    if len(call.args) > len(positional):
-        return {}
-    for p, x in zip(positional, call.args):
-        out[p.arg] = scope.value(x) if scope else (x.value if isinstance(x, ast.Constant) else _UNKNOWN)
-    for k in call.keywords:
-        out[k.arg] = scope.value(k.value) if scope else (k.value.value if isinstance(k.value, ast.Constant)
-                                                          else _UNKNOWN)
-    return out
-
-
 def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) -> str:
     """`src` with every test the frozen config decides replaced by its taken branch (`tree`: src parsed)."""
     tree = tree if tree is not None else ast.parse(src)
     for _ in range(200):
         found = freezer.decisions(tree)
         if not found:
-            return dead_tails_cut(src, tree)
+            return dead_stores_cut(*_parsed(dead_tails_cut(src, tree)), freezer.plain_attr)
         lines = io.StringIO(src).readlines()
         protected = string_lines(tree)
         # One edit per region per pass, innermost last: re-parse and go again.
@@ -347,6 +244,17 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
         starts = line_starts(src)
         emptied: set[int] = set()
         for node, take, holder in sorted(chosen, key=lambda f: (f[0].lineno, f[0].col_offset), reverse=True):
+            if isinstance(node, ast.BoolOp):
+                lo = offset(lines, starts, node.lineno, node.col_offset)
+                hi = offset(lines, starts, node.end_lineno, node.end_col_offset)
+                parts = []
+                for i in take:
+                    v = node.values[i]
+                    seg = src[offset(lines, starts, v.lineno, v.col_offset):
+                              offset(lines, starts, v.end_lineno, v.end_col_offset)]
+                    parts.append(f"({seg})" if len(take) == 1 or isinstance(v, LOOSE) else seg)
+                new_src = new_src[:lo] + (" or " if isinstance(node.op, ast.Or) else " and ").join(parts) + new_src[hi:]
+                continue
             if isinstance(node, ast.IfExp):
                 branch = node.body if take else node.orelse
                 seg_lo = offset(lines, starts, branch.lineno, branch.col_offset)
@@ -372,24 +280,5 @@ def freeze_source(src: str, freezer: Freezer, tree: ast.Module | None = None) ->
     raise BundleError("freezing the config did not settle after 200 passes; ship quant.code_lean=false and report it")
 
 
-_TERMINAL = (ast.Return, ast.Raise, ast.Continue, ast.Break)
-
-
-def dead_tails_cut(src: str, tree: ast.Module) -> str:
-    """`src` without the statements that follow a return, raise, continue or break in the same
-    block (a kept branch often ends in one: `if numerics == "record": return ...`)."""
-    lines = io.StringIO(src).readlines()
-    cuts: list[tuple[int, int]] = []
-    for node in ast.walk(tree):
-        for _, block in ast.iter_fields(node):
-            if not (isinstance(block, list) and block and isinstance(block[0], ast.stmt)):
-                continue
-            end = next((i for i, st in enumerate(block[:-1]) if isinstance(st, _TERMINAL)), None)
-            if end is None or block[end + 1].lineno <= block[end].end_lineno:
-                continue  # nothing after it, or `return x; y = 1` on one line
-            first = min([block[end + 1].lineno] + [d.lineno for d in getattr(block[end + 1], "decorator_list", [])])
-            cuts.append((first, block[-1].end_lineno))
-    if not cuts:
-        return src
-    drop = {i for lo, hi in cuts for i in range(lo, hi + 1)}
-    return "".join(line for i, line in enumerate(lines, 1) if i not in drop)
+def _parsed(src: str) -> tuple[str, ast.Module]:
+    return src, ast.parse(src)

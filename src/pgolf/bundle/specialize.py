@@ -93,7 +93,7 @@ def _specialize(texts: dict[str, str], cfg: Config,
     for _ in range(20):
         trees = {m: parse(t) for m, t in texts.items()}
         keep = shake(trees)
-        freezer = Freezer(cfg, [ast.Module([trees[m].body[i] for i in sorted(keep[m])], []) for m in texts])
+        freezer = Freezer(cfg, [ast.Module([trees[m].body[i] for i in sorted(keep[m])], []) for m in texts], resolver)
         new = {m: freeze_source(t, freezer, trees[m]) if keep[m] else t for m, t in texts.items()}
         trees = {m: parse(t) for m, t in new.items()}
         dead = unused_methods(trees, shake(trees), resolver)
