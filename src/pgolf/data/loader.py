@@ -233,7 +233,7 @@ class DistributedTokenLoader:
         # CoprimeWindowSampler is named only where it is built: a bundle for sequential
         # sampling leaves it out, so its one-line SamplerStateError refusals pass through unwrapped.
         self.sampler = None
-        self.lengths = [read_header(f) for f in files] if sampling == "coprime" else []
+        self.lengths = [read_header(f) for f in files] if sampling == "coprime" else ()
         self.shard_cache: dict[int, np.ndarray] = {}
         # The first shard in full now (a wrong tokenizer fails before training), then each
         # batch as it is taken (~0.1 ms per 100k tokens).

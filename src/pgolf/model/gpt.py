@@ -91,7 +91,7 @@ class GPT(nn.Module):
             # Names as in #1855's script (smear_gate.weight, smear_lambda).
             self.smear_gate = nn.Linear(cfg.gate_window, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.zeros(1))
-        self.ve_layers = parse_layers(cfg.ve_layers, L) if cfg.ve_enabled else []
+        self.ve_layers = tuple(parse_layers(cfg.ve_layers, L)) if cfg.ve_enabled else ()
         self.ve = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, kv_dim, len(self.ve_layers)) if self.ve_layers else None
         self.blocks = nn.ModuleList(Block(cfg, i, not self.banked) for i in range(L))
         if self.banked:
