@@ -5,8 +5,9 @@
 
 A compressor shares context across modules, so a module's share is measured as what the counted
 file loses when that module alone is left out (the rest compressed without it), not as its size
-compressed on its own. The shares of several modules do not add up exactly; `--groups` measures a
-set of modules left out together. The file left out of is not runnable: these are sizes, not runs.
+compressed on its own. The shares of several modules do not add up exactly (a tiny module's can
+come out a few bytes negative: the compressor's choices shift); `--groups` measures a set of
+modules left out together. The file left out of is not runnable: these are sizes, not runs.
 """
 
 import argparse
