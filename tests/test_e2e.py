@@ -196,11 +196,12 @@ def test_record_kill_and_resume_with_ema_swa_qat(record_run, embedded_corpus, tm
 
 
 def test_record_bundle_without_its_unused_parts_trains_identically(record_run, embedded_corpus, tmp_path):
-    # The record's train_gpt.py leaves out GPTQ, LQER, LoRA/phased TTT and causal SLOT (pgolf.parts).
+    # The record's train_gpt.py leaves out GPTQ, LQER, LoRA/phased TTT and causal SLOT (pgolf.parts);
+    # it keeps checkpoints (the preset writes them) and signal handling.
     bundle = tmp_path / "train_gpt.py"
     pgolf(["bundle", "--out", str(bundle), "--minify"] + RECORD_TINY, embedded_corpus)
     text = bundle.read_text()
-    assert "SHIPPED_PARTS = ('signals',)" in text and "def eval_lora_ttt(" not in text
+    assert "SHIPPED_PARTS = ('checkpoints', 'signals')" in text and "def eval_lora_ttt(" not in text
     env = env_for({"DATA_PATH": embedded_corpus["data_path"], "TOKENIZER_PATH": embedded_corpus["tokenizer_path"]})
     env.pop("PYTHONPATH")
     runner = "import runpy, sys; sys.modules['pgolf'] = None; runpy.run_path('train_gpt.py', run_name='__main__')"
