@@ -16,7 +16,7 @@ import json
 import re
 import sys
 
-from pgolf.bundle.build import READABLE_NAME, bundle_for_config, shipped_files
+from pgolf.bundle.build import READABLE_NAME, shipped_files
 from pgolf.bundle.rules import BUNDLE_MARK
 from pgolf.bundle.pack import build_compressed_bundle, minify_source
 from pgolf.config import resolve_config, shippable_config
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = shippable_config(resolve_config(args.preset, None, {}, args.sets)[0])
     codec = cfg.quant.code_codec
-    official = len(shipped_files(cfg, "compressed")["train_gpt.py"].encode("utf-8"))
-    head, parts = sections(bundle_for_config(cfg, "run"))
+    files = shipped_files(cfg, "compressed")  # the counted file and the readable one it unpacks to
+    official = len(files["train_gpt.py"].encode("utf-8"))
+    head, parts = sections(files[READABLE_NAME])
 
     def counted(left_out: set[str]) -> int:
         return counted_without(head, parts, left_out, codec)
