@@ -30,7 +30,7 @@ def test_shares_are_measured_on_the_counted_file_itself(capsys):
     # the shares are then differences of real counted sizes.
     rec = _recipe()
     assert rec.main(["--preset", "smoke", "--groups", "conf=config,config_tree", "--groups", "model=model/*",
-                     "--json"]) == 0
+                     "--bounds", "model", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     from pgolf.bundle.build import bundle_for_config
     from pgolf.config import resolve_config
@@ -40,5 +40,43 @@ def test_shares_are_measured_on_the_counted_file_itself(capsys):
     assert out["groups"][0]["modules"] == ["pgolf/config.py", "pgolf/config_tree.py"]
     assert 0 < out["groups"][0]["counted_share"] < out["counted_bytes"]
     assert out["groups"][1]["modules"] == sorted(m for m in modules if m.startswith("pgolf/model/"))
+    sizes = [out["counted_bytes"], *(b["counted_bytes"] for b in out["bounds"])]
+    assert len(sizes) == 5 and sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 5
+    assert out["bounds_left_out"] == out["groups"][1]["modules"]
+    # the model left out first: the first bound is under the counted file without the model
+    assert sizes[1] < out["counted_bytes"] - out["groups"][1]["counted_share"]
     assert rec.main(["--preset", "smoke", "--groups", "x=no_such_module"]) == 2
     assert "not in this bundle: pgolf/no_such_module.py" in capsys.readouterr().err
+    assert rec.main(["--preset", "smoke", "--bounds", "nothing"]) == 2
+    assert "--bounds nothing: no --groups of that name" in capsys.readouterr().err
+
+
+BOUNDS_TEXT = '''import os
+
+
+def check(x):
+    if x.magnitude_of_the_value < 0:
+        raise ValueError(f"x.magnitude_of_the_value={x.magnitude_of_the_value} is negative; pass a value at least 0")
+    if x.magnitude_of_the_value > 99:
+        raise ValueError("x.magnitude_of_the_value is over 99, which no run of this kind can use; lower it")
+    print(f"checked the magnitude of the value {x.magnitude_of_the_value} against both of its limits", flush=True)
+    return os.path.join(x.directory_of_the_value, x.magnitude_of_the_value.name_of_the_file)
+'''
+
+
+def test_bounds_remove_what_they_name_cumulatively():
+    import ast
+    rec = _recipe()
+    tree = ast.parse(BOUNDS_TEXT)
+    seen = []
+    for _, transform in rec.BOUNDS:
+        tree = ast.fix_missing_locations(transform().visit(tree))
+        seen.append(ast.unparse(tree))
+    assert "raise ValueError\n" in seen[0] and "negative" not in seen[0] and "print(f" in seen[0]
+    assert "raise" not in seen[1] and "magnitude_of_the_value < 0" not in seen[1] and "print(f" in seen[1]
+    assert "checked" not in seen[2] and "print(''" in seen[2]
+    assert "magnitude_of_the_value" not in seen[3] and "directory" not in seen[3] and "flush" not in seen[3]
+    sizes = [r["counted_bytes"] for r in rec.bounds(BOUNDS_TEXT, "brotli")]
+    full = len(rec.build_compressed_bundle(f"# {rec.BUNDLE_MARK} (minified)\n" + rec.minify_source(BOUNDS_TEXT),
+                                           rec.READABLE_NAME, "brotli"))
+    assert full > sizes[0] > sizes[1] > sizes[2] > sizes[3]
