@@ -40,11 +40,19 @@ def sections(readable: str) -> tuple[str, list[tuple[str, str]]]:
     return parts[0], [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
 
 
-def counted_without(head: str, parts: list[tuple[str, str]], left_out: set[str], codec: str) -> int:
-    """Counted bytes of the bundle without the modules in `left_out`, packed as `pgolf bundle` packs it."""
-    text = head + "".join(f"# ---- {m} ----\n{body}" for m, body in parts if m not in left_out)
+def joined(head: str, parts: list[tuple[str, str]], left_out: set[str] | list[str] = ()) -> str:
+    return head + "".join(f"# ---- {m} ----\n{body}" for m, body in parts if m not in left_out)
+
+
+def counted_bytes(text: str, codec: str) -> int:
+    """Counted bytes of a readable bundle text, packed as `pgolf bundle` packs it."""
     small = f"# {BUNDLE_MARK} (minified)\n" + minify_source(text)
     return len(build_compressed_bundle(small, READABLE_NAME, codec).encode("utf-8"))
+
+
+def counted_without(head: str, parts: list[tuple[str, str]], left_out: set[str], codec: str) -> int:
+    """Counted bytes of the bundle without the modules in `left_out`."""
+    return counted_bytes(joined(head, parts, left_out), codec)
 
 
 class _NoMessages(ast.NodeTransformer):
@@ -109,9 +117,7 @@ def bounds(text: str, codec: str) -> list[dict]:
     rows, tree = [], ast.parse(text)
     for what, transform in BOUNDS:
         tree = ast.fix_missing_locations(transform().visit(tree))
-        small = f"# {BUNDLE_MARK} (minified)\n" + minify_source(ast.unparse(tree))
-        packed = build_compressed_bundle(small, READABLE_NAME, codec)
-        rows.append({"without": what, "counted_bytes": len(packed.encode("utf-8"))})
+        rows.append({"without": what, "counted_bytes": counted_bytes(ast.unparse(tree), codec)})
     return rows
 
 
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         groups.append({"group": name, "modules": sorted(chosen),
                        "counted_share": total - counted(chosen)})
     left_out = next((g["modules"] for g in groups if g["group"] == args.bounds), [])
-    readable = head + "".join(f"# ---- {m} ----\n{body}" for m, body in parts if m not in left_out)
+    readable = joined(head, parts, left_out)
     out = {"preset": args.preset, "sets": args.sets, "code_lean": cfg.quant.code_lean, "codec": codec,
            "counted_bytes": official, "modules": rows, "groups": groups, "bounds_left_out": left_out,
            "bounds": bounds(readable, codec) if args.bounds is not None else []}
